@@ -1,0 +1,227 @@
+"""edgec targets / compile / run / verify / simulate: the target-independent part of each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.errors import ConfigError, ModelError, VerificationError
+from toolchain.onnx_io import (TensorSpec, fix_input_shapes, input_specs, load_model,
+                               output_specs, parse_input_shapes, random_inputs)
+from toolchain.outdir import staged_output
+from toolchain.targets import backend_for, device, devices
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "edgec.json"
+
+
+# ---------------------------------------------------------------- targets
+def register_targets(sub) -> None:
+    p = sub.add_parser("targets", help="list the targets and what each one is")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_targets, command_parser=p)
+
+
+def cmd_targets(args) -> int:
+    rows = []
+    for name, dev in devices().items():
+        rows.append({"name": name, "family": dev.family, "summary": dev.summary,
+                     "detail": backend_for(dev.family).describe(dev)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['family']:<5}  {r['summary']}")
+        print(f"{'':<{width}}         {r['detail']}")
+    return 0
+
+
+# ---------------------------------------------------------------- compile
+def register_compile(sub) -> None:
+    p = sub.add_parser("compile", help="compile an ONNX model for a target into a folder",
+                       description="Compile MODEL.onnx for --target into OUT/: artifacts, "
+                                   "report.json, model.onnx and edgec.json (the manifest).")
+    p.add_argument("model", nargs="?", type=Path, help="the ONNX model")
+    p.add_argument("-t", "--target", help="target name (see 'edgec targets')")
+    p.add_argument("-o", "--output", type=Path, help="output folder")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
+                   help="static shape for a dynamic input (repeat per input)")
+    p.add_argument("--config", type=Path, help="TOML file with a [compile] table of options")
+    # Every family adds its own group; options of other families are ignored.
+    from toolchain.targets.registry import _BACKENDS  # noqa: F401  (populated below)
+
+    for family in sorted({d.family for d in devices().values()}):
+        backend_for(family).add_compile_options(p)
+    p.set_defaults(func=cmd_compile, command_parser=p)
+
+
+def cmd_compile(args) -> int:
+    for key, flag in (("model", "MODEL"), ("target", "--target"), ("output", "-o OUT")):
+        if getattr(args, key) is None:
+            raise ConfigError(f"compile needs {flag} (on the command line or in --config)")
+    dev = device(args.target)
+    backend = backend_for(dev.family)
+    model_path = Path(args.model)
+    model = fix_input_shapes(load_model(model_path), parse_input_shapes(args.input_shape))
+    started = time.perf_counter()
+    with staged_output(args.output) as stage:
+        shutil.copyfile(model_path, stage / "model.onnx")
+        report = backend.compile(model_path, model, dev, args, stage)
+        manifest = {
+            "edgec": 1,
+            "target": dev.name,
+            "family": dev.family,
+            "inputs": [s.to_json() for s in input_specs(model)],
+            "outputs": [s.to_json() for s in output_specs(model)],
+            "tolerance": report.get("tolerance", 1e-4),
+            "options": _options_json(args),
+        }
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        report.setdefault("target", dev.name)
+        report["total_seconds"] = round(time.perf_counter() - started, 3)
+        (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"compiled {model_path.name} for {dev.name} into {Path(args.output)}/ "
+          f"in {report['total_seconds']:.1f} s")
+    return 0
+
+
+def _options_json(args) -> dict:
+    skip = {"func", "command_parser", "verbose", "config"}
+    out = {}
+    for k, v in sorted(vars(args).items()):
+        if k in skip:
+            continue
+        out[k] = str(v) if isinstance(v, Path) else v
+    return out
+
+
+# ---------------------------------------------------------------- helpers for built folders
+def read_manifest(out_dir: Path) -> dict:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"{out_dir} is not an edgec output folder (no {MANIFEST}); "
+                          "create one with 'edgec compile'")
+    return json.loads(path.read_text())
+
+
+def load_inputs(manifest: dict, paths: list[Path], seed: int) -> list[np.ndarray]:
+    specs = [TensorSpec.from_json(d) for d in manifest["inputs"]]
+    if not paths:
+        return random_inputs(specs, seed)
+    if len(paths) != len(specs):
+        raise ConfigError(f"the model has {len(specs)} input(s) "
+                          f"({', '.join(s.name for s in specs)}); {len(paths)} --input given")
+    arrays = []
+    for spec, path in zip(specs, paths):
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise ConfigError(f"input file not found: {path}") from None
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"cannot read {path} as a .npy array: {exc}") from None
+        if tuple(arr.shape) != spec.shape:
+            if arr.size == int(np.prod(spec.shape)) and arr.ndim == 0:
+                pass
+            raise ConfigError(f"input '{spec.name}' from {path} has shape {tuple(arr.shape)}, "
+                              f"the model expects {spec.shape}")
+        arrays.append(np.ascontiguousarray(arr.astype(spec.dtype, copy=False)))
+    return arrays
+
+
+# ---------------------------------------------------------------- run
+def register_run(sub) -> None:
+    p = sub.add_parser("run", help="run a compiled model (natively or under qemu)")
+    p.add_argument("out_dir", type=Path, help="folder written by 'edgec compile'")
+    p.add_argument("--input", action="append", type=Path, default=[], metavar="X.npy",
+                   help="input array (repeat per input); default: seeded random")
+    p.add_argument("--output", action="append", type=Path, default=[], metavar="Y.npy",
+                   help="where to save each output")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_run, command_parser=p)
+
+
+def cmd_run(args) -> int:
+    manifest = read_manifest(args.out_dir)
+    inputs = load_inputs(manifest, args.input, args.seed)
+    outputs = backend_for(manifest["family"]).run(Path(args.out_dir), inputs)
+    if args.output and len(args.output) != len(outputs):
+        raise ConfigError(f"the model has {len(outputs)} output(s); {len(args.output)} --output given")
+    for i, (spec, arr) in enumerate(zip(manifest["outputs"], outputs)):
+        if args.output:
+            np.save(args.output[i], arr)
+            print(f"{spec['name']}: shape {list(arr.shape)} -> {args.output[i]}")
+        else:
+            flat = arr.reshape(-1)
+            print(f"{spec['name']}: shape {list(arr.shape)} first values {np.round(flat[:8], 5).tolist()}")
+    return 0
+
+
+# ---------------------------------------------------------------- verify
+def register_verify(sub) -> None:
+    p = sub.add_parser("verify", help="run a compiled model and compare with onnxruntime")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--input", action="append", type=Path, default=[], metavar="X.npy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="allowed max abs error relative to the output's range "
+                        "(default: the target's, 1e-4 for float32)")
+    p.add_argument("--json", type=Path, help="also write the comparison as JSON here")
+    p.set_defaults(func=cmd_verify, command_parser=p)
+
+
+def verify_folder(out_dir: Path, inputs_paths: list[Path] | None = None, seed: int = 0,
+                  tolerance: float | None = None) -> list:
+    """Run the artifact in ``out_dir`` and onnxruntime on its model.onnx; compare outputs."""
+    from toolchain.reference import compare, run_reference
+
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    inputs = load_inputs(manifest, inputs_paths or [], seed)
+    got = backend_for(manifest["family"]).run(out_dir, inputs)
+    ref = run_reference(out_dir / "model.onnx", inputs)
+    if len(got) != len(ref):
+        raise ModelError(f"artifact gave {len(got)} outputs, onnxruntime {len(ref)}")
+    tol = tolerance if tolerance is not None else float(manifest.get("tolerance", 1e-4))
+    return [compare(spec["name"], g, r, tol) for spec, g, r in zip(manifest["outputs"], got, ref)]
+
+
+def cmd_verify(args) -> int:
+    results = verify_folder(args.out_dir, args.input, args.seed, args.tolerance)
+    for c in results:
+        status = "ok" if c.ok else "MISMATCH"
+        print(f"{c.name}: max abs error {c.max_abs_error:.3e}, max rel error {c.max_rel_error:.3e} "
+              f"(of range {c.output_range:.3g}; tolerance {c.tolerance:.1e}) {status}")
+    if args.json:
+        args.json.write_text(json.dumps([c.to_json() for c in results], indent=2) + "\n")
+    bad = [c.name for c in results if not c.ok]
+    if bad:
+        raise VerificationError("outputs outside tolerance: " + ", ".join(bad))
+    return 0
+
+
+# ---------------------------------------------------------------- simulate
+def register_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate a compiled design and report latency/resources")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--json", type=Path, help="where to write the simulation report "
+                                             "(default OUT/simulation.json)")
+    for family in sorted({d.family for d in devices().values()}):
+        backend_for(family).add_simulate_options(p)
+    p.set_defaults(func=cmd_simulate, command_parser=p)
+
+
+def cmd_simulate(args) -> int:
+    manifest = read_manifest(args.out_dir)
+    report = backend_for(manifest["family"]).simulate(Path(args.out_dir), args)
+    dest = args.json or Path(args.out_dir) / "simulation.json"
+    dest.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"simulation report written to {dest}")
+    return 0

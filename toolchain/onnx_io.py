@@ -1,0 +1,201 @@
+"""Load and check ONNX models: clear errors for missing, broken, truncated and dynamic models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from toolchain.errors import ConfigError, DynamicShapeError, ModelError
+
+# onnxruntime and qonnx reject IR versions newer than they know; files edgec writes use this one.
+SAVE_IR_VERSION = 10
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output with a fully static shape."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name, e.g. "float32"
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "TensorSpec":
+        return cls(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d["dtype"]))
+
+
+def parse_input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``name=1,3,224,224`` strings (from --input-shape) into a dict."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shape = tuple(int(d) for d in dims.split(","))
+            if any(d <= 0 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"bad --input-shape '{item}': expected NAME=D1,D2,... "
+                              "with positive integers, e.g. input=1,3,224,224") from None
+        shapes[name] = shape
+    return shapes
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    """Read an ONNX file, turning every way it can be broken into a one-line ModelError."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelError(f"model path is not a file: {path}")
+    data = path.read_bytes()
+    if not data:
+        raise ModelError(f"{path} is empty")
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path} is not a valid ONNX file (truncated or another format): "
+                         f"{type(exc).__name__}") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelError(f"{path} is not a valid ONNX file: it holds no graph")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path} failed the ONNX checker: {first}") from None
+    return model
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real inputs: graph inputs that are not initializers (old exporters list both)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _dtype_of(type_proto: onnx.TypeProto) -> str:
+    elem = type_proto.tensor_type.elem_type
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name
+
+
+def fix_input_shapes(model: onnx.ModelProto,
+                     overrides: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """Return a copy whose inputs all have static shapes, with ``overrides`` applied.
+
+    Raises DynamicShapeError naming each input that still has a symbolic or unknown dimension.
+    Shapes are then re-inferred so that every intermediate tensor is static too.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inputs = graph_inputs(model)
+    names = [i.name for i in inputs]
+    for name in overrides:
+        if name not in names:
+            raise ConfigError(f"--input-shape names '{name}', but the model's inputs are: "
+                              + ", ".join(names))
+    dynamic = []
+    for inp in inputs:
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in overrides:
+            shape = overrides[inp.name]
+            if len(shape) != len(dims) and len(dims) > 0:
+                raise ConfigError(f"--input-shape {inp.name} has {len(shape)} dimensions, "
+                                  f"the model's input has {len(dims)}")
+            del inp.type.tensor_type.shape.dim[:]
+            for d in shape:
+                inp.type.tensor_type.shape.dim.add().dim_value = d
+            continue
+        if not inp.type.tensor_type.HasField("shape") or any(
+                not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
+            shown = [d.dim_param or "?" if not d.HasField("dim_value") else str(d.dim_value)
+                     for d in dims]
+            dynamic.append(f"{inp.name}[{','.join(shown)}]")
+    if dynamic:
+        example = dynamic[0].split("[")[0]
+        raise DynamicShapeError(
+            "input(s) with dynamic dimensions: " + ", ".join(dynamic)
+            + f"; give static shapes with --input-shape {example}=1,3,224,224 (one per input)")
+    # Clear stale intermediate shapes so inference recomputes them from the new inputs.
+    if overrides:
+        del model.graph.value_info[:]
+        for out in model.graph.output:
+            if out.type.tensor_type.HasField("shape"):
+                out.type.tensor_type.ClearField("shape")
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"shape inference failed with the given input shapes: {first}") from None
+    return model
+
+
+def input_specs(model: onnx.ModelProto) -> list[TensorSpec]:
+    return [TensorSpec(i.name, tuple(d.dim_value for d in i.type.tensor_type.shape.dim),
+                       _dtype_of(i.type)) for i in graph_inputs(model)]
+
+
+def output_specs(model: onnx.ModelProto) -> list[TensorSpec]:
+    specs = []
+    for o in model.graph.output:
+        dims = o.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            raise DynamicShapeError(f"output '{o.name}' has a dynamic shape after shape inference; "
+                                    "fix the input shapes with --input-shape")
+        specs.append(TensorSpec(o.name, tuple(d.dim_value for d in dims), _dtype_of(o.type)))
+    return specs
+
+
+def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> list[np.ndarray]:
+    """Seeded inputs: standard normal for floats, a small range for integers."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for s in specs:
+        if np.issubdtype(np.dtype(s.dtype), np.floating):
+            arrays.append(rng.standard_normal(s.shape).astype(s.dtype))
+        elif np.dtype(s.dtype) == np.bool_:
+            arrays.append(rng.integers(0, 2, s.shape).astype(bool))
+        else:
+            arrays.append(rng.integers(0, 8, s.shape).astype(s.dtype))
+    return arrays
+
+
+def randomize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """Replace float initializers by seeded random values of a scale that keeps activations sane.
+
+    Used on the onnx package's light_* models, whose stored weights are constant.
+    """
+    rng = np.random.default_rng(seed)
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for i, init in enumerate(model.graph.initializer):
+        arr = numpy_helper.to_array(init)
+        if arr.dtype != np.float32:
+            continue
+        if arr.ndim >= 2:
+            fan_in = int(np.prod(arr.shape[1:]))
+            new = rng.standard_normal(arr.shape) * np.sqrt(1.0 / max(fan_in, 1))
+        elif "var" in init.name.lower():
+            new = rng.uniform(0.5, 1.5, arr.shape)
+        else:
+            new = rng.uniform(-0.1, 0.1, arr.shape) + (1.0 if "scale" in init.name.lower()
+                                                       or "gamma" in init.name.lower() else 0.0)
+        model.graph.initializer[i].CopyFrom(numpy_helper.from_array(new.astype(np.float32),
+                                                                    init.name))
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """Save with an IR version onnxruntime and qonnx accept (see SAVE_IR_VERSION)."""
+    if model.ir_version > SAVE_IR_VERSION:
+        model.ir_version = SAVE_IR_VERSION
+    onnx.save_model(model, str(path))

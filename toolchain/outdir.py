@@ -1,0 +1,62 @@
+"""Write an output folder atomically: build it beside the target, move it into place when done."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from toolchain.errors import ConfigError
+
+_MARKER = ".edgec"
+
+
+@contextlib.contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """Yield a fresh staging folder; on success it replaces ``out``, on error it is removed.
+
+    An existing ``out`` is replaced only if it is empty or was written by edgec (it holds the
+    marker file), so a typo cannot wipe an unrelated folder.
+    """
+    out = Path(out).resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"output path {out} exists and is not a folder")
+        if any(out.iterdir()) and not (out / _MARKER).exists():
+            raise ConfigError(f"output folder {out} is not empty and was not written by edgec; "
+                              "choose another folder or empty it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield stage
+        (stage / _MARKER).write_text("written by edgec\n")
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            out.rename(trash / "old")
+            stage.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            stage.rename(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def staged_file(out: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``out``; it is renamed to ``out`` on success."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    import os
+
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        tmp_path.replace(out)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
