@@ -170,27 +170,65 @@ def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> list[np.ndarray
     return arrays
 
 
-def randomize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-    """Replace float initializers by seeded random values of a scale that keeps activations sane.
+def _random_tensor(rng, name: str, shape: tuple[int, ...], role: str = "") -> np.ndarray:
+    lname = role or name.lower()
+    if len(shape) >= 2:  # weights: LeCun-normal, so deep nets neither vanish nor saturate
+        fan_in = int(np.prod(shape[1:]))
+        return rng.standard_normal(shape) * np.sqrt(1.0 / max(fan_in, 1))
+    if "var" in lname:
+        return rng.uniform(0.5, 1.5, shape)
+    if "scale" in lname or "gamma" in lname:
+        return rng.uniform(0.8, 1.2, shape)
+    return rng.uniform(-0.1, 0.1, shape)
 
-    Used on the onnx package's light_* models, whose stored weights are constant.
+
+def randomize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """Replace float weights by seeded random ones of a scale that keeps activations sane.
+
+    Used on the onnx package's light_* models, whose weights are ``ConstantOfShape`` fills:
+    each such node (with a constant shape) becomes a random initializer of that shape, and
+    float initializers are redrawn the same way.
     """
     rng = np.random.default_rng(seed)
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    inits = {i.name: i for i in model.graph.initializer}
+    # Batch-norm parameters by role, whatever they are called (a negative variance gives NaN).
+    roles = {}
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization":
+            for name, role in zip(node.input[1:5], ("scale", "bias", "mean", "var")):
+                roles[name] = role
+    keep_nodes = []
+    new_inits = []
+    used_shapes = set()
+    for node in model.graph.node:
+        if node.op_type == "ConstantOfShape" and node.input and node.input[0] in inits:
+            shape = tuple(int(d) for d in numpy_helper.to_array(inits[node.input[0]]))
+            value = _random_tensor(rng, node.output[0], shape,
+                                   roles.get(node.output[0], "")).astype(np.float32)
+            new_inits.append(numpy_helper.from_array(value, node.output[0]))
+            used_shapes.add(node.input[0])
+        else:
+            keep_nodes.append(node)
     for i, init in enumerate(model.graph.initializer):
         arr = numpy_helper.to_array(init)
-        if arr.dtype != np.float32:
-            continue
-        if arr.ndim >= 2:
-            fan_in = int(np.prod(arr.shape[1:]))
-            new = rng.standard_normal(arr.shape) * np.sqrt(1.0 / max(fan_in, 1))
-        elif "var" in init.name.lower():
-            new = rng.uniform(0.5, 1.5, arr.shape)
-        else:
-            new = rng.uniform(-0.1, 0.1, arr.shape) + (1.0 if "scale" in init.name.lower()
-                                                       or "gamma" in init.name.lower() else 0.0)
-        model.graph.initializer[i].CopyFrom(numpy_helper.from_array(new.astype(np.float32),
-                                                                    init.name))
+        if arr.dtype == np.float32 and init.name not in used_shapes:
+            value = _random_tensor(rng, init.name, arr.shape, roles.get(init.name, "")).astype(np.float32)
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, init.name))
+    still_used = {name for n in keep_nodes for name in n.input}
+    remaining = [i for i in model.graph.initializer
+                 if i.name not in used_shapes or i.name in still_used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(remaining + new_inits)
+    del model.graph.node[:]
+    model.graph.node.extend(keep_nodes)
+    names = {i.name for i in model.graph.initializer}
+    graph_ins = [i for i in model.graph.input if i.name not in used_shapes or i.name in names]
+    if model.ir_version < 4:  # old IR: every initializer must also be a graph input
+        graph_ins += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                      for t in new_inits]
+    del model.graph.input[:]
+    model.graph.input.extend(graph_ins)
     return model
 
 

@@ -1,19 +1,161 @@
-"""ARM backend (in progress)."""
+"""The ARM family backend (and ``host``): TVM kernels + generated C driver, no runtime.
+
+compile: ONNX -> Relax -> the ``cpu`` pipeline (fold, legalize, fuse, schedule) -> a static
+kernel plan -> memory plan -> kernels.o (LLVM for the device) + model.c/main.c -> a static
+executable ``model`` and an embeddable ``libmodel.a`` + ``model.h``.
+run: the executable, natively or under qemu-user.
+"""
+
 from __future__ import annotations
 
-from toolchain.targets.registry import Backend, register_backend
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.errors import ConfigError
+from toolchain.targets.arm.cc import COMPILERS, find_compiler
+from toolchain.targets.arm.device import CpuDevice
+from toolchain.targets.registry import Backend, Device, register_backend
+
+log = logging.getLogger(__name__)
 
 
 @register_backend
 class ArmBackend(Backend):
     family = "arm"
 
-    def describe(self, device):
-        f = device.facts
-        return f"triple {f['triple']}, cpu {f['cpu']}, features {' '.join(f['features']) or '-'}"
+    def describe(self, device: Device) -> str:
+        d = CpuDevice.from_device(device)
+        where = "native" if d.is_native else f"runs under {d.qemu}"
+        return (f"triple {d.triple}, cpu {d.cpu}, features {' '.join(d.features) or '-'}"
+                f" ({where})")
 
-    def compile(self, model_path, model, device, args, stage):
-        raise NotImplementedError
+    def add_compile_options(self, parser: argparse.ArgumentParser) -> None:
+        from toolchain.optimizer.pipeline import PIPELINES
 
-    def run(self, out_dir, inputs):
-        raise NotImplementedError
+        g = parser.add_argument_group("ARM and host targets")
+        g.add_argument("--pipeline", default="cpu", choices=sorted(PIPELINES),
+                       help="Relax pass pipeline (default: cpu)")
+        g.add_argument("--schedule", default="auto", choices=("auto", "none"),
+                       help="kernel schedules: edgec's CPU rules (auto) or plain loops (none)")
+        g.add_argument("--compiler", default="auto", choices=COMPILERS,
+                       help="C cross compiler: Debian's gcc, zig cc (PyPI ziglang), or auto")
+
+    def compile(self, model_path, model, device, args, stage: Path) -> dict:
+        from toolchain.optimizer import codegen
+        from toolchain.optimizer.frontend import import_onnx
+        from toolchain.optimizer.memplan import check_plan, plan_memory
+        from toolchain.optimizer.pipeline import PipelineContext, run_pipeline
+        from toolchain.optimizer.plan import build_plan
+        from toolchain.onnx_io import input_specs, output_specs
+        from toolchain.targets.arm import driver
+
+        dev = CpuDevice.from_device(device)
+        cc = find_compiler(dev, getattr(args, "compiler", "auto"))  # fail fast if missing
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        mod = import_onnx(model, device.name)
+        timings["import"] = time.perf_counter() - t0
+
+        target = dev.tvm_target()
+        ctx = PipelineContext(target=target, schedule=getattr(args, "schedule", "auto"))
+        result = run_pipeline(mod, getattr(args, "pipeline", "cpu"), ctx)
+        for rec in result.stages:
+            timings[f"pipeline.{rec.name}"] = rec.seconds
+
+        t0 = time.perf_counter()
+        plan = build_plan(result.mod)
+        mem = plan_memory(plan)
+        check_plan(plan, mem)
+        timings["plan"] = time.perf_counter() - t0
+
+        with tempfile.TemporaryDirectory(prefix="edgec-build-") as tmp:
+            build = Path(tmp)
+            t0 = time.perf_counter()
+            kmod = codegen.kernel_module(result.mod, plan.kernels())
+            ws = codegen.workspace_bytes(kmod)
+            codegen.compile_kernels(kmod, target, build / "kernels.o")
+            timings["codegen"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            layout, blob = driver.layout_weights(plan)
+            (build / "weights.bin").write_bytes(blob)
+            (build / "weights.S").write_text(driver.weights_asm("weights.bin"))
+            names_in = [s.name for s in input_specs(model)]
+            names_out = [s.name for s in output_specs(model)]
+            sources = {
+                "model.h": driver.header(plan, names_in, names_out, Path(model_path).name),
+                "model.c": driver.model_c(plan, mem, layout, ws),
+                "main.c": driver.main_c(plan),
+            }
+            for name, text in sources.items():
+                (build / name).write_text(text)
+            for src in ("weights.S", "model.c", "main.c"):
+                cc.compile(build / src, build / (Path(src).stem + ".o"), build)
+            lib_objs = [build / "kernels.o", build / "weights.o", build / "model.o"]
+            cc.archive(lib_objs, build / "libmodel.a", build)
+            cc.link([build / "main.o", build / "libmodel.a"], build / "model", build)
+            timings["cc"] = time.perf_counter() - t0
+
+            shutil.copyfile(build / "model", stage / "model")
+            (stage / "model").chmod(0o755)
+            shutil.copyfile(build / "libmodel.a", stage / "libmodel.a")
+            shutil.copyfile(build / "model.h", stage / "model.h")
+            (stage / "src").mkdir()
+            for name in ("model.c", "main.c"):
+                shutil.copyfile(build / name, stage / "src" / name)
+
+        kernels = {}
+        for k in plan.kernels():
+            kernels[k] = {"ops": result.fused_groups.get(k, [k.rstrip("0123456789")]),
+                          "calls": sum(1 for c in plan.calls if c.kernel == k)}
+        return {
+            "target": device.name,
+            "triple": dev.triple,
+            "cpu": dev.cpu,
+            "features": list(dev.features),
+            "compiler": cc.kind,
+            "pipeline": getattr(args, "pipeline", "cpu"),
+            "schedule": ctx.schedule,
+            "kernel_calls_before_fusion": result.calls_before_fusion,
+            "kernel_calls_after_fusion": result.calls_after_fusion,
+            "kernel_calls": len(plan.calls),
+            "distinct_kernels": len(kernels),
+            "kernels": kernels,
+            "memory": {**mem.to_json(), "workspace_bytes": ws, "weight_bytes": layout.total},
+            "binary_bytes": (stage / "model").stat().st_size,
+            "library_bytes": (stage / "libmodel.a").stat().st_size,
+            "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
+            "tolerance": 1e-4,
+        }
+
+    def run(self, out_dir: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        from toolchain.targets.arm.runner import run_binary
+
+        manifest = json.loads((out_dir / "edgec.json").read_text())
+        dev = CpuDevice.from_device(_device(manifest["target"]))
+        specs = [(tuple(o["shape"]), o["dtype"]) for o in manifest["outputs"]]
+        return run_binary(dev, out_dir / "model", inputs, specs)
+
+    def bench(self, out_dir: Path, runs: int) -> float:
+        from toolchain.targets.arm.runner import bench_binary
+
+        manifest = json.loads((out_dir / "edgec.json").read_text())
+        dev = CpuDevice.from_device(_device(manifest["target"]))
+        return bench_binary(dev, out_dir / "model", runs)
+
+
+def _device(name: str) -> Device:
+    from toolchain.targets.registry import device
+
+    try:
+        return device(name)
+    except ConfigError:
+        raise ConfigError(f"the folder was built for target '{name}', which this edgec "
+                          "does not know") from None

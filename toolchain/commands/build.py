@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.errors import ConfigError, ModelError, VerificationError
+from toolchain.errors import ConfigError, EdgecError, ModelError, VerificationError
 from toolchain.onnx_io import (TensorSpec, fix_input_shapes, input_specs, load_model,
                                output_specs, parse_input_shapes, random_inputs)
 from toolchain.outdir import staged_output
@@ -20,6 +20,18 @@ from toolchain.targets import backend_for, device, devices
 log = logging.getLogger(__name__)
 
 MANIFEST = "edgec.json"
+
+
+def _backends() -> list:
+    """The backends of every family that has devices (a family that fails to load is left out
+    of the option lists; using one of its targets then reports the error)."""
+    found = []
+    for family in sorted({d.family for d in devices().values()}):
+        try:
+            found.append(backend_for(family))
+        except (EdgecError, ImportError) as exc:
+            log.debug("backend %s unavailable: %s", family, exc)
+    return found
 
 
 # ---------------------------------------------------------------- targets
@@ -55,11 +67,9 @@ def register_compile(sub) -> None:
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
                    help="static shape for a dynamic input (repeat per input)")
     p.add_argument("--config", type=Path, help="TOML file with a [compile] table of options")
-    # Every family adds its own group; options of other families are ignored.
-    from toolchain.targets.registry import _BACKENDS  # noqa: F401  (populated below)
-
-    for family in sorted({d.family for d in devices().values()}):
-        backend_for(family).add_compile_options(p)
+    # Every family adds its own group; a backend ignores the other families' options.
+    for backend in _backends():
+        backend.add_compile_options(p)
     p.set_defaults(func=cmd_compile, command_parser=p)
 
 
@@ -213,8 +223,8 @@ def register_simulate(sub) -> None:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--json", type=Path, help="where to write the simulation report "
                                              "(default OUT/simulation.json)")
-    for family in sorted({d.family for d in devices().values()}):
-        backend_for(family).add_simulate_options(p)
+    for backend in _backends():
+        backend.add_simulate_options(p)
     p.set_defaults(func=cmd_simulate, command_parser=p)
 
 

@@ -1,0 +1,87 @@
+"""C cross compilers for the ARM family: Debian's GNU cross gcc, or zig cc from PyPI.
+
+Everything that runs a C compiler for this family goes through ``find_compiler``; a missing
+compiler is a ToolMissingError that says how to install one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolchain.errors import ConfigError, ToolMissingError
+from toolchain.targets.arm.device import CpuDevice
+from toolchain.tools import run_tool
+
+_GNU_PREFIX = {"aarch64-linux-gnu": "aarch64-linux-gnu-",
+               "armv7a-linux-gnueabihf": "arm-linux-gnueabihf-"}
+_DEBIAN_PKG = {"aarch64-linux-gnu": "gcc-aarch64-linux-gnu",
+               "armv7a-linux-gnueabihf": "gcc-arm-linux-gnueabihf"}
+_ZIG_TARGET = {"aarch64-linux-gnu": "aarch64-linux-musl",
+               "armv7a-linux-gnueabihf": "arm-linux-musleabihf"}
+COMPILERS = ("auto", "gcc", "zig")
+# Flags that keep output byte-identical across runs and build folders.
+_REPRO = ["-ffile-prefix-map=.=.", "-fno-ident"]
+
+
+@dataclass(frozen=True)
+class Compiler:
+    kind: str  # "gcc" or "zig"
+    cc: tuple[str, ...]  # argv prefix that runs the C compiler
+    ar: tuple[str, ...]
+    cflags: tuple[str, ...]
+
+    def compile(self, src: Path, obj: Path, cwd: Path, extra: tuple[str, ...] = ()) -> None:
+        run_tool([*self.cc, *self.cflags, *_REPRO, *extra, "-c", src.name, "-o", obj.name],
+                 what=f"compiling {src.name}", cwd=cwd)
+
+    def link(self, objs: list[Path], out: Path, cwd: Path) -> None:
+        run_tool([*self.cc, *self.cflags, "-static", "-s", *[o.name for o in objs], "-lm",
+                  "-o", out.name], what="linking the executable", cwd=cwd)
+
+    def archive(self, objs: list[Path], out: Path, cwd: Path) -> None:
+        # 'D': deterministic (zero timestamps and ids), so the library is reproducible.
+        run_tool([*self.ar, "rcsD", out.name, *[o.name for o in objs]],
+                 what="creating the static library", cwd=cwd)
+
+
+def _arch_flags(dev: CpuDevice, kind: str) -> tuple[str, ...]:
+    if dev.is_native:
+        return ("-O2",)
+    if dev.is_arm32:
+        fpu = "neon-vfpv4" if "+vfp4" in dev.features else "neon"
+        flags = ["-O2", f"-mcpu={dev.cpu}", f"-mfloat-abi={dev.float_abi or 'hard'}"]
+        if kind == "gcc":
+            flags.append(f"-mfpu={fpu}")
+        return tuple(flags)
+    cpu = dev.cpu if kind == "gcc" else dev.cpu.replace("-", "_")
+    return ("-O2", f"-mcpu={cpu}")
+
+
+def _zig_available() -> bool:
+    return importlib.util.find_spec("ziglang") is not None
+
+
+def find_compiler(dev: CpuDevice, choice: str = "auto") -> Compiler:
+    if choice not in COMPILERS:
+        raise ConfigError(f"--compiler must be one of {', '.join(COMPILERS)}, not '{choice}'")
+    if dev.is_native:
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            raise ToolMissingError("no C compiler for the host; install one: apt-get install gcc")
+        return Compiler("gcc", (cc,), ("ar",), _arch_flags(dev, "gcc"))
+    prefix = _GNU_PREFIX.get(dev.triple)
+    if prefix is None:
+        raise ConfigError(f"no known C toolchain for triple '{dev.triple}'")
+    if choice in ("auto", "gcc") and shutil.which(prefix + "gcc"):
+        return Compiler("gcc", (prefix + "gcc",), (prefix + "ar",), _arch_flags(dev, "gcc"))
+    if choice in ("auto", "zig") and _zig_available():
+        zig = (sys.executable, "-m", "ziglang")
+        return Compiler("zig", (*zig, "cc", "-target", _ZIG_TARGET[dev.triple]), (*zig, "ar"),
+                        _arch_flags(dev, "zig"))
+    raise ToolMissingError(
+        f"no C cross compiler for {dev.triple} ({dev.name}); install one: "
+        f"apt-get install {_DEBIAN_PKG[dev.triple]}  (as root), or pip install ziglang")

@@ -1,0 +1,162 @@
+"""The FPGA family: ONNX -> planned fixed-point design -> hls4ml project (+ da4ml RTL).
+
+compile: lower the graph, type every tensor, choose reuse factors, estimate and check the fit
+(all before anything is written), then write the hls4ml project, build its C emulation and
+write the RTL where the design allows. simulate: C emulation vs onnxruntime on a test set, RTL
+vs C emulation bit for bit, latency, per-layer estimates and utilization.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.errors import ConfigError, ToolMissingError
+from toolchain.targets.registry import Backend, Device, register_backend
+
+from . import config as fcfg
+from .budget import choose_reuse_factors
+from .estimate import estimate, utilization
+from .lower import lower
+from .plan import Design, apply_reuse_factors, assign_types
+from .precision import Fixed, parse_fixed
+
+log = logging.getLogger(__name__)
+
+HLS_DIR = "hls"
+RTL_DIR = "rtl"
+
+
+def plan_design(model, device: Device, cfg: fcfg.FpgaConfig,
+                reuse: dict[str, int] | None = None) -> Design:
+    """Lower, type and set reuse factors (from ``reuse``, the budget, or the options)."""
+    design = assign_types(lower(model, device.name), cfg)
+    if reuse is not None:
+        for p in design.weighted():
+            p.reuse_factor = int(reuse.get(p.name, 1))
+    elif cfg.budget is not None:
+        choose_reuse_factors(design, cfg.budget[0], cfg.budget[1], cfg.strategy,
+                             cfg.clock_period_ns)
+    else:
+        apply_reuse_factors(design, cfg)
+    return design
+
+
+def _tolerance(design: Design) -> float:
+    """Allowed max error relative to the output range for 'edgec verify' (fixed-point)."""
+    narrowest = min(p.result_type.width for p in design.layers)
+    return 0.05 if narrowest >= 12 else 0.25
+
+
+def config_from_report(report: dict) -> fcfg.FpgaConfig:
+    c = report["config"]
+    return fcfg.FpgaConfig(c["hls_backend"], c["io_type"], c["strategy"], c["reuse_default"],
+                           dict(c["reuse_per_layer"]), None, float(c["clock_period_ns"]),
+                           parse_fixed(c["default_precision"]), c["project_name"])
+
+
+@register_backend
+class FpgaBackend(Backend):
+    family = "fpga"
+
+    def describe(self, device: Device) -> str:
+        d = fcfg.FpgaDevice.from_device(device)
+        return (f"part {d.part}, {1000 / d.clock_period_ns:.0f} MHz, {d.dsp} DSP, {d.lut} LUT, "
+                f"{d.ff} FF, {d.bram36} BRAM36")
+
+    def add_compile_options(self, parser: argparse.ArgumentParser) -> None:
+        fcfg.add_options(parser)
+
+    def add_simulate_options(self, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("FPGA targets (fpga-*)")
+        g.add_argument("--test-data", type=Path, default=None, metavar="X.npy",
+                       help="inputs for the C emulation (default: the zoo test set named by "
+                            "--dataset, else seeded random inputs)")
+        g.add_argument("--test-labels", type=Path, default=None, metavar="Y.npy",
+                       help="labels for --test-data, to report accuracy")
+        g.add_argument("--dataset", default=None, metavar="ZOO_NAME",
+                       help="use the test set of this zoo model (toolchain.models.dataset)")
+        g.add_argument("--samples", type=int, default=None, metavar="N",
+                       help="simulate at most N samples")
+        g.add_argument("--no-rtl", action="store_true", help="skip the RTL simulation")
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, model_path: Path, model, device: Device, args: argparse.Namespace,
+                stage: Path) -> dict:
+        from . import hls, rtl
+
+        dev = fcfg.FpgaDevice.from_device(device)
+        cfg = fcfg.from_args(args, dev)
+        design = plan_design(model, device, cfg)
+        chosen = estimate(design, "latency" if cfg.strategy == "distributed_arithmetic"
+                          else cfg.strategy, cfg.clock_period_ns)
+        estimates = {s: estimate(design, s, cfg.clock_period_ns).to_json()
+                     for s in ("latency", "resource")}
+        totals = chosen.totals()
+        rtl_info: dict = {"available": False}
+        layers, reason = rtl.rtl_layers(design)
+        if layers is None:
+            rtl_info["reason"] = reason
+        else:
+            try:
+                _, summary = rtl.write(design, stage / RTL_DIR, cfg.clock_period_ns, dev.part)
+                rtl_info = {"available": True, "dir": RTL_DIR, **summary}
+            except ToolMissingError as exc:
+                rtl_info["reason"] = str(exc)
+        if cfg.strategy == "distributed_arithmetic" and rtl_info.get("available"):
+            extra = {k: v for k, v in totals.items() if k == "bram18"}
+            totals = {"dsp": 0, "lut": rtl_info["lut_estimate"], "ff": rtl_info["ff_estimate"],
+                      **extra}
+        fit = utilization(totals, dev.totals())
+        if not fit["fits"]:
+            over = [f"{k.upper()} {r['used']} > {r['available']} ({r['percent']:.0f}%)"
+                    for k, r in fit["resources"].items() if r["used"] > r["available"]]
+            raise ConfigError(f"the design does not fit {device.name} ({dev.part}): estimated "
+                              + ", ".join(over) + "; raise --reuse-factor, set --budget "
+                              "dsp=N, quantize/prune the model, or pick a larger device")
+        info = hls.write_project(design, cfg, dev, stage / HLS_DIR)
+        return {
+            "family": "fpga", "device": {"name": device.name, "part": dev.part,
+                                         "totals": dev.totals()},
+            "config": cfg.to_json(),
+            "input_type": design.input_type.hls(),
+            "layers": [p.to_json() for p in design.layers],
+            "estimate": {"strategy": cfg.strategy, **chosen.to_json(),
+                         "note": "estimate from hls4ml template rules, not synthesis; "
+                                 "see targets/fpga/README.md"},
+            "estimates_by_strategy": estimates,
+            "utilization": {"source": "estimate", **fit},
+            "hls": info, "rtl": rtl_info,
+            "compression": design.graph.compression,
+            "tolerance": _tolerance(design),
+        }
+
+    # ------------------------------------------------------------------ run
+    def _load(self, out_dir: Path) -> dict:
+        path = Path(out_dir) / "report.json"
+        if not path.is_file():
+            raise ConfigError(f"{out_dir} has no report.json; compile it again")
+        return json.loads(path.read_text())
+
+    def run(self, out_dir: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        from .hls import CEmulation
+
+        report = self._load(out_dir)
+        emu = CEmulation(Path(out_dir) / HLS_DIR, report["hls"])
+        y = emu.predict(inputs[0])
+        manifest = json.loads((Path(out_dir) / "edgec.json").read_text())
+        shape = manifest["outputs"][0]["shape"]
+        return [y.reshape([inputs[0].shape[0]] + list(shape[1:])).astype(np.float32)]
+
+    # ------------------------------------------------------------------ simulate
+    def simulate(self, out_dir: Path, args: argparse.Namespace) -> dict:
+        from .simulate import simulate_folder
+
+        return simulate_folder(Path(out_dir), self._load(out_dir), args)
+
+
+__all__ = ["FpgaBackend", "plan_design", "config_from_report", "Fixed"]

@@ -1,0 +1,238 @@
+"""The one module that talks to hls4ml: write the project, build and run its C emulation.
+
+The planned layer chain is rebuilt as a small PyTorch module (hls4ml's PyTorch front end is
+its best-tested path for MLPs and CNNs, including the channels-first to channels-last
+conversion), with every tensor type set explicitly in the hls4ml config, so hls4ml infers
+nothing. The C emulation library hls4ml builds is loaded directly with ctypes, both to predict
+and to read each layer's output (hls4ml's trace), without rebuilding the project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.errors import ToolFailedError, ToolMissingError
+
+from .config import FpgaConfig, FpgaDevice
+from .plan import Design
+
+log = logging.getLogger(__name__)
+
+HLS4ML_VERSION = "1.3.0"
+STRATEGY_NAMES = {"latency": "Latency", "resource": "Resource",
+                  "distributed_arithmetic": "distributed_arithmetic"}
+INPUT_LAYER = "x"  # the argument name of the generated module's forward()
+
+
+def _torch_module(design: Design):
+    import torch
+    from torch import nn
+
+    mods: list[tuple[str, nn.Module]] = []
+    for p in design.layers:
+        layer = p.layer
+        if layer.kind == "dense":
+            m = nn.Linear(layer.fan_in, layer.n_out, bias=True)
+            with torch.no_grad():
+                m.weight.copy_(torch.from_numpy(p.quantized_weight().astype(np.float32)))
+                m.bias.copy_(torch.from_numpy(p.quantized_bias().astype(np.float32)))
+        elif layer.kind == "conv2d":
+            co, ci, kh, kw = layer.weight.shape
+            m = nn.Conv2d(ci, co, (kh, kw), stride=layer.attrs["stride"],
+                          padding=layer.attrs["padding"], bias=True)
+            with torch.no_grad():
+                m.weight.copy_(torch.from_numpy(p.quantized_weight().astype(np.float32)))
+                m.bias.copy_(torch.from_numpy(p.quantized_bias().astype(np.float32)))
+        elif layer.kind == "relu":
+            m = nn.ReLU()
+        elif layer.kind == "softmax":
+            m = nn.Softmax(dim=-1)
+        elif layer.kind == "flatten":
+            m = nn.Flatten()
+        elif layer.kind == "maxpool2d":
+            m = nn.MaxPool2d(layer.attrs["kernel"])
+        else:  # lower.py only produces the kinds above
+            raise AssertionError(layer.kind)
+        mods.append((layer.name, m))
+
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            for name, mod in mods:
+                self.add_module(name, mod)
+
+        def forward(self, x):
+            for mod in self.children():
+                x = mod(x)
+            return x
+
+    return Chain().eval()
+
+
+def _hls_config(hls4ml, module, design: Design, cfg: FpgaConfig) -> dict:
+    channels_last = "internal" if cfg.io_type == "io_stream" else "full"
+    conf = hls4ml.utils.config_from_pytorch_model(
+        module, input_shape=tuple(design.graph.input_shape), granularity="name",
+        backend=cfg.hls_backend, default_precision=cfg.default_precision.hls(),
+        default_reuse_factor=1, channels_last_conversion=channels_last)
+    conf["Model"]["Strategy"] = STRATEGY_NAMES[cfg.strategy]
+    conf["Model"]["Precision"] = cfg.default_precision.hls()
+    names = conf["LayerName"]
+    names.setdefault(INPUT_LAYER, {}).setdefault("Precision", {})
+    names[INPUT_LAYER]["Precision"]["result"] = design.input_type.hls()
+    names[INPUT_LAYER]["Trace"] = True
+    for p in design.layers:
+        entry = names.setdefault(p.name, {})
+        prec = entry.setdefault("Precision", {})
+        prec["result"] = p.result_type.hls()
+        entry["Trace"] = True
+        if p.has_weights:
+            prec.update(weight=p.weight_type.hls(), bias=p.bias_type.hls(),
+                        accum=p.accum_type.hls())
+            entry["ReuseFactor"] = p.reuse_factor
+            entry["Strategy"] = STRATEGY_NAMES[cfg.strategy]
+    return conf
+
+
+def write_project(design: Design, cfg: FpgaConfig, device: FpgaDevice, out: Path) -> dict:
+    """Write the hls4ml project into ``out`` and build its C emulation; return what run needs."""
+    try:
+        import hls4ml
+    except ImportError:
+        raise ToolMissingError(f"hls4ml is not installed: pip install hls4ml=={HLS4ML_VERSION}") \
+            from None
+    module = _torch_module(design)
+    conf = _hls_config(hls4ml, module, design, cfg)
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter):
+            model = hls4ml.converters.convert_from_pytorch_model(
+                module, output_dir=str(out), project_name=cfg.project_name,
+                backend=cfg.hls_backend, part=device.part, clock_period=cfg.clock_period_ns,
+                io_type=cfg.io_type, hls_config=conf)
+            model.config.trace_output = True
+            model.write()
+    except Exception as exc:  # hls4ml raises plain Exceptions for conversion and build errors
+        log.debug(chatter.getvalue())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ToolFailedError(f"hls4ml could not build the project: {first}") from None
+    log.debug(chatter.getvalue())
+    build_emulation(out, cfg.project_name)
+    trace = {}
+    for layer in model.get_layers():
+        if layer.get_attr("function_cpp", None) and layer.get_attr("trace", False):
+            trace[layer.name] = int(np.prod(layer.get_output_variable().shape))
+    out_var = model.get_output_variables()[0]
+    return {"project_dir": out.name, "project_name": cfg.project_name,
+            "hls4ml_version": hls4ml.__version__, "backend": cfg.hls_backend,
+            "io_type": cfg.io_type, "part": device.part,
+            "input_layout": "channels_first" if cfg.io_type == "io_parallel" else "channels_last",
+            "output_size": int(np.prod(out_var.shape)), "trace_sizes": trace}
+
+
+def build_emulation(project_dir: Path, project_name: str) -> Path:
+    """Build the C emulation library as hls4ml's build_lib.sh does, with one difference.
+
+    The weights directory is compiled in relative (``weights``, read from ``firmware/``), so
+    the folder can be moved: edgec builds in a staging folder and renames it into place.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toolchain.tools import require, run_tool
+
+    cxx = require("g++", "apt-get install g++")
+    flags = ["-O3", "-fPIC", "-std=c++17", "-Ifirmware/ap_types/", '-DWEIGHTS_DIR="weights"']
+    units = [(f"firmware/{project_name}.cpp", f"{project_name}.o"),
+             (f"{project_name}_bridge.cpp", f"{project_name}_bridge.o")]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [pool.submit(run_tool, [cxx, *flags, "-c", src, "-o", obj], cwd=project_dir,
+                            what=f"compiling the C emulation ({src})", timeout=900)
+                for src, obj in units]
+        for job in jobs:
+            job.result()
+    lib = project_dir / "firmware" / f"{project_name}-edgec.so"
+    run_tool([cxx, "-shared", *(o for _, o in units), "-o", lib.relative_to(project_dir)],
+             cwd=project_dir, what="linking the C emulation")
+    for _, obj in units:
+        (project_dir / obj).unlink(missing_ok=True)
+    return lib
+
+
+class _TraceData(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("data", ctypes.c_void_p)]
+
+
+class CEmulation:
+    """hls4ml's compiled C++ model (``firmware/<project>-*.so``), run sample by sample."""
+
+    def __init__(self, project_dir: Path, info: dict):
+        self.dir = Path(project_dir)
+        self.info = info
+        libs = sorted((self.dir / "firmware").glob(f"{info['project_name']}-*.so"))
+        if not libs:
+            raise ToolFailedError(f"no C emulation library in {self.dir / 'firmware'}; "
+                                  "compile the folder again with 'edgec compile'")
+        self.lib = ctypes.CDLL(str(libs[-1]))
+        self.fn = getattr(self.lib, f"{info['project_name']}_double")
+        self.fn.restype = None
+        self.fn.argtypes = [ctypes.POINTER(ctypes.c_double)] * 2
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if self.info["input_layout"] == "channels_last" and x.ndim == 4:
+            x = x.transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(x.reshape(x.shape[0], -1))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        flat = self._prepare(x)
+        out = np.zeros((flat.shape[0], self.info["output_size"]), dtype=np.float64)
+        with self._in_firmware():
+            for i in range(flat.shape[0]):
+                row = np.ascontiguousarray(flat[i])
+                res = out[i]
+                self.fn(row.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                        res.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+        return out
+
+    @contextlib.contextmanager
+    def _in_firmware(self):
+        """The library reads its weights from ``weights/`` on the first call (see build)."""
+        cwd = os.getcwd()
+        os.chdir(self.dir / "firmware")
+        try:
+            yield
+        finally:
+            os.chdir(cwd)
+
+    def trace(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Each traced layer's output for every sample (values exactly as the C++ holds them)."""
+        sizes = self.info["trace_sizes"]
+        flat = self._prepare(x)
+        result = {name: np.zeros((flat.shape[0], n)) for name, n in sizes.items()}
+        self.lib.allocate_trace_storage.argtypes = [ctypes.c_size_t]
+        self.lib.collect_trace_output.argtypes = [ctypes.POINTER(_TraceData)]
+        entries = (_TraceData * len(sizes))()
+        out = np.zeros(self.info["output_size"], dtype=np.float64)
+        self.lib.allocate_trace_storage(ctypes.sizeof(ctypes.c_double))
+        try:
+            with self._in_firmware():
+                for i in range(flat.shape[0]):
+                    row = np.ascontiguousarray(flat[i])
+                    self.fn(row.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                            out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+                    self.lib.collect_trace_output(entries)
+                    for e in entries:
+                        name = e.name.decode()
+                        n = sizes[name]
+                        buf = (ctypes.c_double * n).from_address(e.data)
+                        result[name][i] = np.frombuffer(buf, dtype=np.float64, count=n)
+        finally:
+            self.lib.free_trace_storage()
+        return result

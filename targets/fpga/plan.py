@@ -1,0 +1,130 @@
+"""Decide the design: a fixed-point type for every tensor and a reuse factor for every layer.
+
+Before: a LayerGraph (float weights, QDQ grids where the model was quantized) and a FpgaConfig.
+After: a Design whose layers carry input/weight/bias/accumulator/result types and reuse factors.
+Quantized grids become exact types; accumulators are sized so they can neither overflow nor
+round; results round to nearest and saturate; zero weights stay zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from toolchain.errors import ConfigError
+
+from .config import FpgaConfig
+from .lower import Layer, LayerGraph
+from .precision import Fixed, accumulator, fit_values
+
+
+@dataclass
+class PlannedLayer:
+    layer: Layer
+    input_type: Fixed
+    result_type: Fixed
+    weight_type: Fixed | None = None
+    bias_type: Fixed | None = None
+    accum_type: Fixed | None = None
+    reuse_factor: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def has_weights(self) -> bool:
+        return self.layer.kind in ("dense", "conv2d")
+
+    def quantized_weight(self) -> np.ndarray:
+        return self.weight_type.cast(self.layer.weight)
+
+    def quantized_bias(self) -> np.ndarray:
+        if self.layer.bias is None:
+            return np.zeros(self.layer.n_out)
+        return self.bias_type.cast(self.layer.bias)
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "kind": self.layer.kind, "onnx_node": self.layer.node,
+             "input": self.input_type.hls(), "result": self.result_type.hls()}
+        if self.has_weights:
+            d.update(weight=self.weight_type.hls(), bias=self.bias_type.hls(),
+                     accum=self.accum_type.hls(), reuse_factor=self.reuse_factor,
+                     n_in=self.layer.fan_in, n_out=self.layer.n_out,
+                     zero_weights=int(np.sum(self.quantized_weight() == 0)),
+                     weights=int(self.layer.weight.size))
+        return d
+
+
+@dataclass
+class Design:
+    graph: LayerGraph
+    input_type: Fixed
+    layers: list[PlannedLayer]
+
+    def weighted(self) -> list[PlannedLayer]:
+        return [p for p in self.layers if p.has_weights]
+
+    def layer(self, name: str) -> PlannedLayer:
+        for p in self.layers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def assign_types(graph: LayerGraph, cfg: FpgaConfig) -> Design:
+    """Give every tensor a type (see module docstring)."""
+    default = cfg.default_precision
+    x = graph.input_type or default
+    planned: list[PlannedLayer] = []
+    for layer in graph.layers:
+        kind = layer.kind
+        if kind in ("dense", "conv2d"):
+            w_t = layer.weight_type or fit_values(layer.weight, default.width)
+            if layer.bias is None:
+                b_t = Fixed(2, 1)
+            elif layer.bias_type is not None:
+                b_t = layer.bias_type
+            else:
+                b_t = Fixed(default.width + x.frac - default.frac + 8,
+                            fit_values(layer.bias, 2).integer)
+                b_t = Fixed(b_t.integer + x.frac + w_t.frac, b_t.integer)
+            acc = accumulator(x, w_t, b_t, layer.weight, layer.bias)
+            out = layer.out_type or replace(default, rounding="RND", saturation="SAT")
+            planned.append(PlannedLayer(layer, x, out, w_t, b_t, acc))
+        elif kind == "relu":
+            out = layer.out_type or Fixed(max(x.width - 1, 1), max(x.integer - 1, 0), False)
+            planned.append(PlannedLayer(layer, x, out))
+        elif kind == "softmax":
+            out = layer.out_type or Fixed(default.width, 1, False)
+            planned.append(PlannedLayer(layer, x, out))
+        else:  # flatten, maxpool2d: values pass through unchanged
+            planned.append(PlannedLayer(layer, x, layer.out_type or x))
+        x = planned[-1].result_type
+    return Design(graph, graph.input_type or default, planned)
+
+
+def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
+    """hls4ml's rule (FACTS.md): (n_in*n_out) % RF == 0 and (RF < n_in or RF % n_in == 0)."""
+    total = n_in * n_out
+    return [rf for rf in range(1, total + 1)
+            if total % rf == 0 and (rf < n_in or rf % n_in == 0)]
+
+
+def apply_reuse_factors(design: Design, cfg: FpgaConfig) -> None:
+    """Set the reuse factors given with --reuse-factor; an invalid one is a ConfigError."""
+    names = [p.name for p in design.weighted()]
+    for name in cfg.reuse_per_layer:
+        if name not in names:
+            raise ConfigError(f"invalid --reuse-factor {name}=...: no layer '{name}'; layers "
+                              "with weights: " + ", ".join(names))
+    for p in design.weighted():
+        rf = cfg.reuse_per_layer.get(p.name, cfg.reuse_default)
+        valid = valid_reuse_factors(p.layer.fan_in, p.layer.n_out)
+        if rf not in valid:
+            near = sorted(valid, key=lambda v: (abs(v - rf), v))[:6]
+            raise ConfigError(f"invalid --reuse-factor {rf} for layer '{p.name}' "
+                              f"({p.layer.fan_in}x{p.layer.n_out}): valid values near it are "
+                              + ", ".join(map(str, sorted(near))))
+        p.reuse_factor = rf

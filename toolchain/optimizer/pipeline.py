@@ -1,0 +1,172 @@
+"""Named pass pipelines, each a sequence of stages; a stage is a function returning passes.
+
+A target picks a pipeline by name (``cpu`` for the ARM family) and may replace single stages,
+as TVM's per-backend pipelines do. ``run_pipeline`` applies stage by stage, timing each and
+recording what it changed (kernel calls, fused groups), which goes into report.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from toolchain.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """What a stage may depend on."""
+
+    target: object  # tvm.target.Target
+    schedule: str = "auto"  # "auto" (edgec's CPU rules) or "none" (TVM's plain loops)
+
+
+Stage = Callable[[PipelineContext], list]
+
+
+def simplify(ctx: PipelineContext) -> list:
+    """Batch-norm folding and constant folding on the graph, before ops become kernels."""
+    from tvm import relax
+
+    return [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+            relax.transform.FoldConstant(), relax.transform.DeadCodeElimination(["main"])]
+
+
+def legalize(ctx: PipelineContext) -> list:
+    """Each Relax op becomes a TIR kernel (call_tir); constants fold through them."""
+    from tvm import relax
+
+    return [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(), relax.transform.DeadCodeElimination(["main"])]
+
+
+def fuse_ops(ctx: PipelineContext) -> list:
+    """Group kernels: a producer with its injective/elementwise consumers (conv+add+relu)."""
+    from tvm import relax
+
+    return [relax.transform.FuseOps()]
+
+
+def fuse_tir(ctx: PipelineContext) -> list:
+    """Merge each group into one TIR kernel."""
+    from tvm import relax
+
+    return [relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(["main"])]
+
+
+def cpu_schedule(ctx: PipelineContext) -> list:
+    """Give every kernel a CPU schedule (inlining, tiling, vectorization) for the target."""
+    if ctx.schedule == "none":
+        return []
+    from toolchain.optimizer.schedule import ScheduleForCPU
+
+    return [ScheduleForCPU(ctx.target)]
+
+
+PIPELINES: dict[str, tuple[tuple[str, Stage], ...]] = {
+    "cpu": (("simplify", simplify), ("legalize", legalize), ("fuse_ops", fuse_ops),
+            ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
+    "cpu-nofuse": (("simplify", simplify), ("legalize", legalize), ("schedule", cpu_schedule)),
+}
+
+
+def get_pipeline(name: str) -> tuple[tuple[str, Stage], ...]:
+    if name not in PIPELINES:
+        raise ConfigError(f"unknown pipeline '{name}'; known pipelines: " + ", ".join(PIPELINES))
+    return PIPELINES[name]
+
+
+@dataclass
+class StageRecord:
+    name: str
+    seconds: float
+    kernel_calls: int
+    passes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineResult:
+    mod: object  # tvm.IRModule
+    stages: list[StageRecord]
+    fused_groups: dict[str, list[str]]  # fused kernel name -> the ops it holds
+    calls_before_fusion: int
+    calls_after_fusion: int
+
+
+def count_kernel_calls(mod) -> int:
+    """call_tir calls in ``main``."""
+    from tvm import relax
+
+    n = 0
+
+    def visit(expr):
+        nonlocal n
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
+            n += 1
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return n
+
+
+def _op_name(prim_name: str) -> str:
+    """``conv2d3`` -> ``conv2d``: LegalizeOps names kernels after their op plus a counter."""
+    return re.sub(r"\d+$", "", prim_name) or prim_name
+
+
+def fused_groups(mod) -> dict[str, list[str]]:
+    """After FuseOps: for each primitive Relax function, the ops of the kernels it calls."""
+    from tvm import relax
+
+    groups: dict[str, list[str]] = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, relax.Function) or gv.name_hint == "main":
+            continue
+        attrs = func.attrs
+        if attrs is None or "Primitive" not in attrs:
+            continue
+        ops: list[str] = []
+
+        def visit(expr, ops=ops):
+            if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
+                ops.append(_op_name(expr.args[0].name_hint))
+
+        relax.analysis.post_order_visit(func.body, visit)
+        groups[gv.name_hint] = ops
+    return groups
+
+
+def run_pipeline(mod, name: str, ctx: PipelineContext,
+                 overrides: Mapping[str, Stage] | None = None) -> PipelineResult:
+    """Apply the named pipeline stage by stage; ``overrides`` replace stages by name."""
+    import tvm
+
+    stages = get_pipeline(name)
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - {s for s, _ in stages}
+    if unknown:
+        raise ConfigError(f"pipeline '{name}' has no stage(s) {sorted(unknown)}")
+    records: list[StageRecord] = []
+    groups: dict[str, list[str]] = {}
+    before = after = None
+    for stage_name, stage in stages:
+        passes = overrides.get(stage_name, stage)(ctx)
+        t0 = time.perf_counter()
+        with tvm.transform.PassContext(opt_level=3):
+            for p in passes:
+                mod = p(mod)
+        if stage_name == "fuse_ops":
+            groups = fused_groups(mod)
+        calls = count_kernel_calls(mod)
+        if stage_name == "legalize":
+            before = calls
+        records.append(StageRecord(stage_name, round(time.perf_counter() - t0, 3), calls,
+                                   [getattr(p, "info", None) and p.info.name or type(p).__name__
+                                    for p in passes]))
+        log.info("stage %s: %.2f s, %d kernel calls", stage_name, records[-1].seconds, calls)
+    after = records[-1].kernel_calls
+    return PipelineResult(mod, records, groups, before if before is not None else after, after)
