@@ -43,7 +43,7 @@ class Context:
     lr: float = 5e-3
     batch: int = 32
     seed: int = 0
-    finetune_lr: float = 1e-3
+    finetune_lr: float = 2e-3
 
     @classmethod
     def for_zoo(cls, name: str, **overrides) -> "Context":

@@ -55,7 +55,7 @@ class Prune:
     sparsity: float = 0.5
     scope: str = "layer"
     rounds: int = 3
-    epochs: int = 8  # fine-tuning epochs after each round
+    epochs: int = 10  # fine-tuning epochs after each round
 
     def __post_init__(self):
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
