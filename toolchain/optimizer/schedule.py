@@ -1,12 +1,220 @@
-"""CPU schedules for the kernels (placeholder: leaves kernels as they are)."""
+"""ScheduleForCPU: a rule-based CPU schedule for every kernel (no tuning needed).
+
+Before: kernels as LegalizeOps/FuseTIR leave them: one full-size loop nest per op, with every
+intermediate (padding, the conv result before its bias and ReLU) a full-size buffer, and
+everything scalar. After, per kernel:
+
+1. Injective producers (padding, casts, broadcasts) are inlined into their consumers.
+2. Each reduction (conv, matmul, pooling) is register-tiled: the innermost output axis is
+   split into a vector of ``lanes`` elements and a second output axis into a small block, the
+   reduction loops go between the tile loops and the tile, the accumulator lives in local
+   memory, the tile is vectorized and unrolled, and the elementwise epilogue (bias, ReLU, ...)
+   is computed per tile so the full-size intermediate shrinks to one tile.
+3. Elementwise kernels get their innermost loop vectorized.
+
+Every rule works on a copy of the schedule and is dropped if a primitive refuses, so a kernel
+the rules do not fit keeps its plain (correct) loops. Results are identical up to float
+reassociation of the reduction order, which the rules do not change.
+"""
+
+from __future__ import annotations
+
+import logging
 
 import tvm
+
+log = logging.getLogger(__name__)
+
+DATA_PAR, COMM_REDUCE = 0, 2
+
+
+def _vector_lanes(target) -> int:
+    """float32 lanes in a SIMD register: NEON and SSE 4, AVX2 8, AVX-512 16."""
+    attrs = [str(a) for a in (target.attrs.get("mattr") or [])]
+    cpu = str(target.attrs.get("mcpu", ""))
+    if any("avx512" in a for a in attrs) or "avx512" in cpu or cpu in (
+            "skylake-avx512", "cascadelake", "icelake-server", "sapphirerapids", "znver4"):
+        return 16
+    triple = str(target.attrs.get("mtriple", ""))
+    if triple.startswith(("x86_64", "i686")):
+        return 8
+    return 4
+
+
+def _largest_divisor(n: int, choices) -> int:
+    for c in choices:
+        if c <= n and n % c == 0:
+            return c
+    return 1
+
+
+def _vector_tile(extent: int, lanes: int) -> int:
+    """The vector tile along an axis: a divisor of ``extent`` (so no tail loop), at most
+    ``8 * lanes``, preferring multiples of the vector width; 1 if only tiny ones exist."""
+    divisors = [d for d in range(2, min(extent, 8 * lanes) + 1) if extent % d == 0]
+    if not divisors:
+        return 1
+    aligned = [d for d in divisors if d % lanes == 0 and d <= 4 * lanes]
+    best = max(aligned) if aligned else max(divisors)
+    return best if best >= min(lanes, extent) else 1
+
+
+def _iter_types(sch, block) -> list[int]:
+    return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+
+
+def _blocks(sch):
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _inline_injective(sch) -> None:
+    """Inline every spatial block that is not an output and feeds others (to a fixpoint)."""
+    changed = True
+    while changed:
+        changed = False
+        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+        for block in _blocks(sch):
+            name = sch.get(block).name_hint
+            if name in outputs or any(t != DATA_PAR for t in _iter_types(sch, block)):
+                continue
+            try:
+                sch.compute_inline(block)
+                changed = True
+                break
+            except Exception:  # noqa: BLE001  (a refused inline leaves the block as is)
+                continue
+    # Chains of elementwise consumers become one block (bias + ReLU).
+    changed = True
+    while changed:
+        changed = False
+        for block in _blocks(sch):
+            if any(t != DATA_PAR for t in _iter_types(sch, block)):
+                continue
+            producers = sch.get_producers(block)
+            if len(producers) != 1 or any(t != DATA_PAR for t in _iter_types(sch, producers[0])):
+                continue
+            try:
+                sch.reverse_compute_inline(block)
+                changed = True
+                break
+            except Exception:  # noqa: BLE001
+                continue
+
+
+def _tile_reduction(sch, block, lanes: int) -> bool:
+    loops = sch.get_loops(block)
+    types = _iter_types(sch, block)
+    if len(loops) != len(types) or COMM_REDUCE not in types:
+        return False
+    extents = [int(sch.get(l).extent) for l in loops]
+    spatial = [i for i, t in enumerate(types) if t == DATA_PAR]
+    reduce = [i for i, t in enumerate(types) if t == COMM_REDUCE]
+    xi = max((i for i in spatial if extents[i] >= 2), default=None)
+    if xi is None:
+        return False
+    vx = _vector_tile(extents[xi], lanes)
+    if vx == 1:
+        return False
+    fi = next((i for i in spatial if i != xi and extents[i] >= 2), None)
+    vf = _largest_divisor(extents[fi], (4, 2)) if fi is not None else 1
+
+    x_o, x_i = sch.split(loops[xi], [None, vx])
+    outer, inner = [], [x_i]
+    if fi is not None and vf > 1:
+        f_o, f_i = sch.split(loops[fi], [None, vf])
+        inner = [f_i, x_i]
+    for i in spatial:
+        if i == xi:
+            outer.append(x_o)
+        elif fi is not None and vf > 1 and i == fi:
+            outer.append(f_o)
+        else:
+            outer.append(loops[i])
+    red_loops = [loops[i] for i in reduce]
+    sch.reorder(*outer, *red_loops, *inner)
+    anchor = outer[-1]
+
+    # Epilogue (bias, ReLU, ...) per tile: its buffer then shrinks to one tile.
+    consumers = sch.get_consumers(block)
+    cache = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(cache, anchor, preserve_unit_loops=True)
+    for consumer in consumers:
+        try:
+            sch.reverse_compute_at(consumer, anchor, preserve_unit_loops=True)
+            _vectorize_innermost(sch, consumer)
+        except Exception:  # noqa: BLE001  (epilogue stays a separate loop nest)
+            pass
+    _vectorize_innermost(sch, cache)
+    if len(inner) == 2:
+        sch.unroll(inner[0])
+    sch.vectorize(inner[-1])
+    # Last: a block with its init split off is no longer a reduction, and cannot be vectorized.
+    init = sch.decompose_reduction(block, red_loops[0])
+    _vectorize_innermost(sch, init)
+    return True
+
+
+def _vectorize_innermost(sch, block) -> None:
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    ext = int(sch.get(loops[-1]).extent)
+    if ext > 1 and ext <= 64:
+        sch.vectorize(loops[-1])
+
+
+def _vectorize_elementwise(sch, block, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    if not loops or any(t != DATA_PAR for t in _iter_types(sch, block)):
+        return
+    ext = int(sch.get(loops[-1]).extent)
+    v = _largest_divisor(ext, (2 * lanes, lanes))
+    if v > 1:
+        _, inner = sch.split(loops[-1], [None, v])
+        sch.vectorize(inner)
+
+
+def schedule_func(func, target):
+    """Return ``func`` with the CPU rules applied (or unchanged where they do not fit)."""
+    from tvm.s_tir import Schedule
+
+    lanes = _vector_lanes(target)
+    sch = Schedule(func)
+    try:
+        _inline_injective(sch)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("inline failed: %s", exc)
+        sch = Schedule(func)
+    for name in [sch.get(b).name_hint for b in _blocks(sch)]:
+        trial = sch.copy()
+        try:
+            block = trial.get_sblock(name)
+            types = _iter_types(trial, block)
+            if COMM_REDUCE in types:
+                if not _tile_reduction(trial, block, lanes):
+                    continue
+            else:
+                _vectorize_elementwise(trial, block, lanes)
+        except Exception as exc:  # noqa: BLE001  (keep the kernel's plain loops)
+            log.debug("schedule rule skipped block %s: %s", name, str(exc).splitlines()[0])
+            continue
+        sch = trial
+    return sch.mod["main"]
 
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleForCPU")
 class ScheduleForCPU:
+    """Apply ``schedule_func`` to every PrimFunc of the module."""
+
     def __init__(self, target):
         self.target = target
 
     def transform_module(self, mod, ctx):
-        return mod
+        from tvm import tirx
+
+        out = mod
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, tirx.PrimFunc):
+                out.update_func(gv, schedule_func(func, self.target).with_attrs(func.attrs)
+                                if func.attrs is not None else schedule_func(func, self.target))
+        return out
