@@ -1,0 +1,93 @@
+"""Float export of every zoo model, the metadata contract, and atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from toolchain import models
+from toolchain.compress import METADATA_KEY, export_onnx, metadata_of, onnx_accuracy
+from toolchain.compress.export import _deployable
+from toolchain.errors import ModelError, VerificationError
+from toolchain.reference import run_reference
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "dscnn", "mlp16", "transformer"])
+def test_float_export_matches_pytorch(name, tmp_path):
+    model = models.trained(name)
+    _, _, X_te, y_te = models.dataset(name)
+    path = tmp_path / f"{name}.onnx"
+    res = export_onnx(model, path, X_te[:64])
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.ir_version <= 10
+    assert not res.quantized and res.max_abs_error <= 1e-5 * 100
+    got = run_reference(path, [X_te])[0]
+    with torch.no_grad():
+        ref = model(torch.tensor(X_te)).numpy()
+    assert np.abs(got - ref).max() <= 1e-5 * max(1.0, float(ref.max() - ref.min()))
+    assert abs(onnx_accuracy(path, X_te, y_te) - (ref.argmax(1) == y_te).mean() * 100) < 1e-9
+    assert not any(n.op_type in ("QuantizeLinear", "BatchNormalization") for n in proto.graph.node)
+
+
+def test_metadata_names_every_layer_and_its_initializer(tmp_path):
+    model = models.trained("transformer")
+    path = tmp_path / "t.onnx"
+    export_onnx(model, path, models.dataset("transformer")[2][:8], steps=[{"step": "x"}])
+    proto = onnx.load(str(path))
+    keys = [p.key for p in proto.metadata_props]
+    assert keys.count(METADATA_KEY) == 1
+    meta = metadata_of(proto)
+    assert meta["steps"] == [{"step": "x"}] and meta["quantization"] == {"mode": "float"}
+    expected = {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    assert set(meta["layers"]) == expected
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for name, layer in meta["layers"].items():
+        w = model.get_submodule(name).weight.detach().numpy()
+        stored = inits[layer["onnx_weight"]]
+        assert np.array_equal(stored, w) or np.array_equal(stored, w.T), name
+        assert layer["weight_bits"] is None and layer["sparsity"] == 0.0
+    json.dumps(meta)  # plain JSON
+
+
+def test_batchnorm_is_folded_into_the_exported_conv():
+    model = models.trained("cnn")
+    dep, layers, out = _deployable(model)
+    assert out is None
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in dep.modules())
+    x = torch.tensor(models.dataset("cnn")[2][:16])
+    torch.testing.assert_close(dep(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class _Mismatch(nn.Module):
+    """Behaves differently when traced than when run: the export check must notice."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self.fc(x)
+        return self.fc(x) + 1.0
+
+
+def test_a_mismatch_fails_and_writes_nothing(tmp_path):
+    path = tmp_path / "bad.onnx"
+    with pytest.raises(VerificationError, match="differs from PyTorch"):
+        export_onnx(_Mismatch(), path, np.ones((3, 4), np.float32))
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unexportable_model_is_a_model_error(tmp_path):
+    class Bad(nn.Module):
+        def forward(self, x):
+            return torch.fft.fft(x).real
+
+    with pytest.raises(ModelError):
+        export_onnx(Bad(), tmp_path / "x.onnx", np.ones((2, 4), np.float32))
