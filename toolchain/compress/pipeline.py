@@ -18,6 +18,7 @@ import numpy as np
 from torch import nn
 
 from toolchain.compress.metrics import ModelStats, model_stats
+from toolchain.errors import ModelError
 from toolchain.models.train import accuracy
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,29 @@ class CompressionReport:
                 "export": self.export}
 
 
+def check_io(model: nn.Module, ctx: Context) -> None:
+    """ModelError unless the model maps a batch of the data to a (batch, classes) tensor."""
+    import torch
+
+    x = torch.tensor(np.asarray(ctx.X_test[:2]))
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        raise ModelError(f"the model cannot run on the data's input of shape "
+                         f"{tuple(x.shape[1:])}: {str(exc).strip().splitlines()[0]}") from None
+    n_classes = int(np.max(ctx.y_train)) + 1
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"the model must return logits of shape (batch, {n_classes}); "
+                         f"it returned {got}")
+
+
 def compress(model: nn.Module, steps: Sequence[Step], ctx: Context,
              model_name: str = "model") -> tuple[nn.Module, CompressionReport]:
     """Apply ``steps`` in order to a copy of ``model``; returns (compressed model, report)."""
     model = copy.deepcopy(model).eval()
+    check_io(model, ctx)
     before = Measure.of(model, ctx)
     report = CompressionReport(model_name, before)
     for step in steps:
