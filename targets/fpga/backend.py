@@ -97,17 +97,16 @@ class FpgaBackend(Backend):
         estimates = {s: estimate(design, s, cfg.clock_period_ns).to_json()
                      for s in ("latency", "resource")}
         totals = chosen.totals()
-        rtl_info: dict = {"available": False}
         layers, reason = rtl.rtl_layers(design)
-        if layers is None:
-            rtl_info["reason"] = reason
-        else:
+        rtl_info: dict = {"available": layers is not None, "reason": reason}
+        if layers is not None and cfg.strategy == "distributed_arithmetic":
+            # the DA design's size comes from da4ml's solution, so solve it now
             try:
                 _, summary = rtl.write(design, stage / RTL_DIR, cfg.clock_period_ns, dev.part)
-                rtl_info = {"available": True, "dir": RTL_DIR, **summary}
+                rtl_info.update(summary)
             except ToolMissingError as exc:
-                rtl_info["reason"] = str(exc)
-        if cfg.strategy == "distributed_arithmetic" and rtl_info.get("available"):
+                rtl_info = {"available": False, "reason": str(exc)}
+        if cfg.strategy == "distributed_arithmetic" and "lut_estimate" in rtl_info:
             extra = {k: v for k, v in totals.items() if k == "bram18"}
             totals = {"dsp": 0, "lut": rtl_info["lut_estimate"], "ff": rtl_info["ff_estimate"],
                       **extra}

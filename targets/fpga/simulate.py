@@ -121,19 +121,17 @@ def simulate_folder(out_dir: Path, report: dict, args: argparse.Namespace) -> di
         x_q = design.input_type.cast(x.reshape(x.shape[0], -1))
         try:
             t0 = time.perf_counter()
-            y_rtl = rtl.simulate(out_dir / "rtl", design, cfg.clock_period_ns,
-                                 report["device"]["part"], x_q)
+            model_rtl, summary = rtl.write(design, out_dir / "rtl", cfg.clock_period_ns,
+                                           report["device"]["part"])
+            y_rtl = rtl.simulate(model_rtl, x_q)
             rtl_seconds = time.perf_counter() - t0
-            y_trace = emu.trace(x)[rtl_info["compared_layer"]]
+            y_trace = emu.trace(x)[summary["compared_layer"]]
             mismatched = int(np.sum(y_rtl != y_trace))
             result["rtl"] = {
                 "ran": True, "simulator": f"verilator {rtl.VERILATOR_VERSION} (da4ml "
-                                          f"{rtl.DA4ML_VERSION} Verilog)",
-                "compared_layer": rtl_info["compared_layer"], "samples": int(x.shape[0]),
-                "bit_exact": mismatched == 0, "mismatched_values": mismatched,
-                "latency_cycles": rtl_info["latency_cycles"],
-                "latency_ns": rtl_info["latency_ns"], "ii_cycles": rtl_info["ii_cycles"],
-                "lut_estimate": rtl_info["lut_estimate"], "ff_estimate": rtl_info["ff_estimate"],
+                                          f"{rtl.DA4ML_VERSION} Verilog in rtl/)",
+                "samples": int(x.shape[0]), "bit_exact": mismatched == 0,
+                "mismatched_values": mismatched, **summary,
                 "seconds": round(rtl_seconds, 2),
             }
         except ToolMissingError as exc:
