@@ -196,6 +196,14 @@ def _rewrite(proto: onnx.ModelProto, layers: dict, out_info: dict | None,
             raise ModelError(f"export: no ONNX initializer holds the weight of layer '{lname}'")
         wname, axis = found
         node = consumers[wname]
+        readable = f"{lname}.weight" + ("_transposed" if axis == 1 else "")
+        if wname != readable and readable not in inits:
+            # the exporter names folded constants "onnx::MatMul_27"; name them after the layer
+            inits[wname].name = readable
+            for n in g.node:
+                n.input[:] = [readable if i == wname else i for i in n.input]
+            inits[readable] = inits.pop(wname)
+            wname = readable
         info["onnx_node"] = node.name
         info["onnx_op"] = node.op_type
         if info["weight_bits"] is None:
