@@ -93,7 +93,7 @@ class SelfAttention(nn.Module):
         return self.out((att @ v).transpose(1, 2).reshape(b, t, d))
 
     def macs(self, inputs, output) -> int:
-        """Multiply-accumulates of the two attention matmuls per sample (Linears count themselves)."""
+        """MACs of the two attention matmuls per sample (the Linears count themselves)."""
         _, t, d = inputs[0].shape
         return 2 * t * t * d
 

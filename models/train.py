@@ -34,7 +34,7 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Distillation:
-    """Soft targets from ``teacher`` at ``temperature``; ``alpha`` weighs them against the labels."""
+    """Soft targets from ``teacher`` at ``temperature``; ``alpha`` weighs them vs the labels."""
 
     teacher: nn.Module
     temperature: float = 4.0

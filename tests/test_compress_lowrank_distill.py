@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,7 +12,7 @@ from toolchain import models
 from toolchain.compress import Context, Distill, LowRank, compress
 from toolchain.compress.lowrank import rank_for
 from toolchain.errors import ConfigError, UnsupportedOpError
-from toolchain.models.train import Recipe, accuracy, fit
+from toolchain.models.train import Recipe, fit
 
 
 @pytest.mark.parametrize("energy,rank", [(0.5, 1), (0.8, 2), (0.95, 3), (1.0, 4)])

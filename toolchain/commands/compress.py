@@ -10,7 +10,6 @@ can come from the ``[compress]`` table of a ``--config`` TOML file.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -95,8 +94,8 @@ def _load_module(ref: str, what: str):
     try:
         obj = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as exc:
-        raise ModelError(f"cannot load {path} with torch.load: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load {path} with torch.load: {first}") from None
     if not isinstance(obj, torch.nn.Module):
         raise ModelError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module "
                          "(save the whole module with torch.save(model, path))")

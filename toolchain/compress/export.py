@@ -43,8 +43,8 @@ import torch.nn.utils.prune as tprune
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from toolchain.compress.quantize import (_FLOAT_CLASS, QuantLayer, dequantize_in_place, fold_batchnorm,
-                                         output_quant, weight_qparams)
+from toolchain.compress.quantize import (FLOAT_CLASS, QuantLayer, dequantize_in_place,
+                                         fold_batchnorm, output_quant, weight_qparams)
 from toolchain.errors import ModelError, VerificationError
 from toolchain.onnx_io import save_model
 from toolchain.outdir import staged_file
@@ -107,7 +107,7 @@ def _deployable(model: nn.Module) -> tuple[nn.Module, dict, dict | None]:
     for name, m in dep.named_modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
-        info = {"op": _FLOAT_CLASS.get(type(m), type(m)).__name__,
+        info = {"op": FLOAT_CLASS.get(type(m), type(m)).__name__,
                 "weight_bits": None, "weight_scale_pow2": False, "weight_frac_bits": None,
                 "sparsity": round(float((m.weight.detach() == 0).float().mean()), 6),
                 "act_bits": None, "act_frac_bits": None}

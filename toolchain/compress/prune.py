@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
@@ -80,8 +79,8 @@ class Prune:
             target = start + (self.sparsity - start) * r / self.rounds
             if self.scope == "global":
                 total = sum(m.weight.numel() for m in layers)
-                tprune.global_unstructured([(m, "weight") for m in layers],
-                                           tprune.L1Unstructured, amount=int(round(target * total)))
+                tprune.global_unstructured([(m, "weight") for m in layers], tprune.L1Unstructured,
+                                           amount=int(round(target * total)))
             else:
                 for m in layers:
                     tprune.l1_unstructured(m, "weight", amount=int(round(target * m.weight.numel())))

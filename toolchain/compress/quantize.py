@@ -92,7 +92,8 @@ class ActQuant(nn.Module):
     def __init__(self, bits: int, signed: bool, calibration: str = "minmax",
                  percentile: float = 99.99, frac_bits: int | None = None):
         super().__init__()
-        self.bits, self.signed, self.calibration, self.percentile = bits, signed, calibration, percentile
+        self.bits, self.signed = bits, signed
+        self.calibration, self.percentile = calibration, percentile
         self.frac_bits = frac_bits
         self.qmin = -(2 ** (bits - 1)) if signed else 0
         self.qmax = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
@@ -202,7 +203,7 @@ class QLinear(QuantLayer, nn.Linear):
 
 
 _QCLASS = {nn.Conv2d: QConv2d, nn.Linear: QLinear}
-_FLOAT_CLASS = {QConv2d: nn.Conv2d, QLinear: nn.Linear}
+FLOAT_CLASS = {QConv2d: nn.Conv2d, QLinear: nn.Linear}
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -225,7 +226,7 @@ def dequantize_in_place(model: nn.Module) -> None:
             if isinstance(m, QuantLayer):
                 m.weight.copy_(m.quantized_weight())
                 del m.act_quant
-                m.__class__ = _FLOAT_CLASS[type(m)]
+                m.__class__ = FLOAT_CLASS[type(m)]
     for key, hook in list(model._forward_hooks.items()):
         if hook is _quantize_output:
             del model._forward_hooks[key]
