@@ -40,11 +40,13 @@ Metadata contract (``metadata_props`` key ``edgec.compression``, a JSON object):
           "onnx_op": "Conv" | "Gemm" | "MatMul",
           "onnx_weight": "<initializer name or null>", # int8 initializer if quantized, then
                                                        # DequantizeLinear(axis=weight_axis)
-          "weight_axis": 0 | 1,            # quantized only: the output-channel axis
+          "weight_axis": 0 | 1 | null,     # quantized: the DequantizeLinear's output-channel
+                                           # axis; null when the scale is one scalar (fixed)
           "weight_bits": 8 | 4 | W | null, # null: float
           "weight_scale_pow2": bool,       # one power-of-two scale per layer (fixed mode)
           "weight_frac_bits": int | null,  # scale = 2^-weight_frac_bits when pow2
-          "sparsity": 0.75,                # fraction of zero weights
+          "sparsity": 0.75,                # fraction of zero weights as deployed (after
+                                           # quantization, which can round weights to 0)
           "act_bits": 8 | W | null,        # input activation quantizer of this layer
           "act_signed": bool, "act_scale": float, "act_zero_point": int,
           "act_frac_bits": int | null      # W - I in fixed mode (scale = 2^-act_frac_bits)

@@ -8,7 +8,8 @@ quantized layer, the graph is rewritten into the usual QDQ form:
 
 - its float weight initializer becomes an int8 initializer ``<w>_quantized`` followed by
   ``DequantizeLinear`` (per output channel, ``axis`` 0 for Conv/Gemm weights, 1 for the
-  transposed MatMul weights the exporter writes for Linear layers on 3-D inputs);
+  transposed MatMul weights the exporter writes for Linear layers on 3-D inputs or without
+  bias; in fixed-point mode one scalar power-of-two scale per layer, no axis);
 - the layer's data input gets ``QuantizeLinear -> DequantizeLinear`` (uint8 asymmetric, or
   int8 with zero point 0 for fixed-point; a ``Clip`` first when the type is narrower than 8 bits);
 - the model output gets ``QuantizeLinear -> DequantizeLinear`` too.
@@ -109,7 +110,7 @@ def _deployable(model: nn.Module) -> tuple[nn.Module, dict, dict | None]:
             continue
         info = {"op": FLOAT_CLASS.get(type(m), type(m)).__name__,
                 "weight_bits": None, "weight_scale_pow2": False, "weight_frac_bits": None,
-                "sparsity": round(float((m.weight.detach() == 0).float().mean()), 6),
+                "sparsity": 0.0,
                 "act_bits": None, "act_frac_bits": None}
         if isinstance(m, QuantLayer):
             scale, qmin, qmax = weight_qparams(m.weight, m.weight_bits, m.weight_pow2)
@@ -122,7 +123,10 @@ def _deployable(model: nn.Module) -> tuple[nn.Module, dict, dict | None]:
     dequantize_in_place(dep)
     for name, m in dep.named_modules():
         if name in layers:
-            layers[name]["_weight"] = m.weight.detach().numpy().copy()
+            w = m.weight.detach().numpy().copy()
+            layers[name]["_weight"] = w
+            # of the deployed weights: quantization can round small weights to zero
+            layers[name]["sparsity"] = round(float(np.mean(w == 0)), 6)
     return dep, layers, out_info
 
 
@@ -216,15 +220,19 @@ def _rewrite(proto: onnx.ModelProto, layers: dict, out_info: dict | None,
         q = np.clip(np.round(arr / scale.reshape(shape)), *info["_range"]).astype(np.int8)
         qname = f"{wname}_quantized"
         drop.add(wname)
+        per_tensor = bool(info["weight_scale_pow2"])  # one power-of-two scale per layer
+        if per_tensor:
+            scale, zero = np.array(scale[0], np.float32), np.array(0, np.int8)
+        else:
+            zero = np.zeros(len(scale), np.int8)
         g.initializer.extend([numpy_helper.from_array(q, qname),
                               numpy_helper.from_array(scale, f"{wname}_scale"),
-                              numpy_helper.from_array(np.zeros(len(scale), np.int8),
-                                                      f"{wname}_zero_point")])
+                              numpy_helper.from_array(zero, f"{wname}_zero_point")])
         weight_nodes.append(helper.make_node(
             "DequantizeLinear", [qname, f"{wname}_scale", f"{wname}_zero_point"], [wname],
-            name=f"{wname}_dequantize", axis=axis))
+            name=f"{wname}_dequantize", **({} if per_tensor else {"axis": axis})))
         info["onnx_weight"] = qname
-        info["weight_axis"] = axis
+        info["weight_axis"] = None if per_tensor else axis
         data_idx = 0 if node.input[0] != wname else 1
         prefix = f"{lname or 'model'}.input".replace("/", ".")
         nodes, new_inits, out = _act_qdq(prefix, node.input[data_idx], info)
