@@ -94,10 +94,12 @@ def test_model_file_with_data(tmp_path):
     (["compress", "LSTM", "--data", "mlp16", "-o", "X"], "must return logits of shape"),
     (["compress", "CONV1D", "--data", "cnn", "-o", "X"], "cannot run on the data's input"),
     (["compress", "mlp16", "--config", "nope.toml", "-o", "X"], "config file not found"),
+    (["compress", "M.onnx", "-o", "X"], "is an ONNX model; compress takes a PyTorch model"),
 ])
 def test_bad_input_is_one_line_and_nonzero(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({"not": "a module"}, tmp_path / "NOTPT")
+    (tmp_path / "M.onnx").write_bytes(b"")
     torch.save(nn.Sequential(nn.LSTM(16, 8)), tmp_path / "LSTM")
     torch.save(nn.Sequential(nn.Unflatten(1, (1, 16)), nn.Conv1d(1, 2, 3), nn.Flatten(),
                              nn.Linear(28, 5)), tmp_path / "CONV1D")
@@ -108,4 +110,4 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, tmp_path, capsys, monk
     assert rc != 0
     assert len(err.splitlines()) == 1 and err.startswith("edgec: error: ")
     assert message in err
-    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.json"))
+    assert not list(tmp_path.glob("x.*"))

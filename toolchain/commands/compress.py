@@ -91,6 +91,9 @@ def _load_module(ref: str, what: str):
             raise ModelError(f"{what} file not found: {path}")
         raise ConfigError(f"unknown {what} '{ref}': not a zoo model ({', '.join(models.names())}) "
                           "and no such file")
+    if path.suffix.lower() == ".onnx":
+        raise ConfigError(f"{path} is an ONNX model; compress takes a PyTorch model (a zoo name "
+                          "or a torch.save()d nn.Module), ONNX goes straight to 'edgec compile'")
     try:
         obj = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as exc:
