@@ -58,6 +58,8 @@ def _torch_module(design: Design):
             m = nn.Flatten()
         elif layer.kind == "maxpool2d":
             m = nn.MaxPool2d(layer.attrs["kernel"])
+        elif layer.kind == "avgpool2d":
+            m = nn.AvgPool2d(layer.attrs["kernel"])
         else:  # lower.py only produces the kinds above
             raise AssertionError(layer.kind)
         mods.append((layer.name, m))
@@ -98,6 +100,8 @@ def _hls_config(hls4ml, module, design: Design, cfg: FpgaConfig) -> dict:
                         accum=p.accum_type.hls())
             entry["ReuseFactor"] = p.reuse_factor
             entry["Strategy"] = STRATEGY_NAMES[cfg.strategy]
+        elif p.accum_type is not None:
+            prec["accum"] = p.accum_type.hls()
     return conf
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -24,7 +24,7 @@ from toolchain.errors import UnsupportedOpError
 from .precision import Fixed
 
 SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Conv", "BatchNormalization", "Relu", "Softmax",
-                 "Flatten", "Reshape", "MaxPool", "QuantizeLinear", "DequantizeLinear",
+                 "Flatten", "Reshape", "MaxPool", "AveragePool", "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear",
                  "Identity", "Dropout")
 
 
@@ -33,7 +33,7 @@ class Layer:
     """One layer of the chain. ``weight`` uses PyTorch layout: (out, in) or (co, ci, kh, kw)."""
 
     name: str
-    kind: str  # dense | conv2d | relu | softmax | flatten | maxpool2d
+    kind: str  # dense | conv2d | relu | softmax | flatten | maxpool2d | avgpool2d
     node: str  # the ONNX node it came from
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
@@ -84,19 +84,34 @@ def _sanitize(name: str, used: set[str]) -> str:
 
 def _pow2_type(node: onnx.NodeProto, scale: np.ndarray, zero: np.ndarray | None,
                dtype: np.dtype, target: str) -> Fixed:
-    """The ap_fixed grid of a QuantizeLinear: int8 with scale 2^-f is ap_fixed<8, 8-f>."""
+    """The ap_fixed grid of a Q/DQ: int8 with scale 2^-f is ap_fixed<8, 8-f>.
+
+    Per-channel power-of-two scales 2^-f_c widen the type to hold every channel exactly.
+    """
     s = np.unique(np.asarray(scale, dtype=np.float64))
-    if s.size != 1 or s[0] <= 0 or not math.log2(s[0]).is_integer():
+    exps = np.log2(s) if np.all(s > 0) else np.array([0.5])
+    if not np.all(exps == np.round(exps)):
         raise UnsupportedOpError(node.op_type, node.name, target,
-                                 f"scale {s.tolist()[:4]} is not one power of two; FPGA "
-                                 "fixed-point types need power-of-two scales")
+                                 f"scale {s.tolist()[:4]} is not a power of two; FPGA "
+                                 "fixed-point types need power-of-two scales "
+                                 "(e.g. edgec compress --quantize fixed<8,3>)")
     if zero is not None and np.any(np.asarray(zero) != 0):
         raise UnsupportedOpError(node.op_type, node.name, target,
                                  "non-zero zero point; use symmetric quantization")
-    frac = -int(math.log2(s[0]))
+    fmax, fmin = int(-exps.min()), int(-exps.max())
     bits = np.dtype(dtype).itemsize * 8
-    signed = np.issubdtype(np.dtype(dtype), np.signedinteger)
-    return Fixed(bits, bits - frac, signed)
+    signed = bool(np.issubdtype(np.dtype(dtype), np.signedinteger))
+    return Fixed(bits + fmax - fmin, bits - fmin, signed)
+
+
+def _along(v: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    """Reshape a per-channel Q/DQ parameter to broadcast along ``axis``."""
+    v = np.asarray(v)
+    if v.ndim != 1 or ndim < 2:
+        return v
+    shape = [1] * ndim
+    shape[axis % ndim] = v.shape[0]
+    return v.reshape(shape)
 
 
 class _Constants:
@@ -126,13 +141,16 @@ class _Constants:
         if op == "DequantizeLinear":
             zero = ins[2] if len(ins) > 2 and ins[2] is not None else None
             self.grids[node.output[0]] = _pow2_type(node, ins[1], zero, ins[0].dtype, target)
-            zp = zero.astype(np.float64) if zero is not None else 0.0
-            out = (ins[0].astype(np.float64) - zp) * ins[1].astype(np.float64)
+            axis, nd = a.get("axis", 1), ins[0].ndim
+            zp = _along(zero, axis, nd).astype(np.float64) if zero is not None else 0.0
+            out = (ins[0].astype(np.float64) - zp) * _along(ins[1], axis, nd).astype(np.float64)
             out = out.astype(np.float32)
         elif op == "QuantizeLinear":
-            zero = ins[2] if len(ins) > 2 and ins[2] is not None else np.int8(0)
+            zero = ins[2] if len(ins) > 2 and ins[2] is not None else np.uint8(0)
+            axis, nd = a.get("axis", 1), ins[0].ndim
             info = np.iinfo(zero.dtype)
-            q = np.clip(np.round(ins[0] / ins[1]) + zero, info.min, info.max)
+            q = np.clip(np.round(ins[0] / _along(ins[1], axis, nd)) + _along(zero, axis, nd),
+                        info.min, info.max)
             out = q.astype(zero.dtype)
         elif op in ("Identity", "Cast"):
             out = ins[0] if op == "Identity" else ins[0].astype(
@@ -205,8 +223,8 @@ def lower(model: onnx.ModelProto, target: str) -> LayerGraph:
             pending_q = None
             if layers:
                 layers[-1].out_type = grid
-            else:
-                input_type = grid
+            else:  # ties to even, as QuantizeLinear; the cast happens before the FPGA's port
+                input_type = replace(grid, rounding="RND_CONV")
             continue
         if pending_q is not None:
             raise UnsupportedOpError(pending_q[0].op_type, pending_q[0].name, target,
@@ -278,13 +296,18 @@ def lower(model: onnx.ModelProto, target: str) -> LayerGraph:
                 raise UnsupportedOpError(op, label, target, "only flattening to (N, features)")
             if len(in_shape) > 1:
                 layers.append(Layer(name, "flatten", label, in_shape, out_shape))
-        elif op == "MaxPool":
-            k = tuple(a.get("kernel_shape"))
-            s = tuple(a.get("strides", k))
+        elif op in ("MaxPool", "AveragePool", "GlobalAveragePool"):
+            if op == "GlobalAveragePool":
+                k = tuple(in_shape[1:])
+                s = k
+            else:
+                k = tuple(a.get("kernel_shape"))
+                s = tuple(a.get("strides", k))
             if len(k) != 2 or k != s or any(a.get("pads", [0, 0, 0, 0])):
                 raise UnsupportedOpError(op, label, target,
                                          "only 2D pooling with stride = kernel, no padding")
-            layers.append(Layer(name, "maxpool2d", label, in_shape, out_shape, attrs={"kernel": k}))
+            kind = "maxpool2d" if op == "MaxPool" else "avgpool2d"
+            layers.append(Layer(name, kind, label, in_shape, out_shape, attrs={"kernel": k}))
     if current != model.graph.output[0].name:
         raise UnsupportedOpError("(graph output)", model.graph.output[0].name, target,
                                  "the graph output is not produced by the layer chain")

@@ -8,6 +8,7 @@ round; results round to nearest and saturate; zero weights stay zero.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -100,6 +101,10 @@ def assign_types(graph: LayerGraph, cfg: FpgaConfig) -> Design:
         elif kind == "softmax":
             out = layer.out_type or Fixed(default.width, 1, False)
             planned.append(PlannedLayer(layer, x, out))
+        elif kind == "avgpool2d":  # the sum needs log2(window) more integer bits
+            grow = math.ceil(math.log2(int(np.prod(layer.attrs["kernel"]))))
+            acc = Fixed(x.width + grow, x.integer + grow, x.signed)
+            planned.append(PlannedLayer(layer, x, layer.out_type or x, accum_type=acc))
         else:  # flatten, maxpool2d: values pass through unchanged
             planned.append(PlannedLayer(layer, x, layer.out_type or x))
         x = planned[-1].result_type

@@ -123,7 +123,7 @@ def simulate_folder(out_dir: Path, report: dict, args: argparse.Namespace) -> di
             t0 = time.perf_counter()
             model_rtl, summary = rtl.write(design, out_dir / "rtl", cfg.clock_period_ns,
                                            report["device"]["part"])
-            y_rtl = rtl.simulate(model_rtl, x_q)
+            y_rtl = rtl.simulate(model_rtl, out_dir / "rtl", x_q)
             rtl_seconds = time.perf_counter() - t0
             y_trace = emu.trace(x)[summary["compared_layer"]]
             mismatched = int(np.sum(y_rtl != y_trace))
