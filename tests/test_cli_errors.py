@@ -93,7 +93,7 @@ def test_dynamic_shape_asks_for_input_shape_then_works(tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["compile", str(path), "-t", "host", "-o", str(out)])
     err = capsys.readouterr().err
-    assert rc == 2 and "--input-shape x=" in err and "x[N,3,16,16]" in err
+    assert rc == 2 and "--input-shape x=1,3,16,16" in err and "x[N,3,16,16]" in err
     assert not out.exists()
     rc = main(["compile", str(path), "-t", "host", "-o", str(out), "--input-shape", "x=2,3,16,16"])
     assert rc == 0, capsys.readouterr().err

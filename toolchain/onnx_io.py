@@ -120,12 +120,14 @@ def fix_input_shapes(model: onnx.ModelProto,
                 not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
             shown = [d.dim_param or "?" if not d.HasField("dim_value") else str(d.dim_value)
                      for d in dims]
-            dynamic.append(f"{inp.name}[{','.join(shown)}]")
+            guess = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else "1"
+                     for d in dims] or ["1"]
+            dynamic.append((f"{inp.name}[{','.join(shown)}]", f"{inp.name}={','.join(guess)}"))
     if dynamic:
-        example = dynamic[0].split("[")[0]
         raise DynamicShapeError(
-            "input(s) with dynamic dimensions: " + ", ".join(dynamic)
-            + f"; give static shapes with --input-shape {example}=1,3,224,224 (one per input)")
+            "input(s) with dynamic dimensions: " + ", ".join(d for d, _ in dynamic)
+            + "; give static shapes, e.g. "
+            + " ".join(f"--input-shape {g}" for _, g in dynamic))
     # Clear stale intermediate shapes so inference recomputes them from the new inputs.
     if overrides:
         del model.graph.value_info[:]

@@ -54,11 +54,15 @@ class ArmBackend(Backend):
         from toolchain.optimizer.pipeline import PipelineContext, run_pipeline
         from toolchain.optimizer.plan import build_plan
         from toolchain.onnx_io import input_specs, output_specs
+        from toolchain.passes import cleanup_passes, transform
         from toolchain.targets.arm import driver
 
         dev = CpuDevice.from_device(device)
         cc = find_compiler(dev, getattr(args, "compiler", "auto"))  # fail fast if missing
         timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        model = transform(model, cleanup_passes())
+        timings["onnx_passes"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         mod = import_onnx(model, device.name)
         timings["import"] = time.perf_counter() - t0

@@ -33,8 +33,11 @@ def simplify(ctx: PipelineContext) -> list:
     """Batch-norm folding and constant folding on the graph, before ops become kernels."""
     from tvm import relax
 
+    from toolchain.optimizer.fold_reshapes import FoldConstantReshapes
+
     return [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
-            relax.transform.FoldConstant(), relax.transform.DeadCodeElimination(["main"])]
+            FoldConstantReshapes(), relax.transform.FoldConstant(),
+            relax.transform.DeadCodeElimination(["main"])]
 
 
 def legalize(ctx: PipelineContext) -> list:

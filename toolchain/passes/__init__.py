@@ -1,0 +1,42 @@
+"""ONNX graph passes (qonnx style): a class per pass, ``apply(model) -> (model, changed)``.
+
+``transform(model, passes)`` applies each pass until it reports no change. Passes are pure:
+they take and return ``onnx.ModelProto`` and never touch files or print.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import onnx
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 50
+
+
+class Pass:
+    """Base class: subclasses implement ``apply``."""
+
+    def apply(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+        raise NotImplementedError
+
+
+def transform(model: onnx.ModelProto, passes: Sequence[Pass]) -> onnx.ModelProto:
+    for p in passes:
+        for _ in range(MAX_ROUNDS):
+            model, changed = p.apply(model)
+            if not changed:
+                break
+        log.debug("pass %s done: %d nodes", type(p).__name__, len(model.graph.node))
+    return model
+
+
+def cleanup_passes() -> list[Pass]:
+    """The passes every CPU compile runs before TVM import."""
+    from toolchain.passes.fold_batchnorm import FoldBatchNorm
+    from toolchain.passes.fold_constants import FoldConstants
+    from toolchain.passes.pretranspose_gemm import PretransposeGemm
+
+    return [FoldConstants(), FoldBatchNorm(), PretransposeGemm()]
