@@ -22,7 +22,7 @@ def test_float_export_matches_pytorch(name, tmp_path):
     model = models.trained(name)
     _, _, X_te, y_te = models.dataset(name)
     path = tmp_path / f"{name}.onnx"
-    res = export_onnx(model, path, X_te[:64])
+    res = export_onnx(model, path, X_te[:64], batch=None)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     assert proto.ir_version <= 10
@@ -91,3 +91,20 @@ def test_unexportable_model_is_a_model_error(tmp_path):
 
     with pytest.raises(ModelError):
         export_onnx(Bad(), tmp_path / "x.onnx", np.ones((2, 4), np.float32))
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_static_batch_by_default_for_the_compilers(batch, tmp_path):
+    from toolchain.onnx_io import input_specs, load_model, output_specs
+
+    model = models.trained("cnn")
+    X_te = models.dataset("cnn")[2]
+    path = tmp_path / "s.onnx"
+    export_onnx(model, path, X_te[:20], **({} if batch == 1 else {"batch": batch}))
+    proto = load_model(path)
+    assert input_specs(proto)[0].shape == (batch, 1, 8, 8)
+    assert output_specs(proto)[0].shape == (batch, 10)
+    with torch.no_grad():
+        ref = model(torch.tensor(X_te)).numpy()
+    y = ref.argmax(1)  # labels = the model's own predictions: accuracy must be 100
+    assert onnx_accuracy(path, X_te, y) == 100.0  # 450 rows in chunks of `batch`, padded

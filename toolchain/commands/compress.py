@@ -72,6 +72,8 @@ def register_compress(sub) -> None:
     p.add_argument("--epochs", type=int, help="fine-tuning epochs after prune / lowrank steps")
     p.add_argument("--steps", help="order of the steps, comma-separated (default: "
                                    + ",".join(ORDER) + ")")
+    p.add_argument("--batch", type=int, default=1,
+                   help="static batch size of the ONNX input (default 1; 0: dynamic)")
     p.add_argument("--cache-dir", type=Path, help="where trained zoo weights are cached")
     p.add_argument("--config", type=Path, help="TOML file with a [compress] table of options")
     p.set_defaults(func=cmd_compress, command_parser=p)
@@ -150,6 +152,8 @@ def _validate_numbers(args) -> None:
         raise ConfigError(f"--prune-channels fraction must be in (0, 1), got {args.prune_channels}")
     if args.lowrank is not None and not 0.0 < args.lowrank <= 1.0:
         raise ConfigError(f"--lowrank energy must be in (0, 1], got {args.lowrank}")
+    if args.batch < 0:
+        raise ConfigError(f"--batch must be >= 0 (0: dynamic), got {args.batch}")
     if args.epochs is not None and args.epochs < 0:
         raise ConfigError("--epochs must be >= 0")
 
@@ -185,7 +189,7 @@ def cmd_compress(args) -> int:
     model, report = compress(module, steps, ctx, name)
     mode = next((s.mode for s in steps if s.name == "quantize"), None)
     result = export_onnx(model, args.output, ctx.X_test, steps=report.step_configs(),
-                         mode=quantization_meta(mode))
+                         mode=quantization_meta(mode), batch=args.batch or None)
     onnx_acc = round(onnx_accuracy(args.output, ctx.X_test, ctx.y_test), 3)
     report.export = {**result.to_json(), "onnx_accuracy": onnx_acc,
                      "quantization": quantization_meta(mode)}

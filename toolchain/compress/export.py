@@ -14,6 +14,9 @@ quantized layer, the graph is rewritten into the usual QDQ form:
   int8 with zero point 0 for fixed-point; a ``Clip`` first when the type is narrower than 8 bits);
 - the model output gets ``QuantizeLinear -> DequantizeLinear`` too.
 
+The batch dimension is static (1 unless asked otherwise) because the ARM and FPGA compilers
+need static shapes; ``batch=None`` makes it dynamic.
+
 Layers are matched to initializers by value (the weight, or its transpose), so the mapping does
 not depend on the exporter's naming. The file is checked with ``onnx.checker`` (full check),
 onnxruntime is compared with the PyTorch model on ``example_input`` (float: max error <= 1e-5 of
@@ -46,7 +49,7 @@ from torch import nn
 
 from toolchain.compress.quantize import (FLOAT_CLASS, QuantLayer, dequantize_in_place,
                                          fold_batchnorm, output_quant, weight_qparams)
-from toolchain.errors import ModelError, VerificationError
+from toolchain.errors import ConfigError, ModelError, VerificationError
 from toolchain.onnx_io import save_model
 from toolchain.outdir import staged_file
 
@@ -94,7 +97,24 @@ def _ort_run(data: bytes, input_name: str, x: np.ndarray, optimize: bool) -> np.
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot load the exported model: "
                          f"{str(exc).splitlines()[0]}") from None
-    return sess.run(None, {input_name: x})[0]
+    return run_batched(sess, x)
+
+
+def run_batched(sess, x: np.ndarray) -> np.ndarray:
+    """Run a one-input session on all rows of ``x``, in chunks if its batch size is fixed."""
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    x = np.asarray(x, dtype=np.float32)
+    if fixed is None:
+        return sess.run(None, {inp.name: x})[0]
+    outs = []
+    for i in range(0, len(x), fixed):
+        chunk = x[i:i + fixed]
+        n = len(chunk)
+        if n < fixed:  # pad the last chunk by repeating its first row
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], fixed - n, axis=0)])
+        outs.append(sess.run(None, {inp.name: chunk})[0][:n])
+    return np.concatenate(outs)
 
 
 def _deployable(model: nn.Module) -> tuple[nn.Module, dict, dict | None]:
@@ -131,14 +151,15 @@ def _deployable(model: nn.Module) -> tuple[nn.Module, dict, dict | None]:
 
 
 def _torch_export(model: nn.Module, x: torch.Tensor, input_name: str,
-                  output_name: str) -> onnx.ModelProto:
+                  output_name: str, batch: int | None) -> onnx.ModelProto:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (x[:1],), buf, dynamo=False, opset_version=OPSET,
+            torch.onnx.export(model, (x[:batch or 1],), buf, dynamo=False, opset_version=OPSET,
                               input_names=[input_name], output_names=[output_name],
-                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                              dynamic_axes=None if batch else
+                              {input_name: {0: "batch"}, output_name: {0: "batch"}},
                               do_constant_folding=True)
         except Exception as exc:
             raise ModelError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from None
@@ -268,12 +289,14 @@ def metadata_of(proto: onnx.ModelProto) -> dict | None:
 
 def export_onnx(model: nn.Module, path: Path | str, example_input: np.ndarray, *,
                 steps: Sequence[dict] = (), mode: dict | None = None,
-                input_name: str = "input", output_name: str = "logits") -> ExportResult:
+                input_name: str = "input", output_name: str = "logits",
+                batch: int | None = 1) -> ExportResult:
     """Write ``model`` to ``path`` as ONNX (QDQ if quantized), check it and verify it.
 
     ``example_input`` (batch first) is used to trace and to compare onnxruntime with PyTorch;
     ``steps`` (the steps' JSON) and ``mode`` (e.g. {"mode": "fixed", "W": 8, "I": 3}) go
-    into the metadata. Raises ModelError if the model cannot be exported and
+    into the metadata. ``batch`` fixes the batch dimension (the compilers need static shapes;
+    1 by default), None leaves it dynamic. Raises ModelError if the model cannot be exported and
     VerificationError if onnxruntime disagrees with PyTorch.
     """
     torch.set_num_threads(1)
@@ -282,7 +305,9 @@ def export_onnx(model: nn.Module, path: Path | str, example_input: np.ndarray, *
     with torch.no_grad():
         ref = model(x).numpy()
     dep, layers, out_info = _deployable(model)
-    proto = _torch_export(dep, x, input_name, output_name)
+    if batch is not None and batch < 1:
+        raise ConfigError(f"export batch must be >= 1 (or None for dynamic), got {batch}")
+    proto = _torch_export(dep, x, input_name, output_name, batch)
     _rewrite(proto, layers, out_info, output_name)
     quantized = any(i["weight_bits"] is not None for i in layers.values())
     meta = {"format": 1, "steps": list(steps), "quantization": mode or {"mode": "float"},
@@ -322,12 +347,10 @@ def export_onnx(model: nn.Module, path: Path | str, example_input: np.ndarray, *
                         fused_err / step if step else None, agree)
 
 
-def onnx_accuracy(path: Path | str, X: np.ndarray, y: np.ndarray,
-                  input_name: str | None = None) -> float:
+def onnx_accuracy(path: Path | str, X: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy in percent of an ONNX classifier, run by onnxruntime."""
     from toolchain.reference import ort_session
 
     sess = ort_session(Path(path))
-    name = input_name or sess.get_inputs()[0].name
-    logits = sess.run(None, {name: np.asarray(X, dtype=np.float32)})[0]
+    logits = run_batched(sess, X)
     return float((logits.argmax(axis=1) == np.asarray(y)).mean() * 100.0)
