@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 from toolchain import models
-from toolchain.compress import METADATA_KEY, export_onnx, metadata_of, onnx_accuracy
+from toolchain.compress import (METADATA_KEY, Context, Quantize, compress, export_onnx,
+                                metadata_of, onnx_accuracy)
 from toolchain.compress.export import _deployable
 from toolchain.errors import ModelError, VerificationError
+from toolchain.models.train import Recipe, fit
 from toolchain.reference import run_reference
 
 
@@ -108,3 +110,31 @@ def test_static_batch_by_default_for_the_compilers(batch, tmp_path):
         ref = model(torch.tensor(X_te)).numpy()
     y = ref.argmax(1)  # labels = the model's own predictions: accuracy must be 100
     assert onnx_accuracy(path, X_te, y) == 100.0  # 450 rows in chunks of `batch`, padded
+
+
+class _ConvBnAttrs(nn.Module):
+    """conv and batchnorm as attributes used in forward (not in a Sequential)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6 * 64, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.bn(self.conv(x))), 1))
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_batchnorm_outside_a_sequential_is_folded(quantize, tmp_path):
+    torch.manual_seed(0)
+    model = _ConvBnAttrs()
+    ctx = Context.for_zoo("cnn")
+    fit(model, ctx.X_train, ctx.y_train, Recipe(epochs=1))  # non-trivial BN statistics
+    steps = [Quantize("int8")] if quantize else []
+    small, _ = compress(model, steps, ctx)
+    res = export_onnx(small, tmp_path / "bn.onnx", ctx.X_test[:32])
+    proto = onnx.load(str(tmp_path / "bn.onnx"))
+    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    assert set(metadata_of(proto)["layers"]) == {"conv", "fc"}
+    assert res.max_abs_error <= res.tolerance

@@ -234,27 +234,58 @@ def dequantize_in_place(model: nn.Module) -> None:
         del model.edgec_output_quant
 
 
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module, str]]:
+    """(conv, batchnorm, batchnorm's qualified name) where the batchnorm reads only the conv."""
+    try:
+        from torch import fx
+
+        gm = fx.symbolic_trace(model)
+    except Exception:  # untraceable model: look at consecutive children of Sequentials
+        pairs = []
+        for prefix, seq in model.named_modules():
+            if not isinstance(seq, nn.Sequential):
+                continue
+            items = list(seq.named_children())
+            for (_, prev), (bn_name, bn) in zip(items[:-1], items[1:]):
+                while isinstance(prev, nn.Sequential) and len(prev):
+                    prev = prev[-1]  # a low-rank factorized conv ends in its second conv
+                pairs.append((prev, bn, f"{prefix}.{bn_name}" if prefix else bn_name))
+        return pairs
+    mods = dict(gm.named_modules())
+    pairs = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not node.args:
+            continue
+        src = node.args[0]
+        if isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1:
+            pairs.append((mods[src.target], mods[node.target], node.target))
+    return pairs
+
+
 def fold_batchnorm(model: nn.Module) -> int:
-    """Fold each BatchNorm2d that directly follows a Conv2d in an nn.Sequential into the conv
-    (eval statistics); the batchnorm becomes Identity. Returns how many were folded."""
+    """Fold each BatchNorm2d whose only input is a Conv2d's output into that conv (eval
+    statistics); the batchnorm becomes Identity. Returns how many were folded.
+
+    Needed because torch's ONNX exporter folds them itself, which would change the weights
+    that the quantizers and the metadata refer to."""
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     folded = 0
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        items = list(seq.named_children())
-        for (_, conv), (bn_name, bn) in zip(items[:-1], items[1:]):
-            if type(conv) in (nn.Conv2d, QConv2d) and isinstance(bn, nn.BatchNorm2d) \
-                    and bn.track_running_stats:
-                w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean,
-                                            bn.running_var, bn.eps, bn.weight, bn.bias)
-                with torch.no_grad():
-                    conv.weight.copy_(w)
-                    if conv.bias is None:
-                        conv.bias = nn.Parameter(b.detach().clone())
-                    else:
-                        conv.bias.copy_(b)
-                setattr(seq, bn_name, nn.Identity())
-                folded += 1
+    for conv, bn, bn_name in _conv_bn_pairs(model):
+        if type(conv) not in (nn.Conv2d, QConv2d) or not isinstance(bn, nn.BatchNorm2d) \
+                or not bn.track_running_stats:
+            continue
+        w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                    bn.eps, bn.weight, bn.bias)
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            if conv.bias is None:
+                conv.bias = nn.Parameter(b.detach().clone())
+            else:
+                conv.bias.copy_(b)
+        parent_name, _, attr = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, nn.Identity())
+        folded += 1
     return folded
 
 
