@@ -14,7 +14,7 @@ from toolchain import models
 from toolchain.compress import (METADATA_KEY, Context, Quantize, compress, export_onnx,
                                 metadata_of, onnx_accuracy)
 from toolchain.compress.export import _deployable
-from toolchain.errors import ModelError, VerificationError
+from toolchain.errors import ConfigError, ModelError, VerificationError
 from toolchain.models.train import Recipe, fit
 from toolchain.reference import run_reference
 
@@ -138,3 +138,19 @@ def test_batchnorm_outside_a_sequential_is_folded(quantize, tmp_path):
     assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
     assert set(metadata_of(proto)["layers"]) == {"conv", "fc"}
     assert res.max_abs_error <= res.tolerance
+
+
+def test_steps_round_trip_through_json():
+    from toolchain.compress import (Distill, LowRank, Prune, PruneChannels, step_from_json)
+
+    teacher = nn.Linear(2, 2)
+    steps = [Distill(teacher, "mlp16", 3.0, 0.5, 7), LowRank(energy=None, params_ratio=0.4),
+             PruneChannels(0.3, epochs=2), Prune(0.6, scope="global", rounds=2),
+             Quantize("fixed<6,2>", calibration="histogram", qat_epochs=1)]
+    for step in steps:
+        again = step_from_json(json.loads(json.dumps(step.to_json())), teacher=teacher)
+        assert again == step and again.to_json() == step.to_json()
+    with pytest.raises(ConfigError, match="unknown step 'squash'"):
+        step_from_json({"step": "squash"})
+    with pytest.raises(ConfigError, match="bad prune step"):
+        step_from_json({"step": "prune", "amount": 0.5})

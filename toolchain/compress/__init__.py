@@ -72,7 +72,33 @@ from toolchain.compress.quantize import Quantize, QuantSpec, parse_mode
 __all__ = ["Context", "CompressionReport", "Distill", "ExportResult", "LowRank", "METADATA_KEY",
            "Measure", "ModelStats", "Prune", "PruneChannels", "QuantSpec", "Quantize",
            "compress", "export_onnx", "metadata_of", "model_stats", "onnx_accuracy",
-           "parse_mode", "quantization_meta", "weight_sparsity"]
+           "parse_mode", "quantization_meta", "step_from_json", "STEPS", "weight_sparsity"]
+
+
+STEPS = {c.name: c for c in (Distill, LowRank, PruneChannels, Prune, Quantize)}
+
+
+def step_from_json(d: dict, teacher=None):
+    """Rebuild a step from its ``to_json()`` (as stored in reports and metadata).
+
+    A distill step names its teacher; pass the teacher module, or a zoo teacher is loaded.
+    """
+    from toolchain.errors import ConfigError
+
+    d = dict(d)
+    name = d.pop("step", None)
+    if name not in STEPS:
+        raise ConfigError(f"unknown step '{name}'; known steps: {', '.join(STEPS)}")
+    if name == "distill":
+        from toolchain import models
+
+        teacher_name = d.pop("teacher")
+        d["teacher"] = teacher if teacher is not None else models.trained(teacher_name)
+        d["teacher_name"] = teacher_name
+    try:
+        return STEPS[name](**d)
+    except TypeError as exc:
+        raise ConfigError(f"bad {name} step {d}: {exc}") from None
 
 
 def quantization_meta(mode: str | None) -> dict:
