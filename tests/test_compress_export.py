@@ -54,6 +54,10 @@ def test_metadata_names_every_layer_and_its_initializer(tmp_path):
         stored = inits[layer["onnx_weight"]]
         assert np.array_equal(stored, w) or np.array_equal(stored, w.T), name
         assert layer["weight_bits"] is None and layer["sparsity"] == 0.0
+        assert set(layer) == {"op", "onnx_node", "onnx_op", "onnx_weight", "weight_axis",
+                              "weight_bits", "weight_scale_pow2", "weight_frac_bits", "sparsity",
+                              "act_bits", "act_signed", "act_scale", "act_zero_point",
+                              "act_frac_bits"}
     json.dumps(meta)  # plain JSON
 
 

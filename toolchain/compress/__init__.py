@@ -34,6 +34,7 @@ Metadata contract (``metadata_props`` key ``edgec.compression``, a JSON object):
       "quantization": {"mode": "float" | "int8" | "int4" | "fixed", "W": 8, "I": 3},
                                            # W and I only for fixed<W,I>
       "layers": {                          # one entry per Conv2d / Linear, by torch module name
+                                           # (every key is always present; null when float)
         "features.0": {
           "op": "Conv2d" | "Linear",
           "onnx_node": "/features/features.0/Conv",   # the Conv / Gemm / MatMul node
@@ -48,7 +49,7 @@ Metadata contract (``metadata_props`` key ``edgec.compression``, a JSON object):
           "sparsity": 0.75,                # fraction of zero weights as deployed (after
                                            # quantization, which can round weights to 0)
           "act_bits": 8 | W | null,        # input activation quantizer of this layer
-          "act_signed": bool, "act_scale": float, "act_zero_point": int,
+          "act_signed": bool | null, "act_scale": float | null, "act_zero_point": int | null,
           "act_frac_bits": int | null      # W - I in fixed mode (scale = 2^-act_frac_bits)
         }
       },

@@ -131,7 +131,8 @@ def _deployable(model: nn.Module) -> tuple[nn.Module, dict, dict | None]:
         info = {"op": FLOAT_CLASS.get(type(m), type(m)).__name__,
                 "weight_bits": None, "weight_scale_pow2": False, "weight_frac_bits": None,
                 "sparsity": 0.0,
-                "act_bits": None, "act_frac_bits": None}
+                "weight_axis": None, "act_bits": None, "act_signed": None, "act_scale": None,
+                "act_zero_point": None, "act_frac_bits": None}
         if isinstance(m, QuantLayer):
             scale, qmin, qmax = weight_qparams(m.weight, m.weight_bits, m.weight_pow2)
             info.update(weight_bits=m.weight_bits, weight_scale_pow2=m.weight_pow2,
