@@ -4,7 +4,8 @@ Before: kernels as LegalizeOps/FuseTIR leave them: one full-size loop nest per o
 intermediate (padding, the conv result before its bias and ReLU) a full-size buffer, and
 everything scalar. After, per kernel:
 
-1. Injective producers (padding, casts, broadcasts) are inlined into their consumers.
+1. Injective producers (casts, broadcasts) are inlined into their consumers; padding in front
+   of a reduction stays a copy, so the reduction's loads need no bounds checks.
 2. Each reduction (conv, matmul, pooling) is register-tiled: the innermost output axis is
    split into a vector of ``lanes`` elements and a second output axis into a small block, the
    reduction loops go between the tile loops and the tile, the accumulator lives in local
@@ -49,14 +50,23 @@ def _largest_divisor(n: int, choices) -> int:
 
 
 def _vector_tile(extent: int, lanes: int) -> int:
-    """The vector tile along an axis: a divisor of ``extent`` (so no tail loop), at most
-    ``8 * lanes``, preferring multiples of the vector width; 1 if only tiny ones exist."""
-    divisors = [d for d in range(2, min(extent, 8 * lanes) + 1) if extent % d == 0]
+    """The vector tile along an axis: a divisor of ``extent`` (so no tail loop) of at most two
+    vector registers, preferring whole registers; 1 when only tiny divisors exist."""
+    divisors = [d for d in range(2, min(extent, 2 * lanes) + 1) if extent % d == 0]
     if not divisors:
         return 1
-    aligned = [d for d in divisors if d % lanes == 0 and d <= 4 * lanes]
+    aligned = [d for d in divisors if d % lanes == 0]
     best = max(aligned) if aligned else max(divisors)
-    return best if best >= min(lanes, extent) else 1
+    return best if best >= min(3, extent) else 1
+
+
+def _row_block(extent: int, vx: int, lanes: int) -> int:
+    """How many output rows/channels share one vector tile: accumulators fit in ~8 registers."""
+    regs = -(-vx // lanes)
+    for f in (4, 2):
+        if extent % f == 0 and regs * f <= 8:
+            return f
+    return 1
 
 
 def _iter_types(sch, block) -> list[int]:
@@ -76,6 +86,11 @@ def _inline_injective(sch) -> None:
         for block in _blocks(sch):
             name = sch.get(block).name_hint
             if name in outputs or any(t != DATA_PAR for t in _iter_types(sch, block)):
+                continue
+            # Padding stays a separate copy: inlined, every load of a conv's inner loop would
+            # carry a bounds check, which defeats vectorization.
+            if "pad" in name.lower() and any(COMM_REDUCE in _iter_types(sch, c)
+                                             for c in sch.get_consumers(block)):
                 continue
             try:
                 sch.compute_inline(block)
@@ -116,7 +131,7 @@ def _tile_reduction(sch, block, lanes: int) -> bool:
     if vx == 1:
         return False
     fi = next((i for i in spatial if i != xi and extents[i] >= 2), None)
-    vf = _largest_divisor(extents[fi], (4, 2)) if fi is not None else 1
+    vf = _row_block(extents[fi], vx, lanes) if fi is not None else 1
 
     x_o, x_i = sch.split(loops[xi], [None, vx])
     outer, inner = [], [x_i]

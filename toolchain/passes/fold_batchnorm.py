@@ -33,9 +33,8 @@ class FoldBatchNorm(Pass):
         users = consumers(model)
         producer = {o: n for n in model.graph.node for o in n.output}
         outputs = graph_output_names(model)
-        for bn in model.graph.node:
-            if bn.op_type != "BatchNormalization":
-                continue
+        changed = False
+        for bn in [n for n in model.graph.node if n.op_type == "BatchNormalization"]:
             affine = _bn_affine(model, bn)
             if affine is None:
                 continue
@@ -75,9 +74,10 @@ class FoldBatchNorm(Pass):
                 model.graph.node.remove(bn)
                 model.graph.node.insert(idx, add)
                 model.graph.node.insert(idx, mul)
+            changed = True
+        if changed:
             remove_unused_initializers(model)
-            return model, True
-        return model, False
+        return model, changed
 
 
 def _rank(model, name: str) -> int | None:

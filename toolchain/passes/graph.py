@@ -30,6 +30,7 @@ def const_value(model: onnx.ModelProto, name: str) -> np.ndarray | None:
     return None
 
 
+
 def set_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
     """Add or replace an initializer (old-IR models also list it as a graph input)."""
     tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
