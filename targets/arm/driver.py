@@ -285,6 +285,7 @@ MAIN_C = """\
  *   model --bench N                                       N timed runs; last line: median ms
  *   model --info                                          inputs, outputs, memory
  */
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
