@@ -139,6 +139,26 @@ def test_io_stream_resource_strategy(built):
     assert sim["c_emulation"]["argmax_agreement"] >= 0.99
 
 
+@needs_rtl
+def test_distributed_arithmetic_fits_where_latency_does_not(built, zoo, capsys):
+    """8-bit MLP on the Zynq-7020: LUT multipliers overflow it, da4ml's adder graphs do not."""
+    common = ["compile", str(zoo["mlp16_fixed8"]), "--input-shape", SHAPES["mlp16"],
+              "--target", "fpga-z7020"]
+    capsys.readouterr()
+    assert main([*common, "-o", str(Path(built("mlp16").parent) / "too_big")]) == 2
+    assert "does not fit fpga-z7020" in capsys.readouterr().err
+    out = built("mlp16_fixed8", "fpga-z7020", "--strategy", "distributed_arithmetic")
+    report = json.loads((out / "report.json").read_text())
+    est = report["estimate"]
+    assert "da4ml" in est["source"] and est["resources"]["dsp"] == 0
+    assert est["resources"]["lut"] == report["rtl"]["lut_estimate"] < 53200
+    assert report["utilization"]["fits"] and est["ii_cycles"] == 1
+    assert est["latency_ns"] == pytest.approx(est["latency_cycles"] * 10.0)
+    assert "dense_da" in (out / "hls" / "firmware" / "edgec_fpga.cpp").read_text()
+    sim = _simulate(out, "--dataset", "mlp16", "--no-rtl")
+    assert sim["c_emulation"]["argmax_agreement"] >= 0.99
+
+
 # ------------------------------------------------------------------ bad input: one line, nothing written
 def _sigmoid_model(path: Path) -> Path:
     rng = np.random.default_rng(0)

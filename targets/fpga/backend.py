@@ -23,7 +23,7 @@ from .budget import choose_reuse_factors
 from .estimate import estimate, utilization
 from .lower import lower
 from .plan import Design, apply_reuse_factors, assign_types
-from .precision import Fixed, parse_fixed
+from .precision import parse_fixed
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class FpgaBackend(Backend):
         estimates = {s: estimate(design, s, cfg.clock_period_ns).to_json()
                      for s in ("latency", "resource")}
         totals = chosen.totals()
+        summary_json = chosen.to_json()
         layers, reason = rtl.rtl_layers(design)
         rtl_info: dict = {"available": layers is not None, "reason": reason}
         if layers is not None and cfg.strategy == "distributed_arithmetic":
@@ -107,9 +108,18 @@ class FpgaBackend(Backend):
             except ToolMissingError as exc:
                 rtl_info = {"available": False, "reason": str(exc)}
         if cfg.strategy == "distributed_arithmetic" and "lut_estimate" in rtl_info:
-            extra = {k: v for k, v in totals.items() if k == "bram18"}
-            totals = {"dsp": 0, "lut": rtl_info["lut_estimate"], "ff": rtl_info["ff_estimate"],
-                      **extra}
+            # a trailing softmax stays an HLS layer beside the da4ml logic
+            hls_only = [e for e in chosen.layers if e.name not in rtl_info["rtl_layers"]]
+            totals = {"dsp": sum(e.dsp for e in hls_only),
+                      "lut": rtl_info["lut_estimate"] + sum(e.lut for e in hls_only),
+                      "ff": rtl_info["ff_estimate"] + sum(e.ff for e in hls_only),
+                      "bram18": sum(e.bram18 for e in hls_only)}
+            cycles = rtl_info["latency_cycles"] + sum(e.cycles for e in hls_only)
+            summary_json = {"source": "estimate (da4ml solution; cycles from its pipeline)",
+                            "latency_cycles": cycles,
+                            "latency_ns": round(cycles * cfg.clock_period_ns, 2),
+                            "ii_cycles": 1, "resources": totals,
+                            "layers": [e.to_json() for e in hls_only]}
         fit = utilization(totals, dev.totals())
         if not fit["fits"]:
             over = [f"{k.upper()} {r['used']} > {r['available']} ({r['percent']:.0f}%)"
@@ -124,7 +134,7 @@ class FpgaBackend(Backend):
             "config": cfg.to_json(),
             "input_type": design.input_type.hls(),
             "layers": [p.to_json() for p in design.layers],
-            "estimate": {"strategy": cfg.strategy, **chosen.to_json(),
+            "estimate": {"strategy": cfg.strategy, **summary_json,
                          "note": "estimate from hls4ml template rules, not synthesis; "
                                  "see targets/fpga/README.md"},
             "estimates_by_strategy": estimates,
@@ -158,4 +168,4 @@ class FpgaBackend(Backend):
         return simulate_folder(Path(out_dir), self._load(out_dir), args)
 
 
-__all__ = ["FpgaBackend", "plan_design", "config_from_report", "Fixed"]
+__all__ = ["FpgaBackend", "plan_design", "config_from_report"]

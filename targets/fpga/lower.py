@@ -11,7 +11,6 @@ cannot map raises UnsupportedOpError naming the node and the op; nothing is writ
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field, replace
 

@@ -46,7 +46,6 @@ def rtl_layers(design: Design):
 
 def _import_da4ml():
     try:
-        import da4ml  # noqa: F401
         from da4ml.codegen import RTLModel
         from da4ml.trace import FixedVariableArrayInput, comb_trace
         from da4ml.trace.ops import quantize, relu
@@ -84,7 +83,8 @@ def write(design: Design, out: Path, clock_ns: float, part: str):
                      print_latency=False, clock_period=clock_ns, part_name=part)
     model.write()
     n_stages = len(model._pipe[0]) if model._pipe is not None else 1
-    summary = {"top": TOP, "compared_layer": last, "latency_cycles": int(n_stages),
+    layers, _ = rtl_layers(design)
+    summary = {"top": TOP, "compared_layer": last, "rtl_layers": [p.name for p in layers], "latency_cycles": int(n_stages),
                "latency_ns": round(n_stages * clock_ns, 2), "ii_cycles": 1,
                "lut_estimate": int(round(comb.cost)),
                "ff_estimate": int(model._pipe.reg_bits) if model._pipe is not None else 0,
