@@ -266,3 +266,23 @@ def test_utilization_against_device_totals():
     fit = utilization({"dsp": 440, "lut": 100, "ff": 0, "bram18": 0}, dev.totals())
     assert not fit["fits"] and fit["resources"]["dsp"]["percent"] == 200.0
     assert utilization({"dsp": 1}, dev.totals())["fits"]
+
+
+@pytest.mark.parametrize("on_grid", [True, False])
+def test_metadata_grid_is_used_only_when_weights_lie_on_it(on_grid):
+    import json
+
+    model = _mlp()
+    for init in model.graph.initializer:
+        if init.name == "w0":
+            w = numpy_helper.to_array(init)
+            w = np.round(w * 32) / 32 if on_grid else w
+            init.CopyFrom(numpy_helper.from_array(w.astype(np.float32), "w0"))
+    meta = {"layers": {"fc0": {"onnx_node": "fc0", "onnx_weight": "w0", "weight_bits": 8,
+                               "weight_frac_bits": 5, "sparsity": 0.0}}}
+    helper.set_model_props(model, {"edgec.compression": json.dumps(meta)})
+    graph = lower(model, "fpga-xcu250")
+    assert graph.compression == meta
+    expected = Fixed(8, 3) if on_grid else None
+    assert graph.layers[0].weight_type == expected
+    assert graph.layers[2].weight_type is None

@@ -241,7 +241,7 @@ def lower(model: onnx.ModelProto, target: str) -> LayerGraph:
             b = consts.get(node.input[2]).astype(np.float32) if len(node.input) > 2 \
                 and node.input[2] else None
             layers.append(Layer(name, "dense", label, in_shape, out_shape, np.ascontiguousarray(w),
-                                b, weight_type=consts.grids.get(w_name),
+                                b, {"weight_name": w_name}, consts.grids.get(w_name),
                                 bias_type=consts.grids.get(node.input[2]) if b is not None
                                 else None))
         elif op == "Add":
@@ -267,7 +267,7 @@ def lower(model: onnx.ModelProto, target: str) -> LayerGraph:
             layers.append(Layer(name, "conv2d", label, in_shape, out_shape,
                                 consts.get(w_name).astype(np.float32), b,
                                 {"stride": tuple(a.get("strides", [1, 1])),
-                                 "padding": (pads[0], pads[1])},
+                                 "padding": (pads[0], pads[1]), "weight_name": w_name},
                                 weight_type=consts.grids.get(w_name)))
         elif op == "BatchNormalization":
             prev = layers[-1] if layers else None
@@ -320,22 +320,24 @@ def lower(model: onnx.ModelProto, target: str) -> LayerGraph:
 
 
 def _apply_metadata(layers: list[Layer], compression: dict) -> None:
-    """Take weight grids from the compression metadata where the ONNX holds float weights."""
-    by_init = {}
-    for torch_name, info in (compression.get("layers") or {}).items():
-        if isinstance(info, dict) and info.get("onnx_weight"):
-            by_init[re.sub(r"\W", "_", str(info["onnx_weight"])).lower()] = (torch_name, info)
-    if not by_init:
-        return
+    """Take weight grids from the compression metadata where the ONNX holds float weights.
+
+    A layer entry is matched by its ``onnx_node`` (or ``onnx_weight``); its grid
+    (``weight_bits``, ``weight_frac_bits``) is used only if every weight lies on it.
+    """
+    entries = [info for info in (compression.get("layers") or {}).values()
+               if isinstance(info, dict)]
     for layer in layers:
         if layer.weight is None or layer.weight_type is not None:
             continue
-        for key, (torch_name, info) in by_init.items():
-            if key in layer.node.lower().replace(".", "_") or \
-                    torch_name.replace(".", "_") in layer.name:
-                bits, frac = info.get("weight_bits"), info.get("weight_frac_bits")
-                if bits and frac is not None:
-                    grid = Fixed(int(bits), int(bits) - int(frac))
-                    if np.array_equal(grid.cast(layer.weight), layer.weight):
-                        layer.weight_type = grid
-                break
+        for info in entries:
+            nodes = set(layer.node.split("+"))
+            if info.get("onnx_node") not in nodes and \
+                    info.get("onnx_weight") != layer.attrs.get("weight_name"):
+                continue
+            bits, frac = info.get("weight_bits"), info.get("weight_frac_bits")
+            if bits and frac is not None:
+                grid = Fixed(int(bits), int(bits) - int(frac))
+                if np.array_equal(grid.cast(layer.weight), layer.weight):
+                    layer.weight_type = grid
+            break
