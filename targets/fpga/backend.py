@@ -165,7 +165,35 @@ class FpgaBackend(Backend):
     def simulate(self, out_dir: Path, args: argparse.Namespace) -> dict:
         from .simulate import simulate_folder
 
-        return simulate_folder(Path(out_dir), self._load(out_dir), args)
+        result = simulate_folder(Path(out_dir), self._load(out_dir), args)
+        for line in summary_lines(result):
+            print(line)
+        return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    """A few lines for the terminal; simulation.json has everything."""
+    c = result["c_emulation"]
+    acc = (f", accuracy {100 * c['accuracy']:.2f}% (onnxruntime {100 * c['reference_accuracy']:.2f}%)"
+           if "accuracy" in c else "")
+    lines = [f"C emulation: {c['samples']} samples ({c['test_set']}), argmax agreement "
+             f"{100 * c['argmax_agreement']:.2f}% with onnxruntime, max error "
+             f"{c['max_abs_error']:.4g}{acc}"]
+    rtl = result["rtl"]
+    if rtl.get("ran"):
+        lines.append(f"RTL (Verilator): {'bit-exact' if rtl['bit_exact'] else 'MISMATCH'} with "
+                     f"the C emulation at '{rtl['compared_layer']}' ({rtl['mismatched_values']} "
+                     f"values differ), latency {rtl['latency_cycles']} cycles = "
+                     f"{rtl['latency_ns']} ns, II {rtl['ii_cycles']}, ~{rtl['lut_estimate']} LUT")
+    else:
+        lines.append(f"RTL: not simulated ({rtl['reason']})")
+    est, fit = result["estimate"], result["utilization"]
+    res = ", ".join(f"{k.upper()} {v['used']} ({v['percent']:.1f}%)"
+                    for k, v in fit["resources"].items())
+    lines.append(f"estimate ({est['strategy']}): {est['latency_cycles']} cycles = "
+                 f"{est['latency_ns']} ns, II {est['ii_cycles']}; {res}; "
+                 f"{'fits' if fit['fits'] else 'DOES NOT FIT'}")
+    return lines
 
 
 __all__ = ["FpgaBackend", "plan_design", "config_from_report"]
