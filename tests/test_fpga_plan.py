@@ -113,6 +113,7 @@ def test_every_fpga_device_is_listed():
     ({"clock_period": 0.01}, "--clock-period"),
     ({"default_precision": "float32"}, "--default-precision"),
     ({"strategy": "distributed_arithmetic", "reuse_factor": ["2"]}, "reuse factor 1"),
+    ({"strategy": "distributed_arithmetic", "budget": "lut=1000"}, "--budget"),
 ])
 def test_bad_options_name_the_option(kw, needle):
     with pytest.raises(ConfigError, match=needle.replace("-", r"\-")):

@@ -125,6 +125,9 @@ def from_args(args: argparse.Namespace, device: FpgaDevice) -> FpgaConfig:
         budget = (kind, float(_positive_int(value.strip(), "--budget value")))
         if per_layer or reuse_default != 1:
             raise ConfigError("give either --budget or --reuse-factor, not both")
+        if strategy == "distributed_arithmetic":
+            raise ConfigError("invalid --budget with --strategy distributed_arithmetic: it is "
+                              "fully unrolled (reuse factor 1); its size comes from da4ml")
     clock = getattr(args, "clock_period", None)
     clock = device.clock_period_ns if clock is None else float(clock)
     if not 0.5 <= clock <= 100:
