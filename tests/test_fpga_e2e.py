@@ -88,6 +88,22 @@ def test_full_hls4ml_project_and_report(built):
     assert set(report["estimates_by_strategy"]) == {"latency", "resource"}
 
 
+def test_testbench_builds_and_reproduces_the_c_emulation(built, tmp_path):
+    """hls4ml's C++ testbench (what Vitis csim runs), built with g++ from OUT/hls alone."""
+    import subprocess
+
+    hls = built("mlp16") / "hls"
+    exe = tmp_path / "tb"
+    subprocess.run(["g++", "-O1", "-std=c++17", "-Ifirmware/ap_types", "-Ifirmware",
+                    '-DWEIGHTS_DIR="firmware/weights"', "edgec_fpga_test.cpp",
+                    "firmware/edgec_fpga.cpp", "-o", str(exe)], cwd=hls, check=True)
+    subprocess.run([str(exe)], cwd=hls, check=True, capture_output=True)
+    got = np.loadtxt(hls / "tb_data" / "csim_results.log", ndmin=2)
+    want = np.loadtxt(hls / "tb_data" / "tb_output_predictions.dat", ndmin=2)
+    assert got.shape == want.shape == (16, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # it prints 6 digits
+
+
 def test_sixteen_bit_c_emulation_matches_onnxruntime(built):
     out = built("mlp16")
     sim = _simulate(out, "--dataset", "mlp16", "--no-rtl")

@@ -29,6 +29,7 @@ HLS4ML_VERSION = "1.3.0"
 STRATEGY_NAMES = {"latency": "Latency", "resource": "Resource",
                   "distributed_arithmetic": "distributed_arithmetic"}
 INPUT_LAYER = "x"  # the argument name of the generated module's forward()
+TB_SAMPLES = 16
 
 
 def _torch_module(design: Design):
@@ -134,11 +135,26 @@ def write_project(design: Design, cfg: FpgaConfig, device: FpgaDevice, out: Path
         if layer.get_attr("function_cpp", None) and layer.get_attr("trace", False):
             trace[layer.name] = int(np.prod(layer.get_output_variable().shape))
     out_var = model.get_output_variables()[0]
-    return {"project_dir": out.name, "project_name": cfg.project_name,
+    info = {"project_dir": out.name, "project_name": cfg.project_name,
             "hls4ml_version": hls4ml.__version__, "backend": cfg.hls_backend,
             "io_type": cfg.io_type, "part": device.part,
             "input_layout": "channels_first" if cfg.io_type == "io_parallel" else "channels_last",
             "output_size": int(np.prod(out_var.shape)), "trace_sizes": trace}
+    write_testbench_data(out, info, design.graph.input_shape)
+    return info
+
+
+def write_testbench_data(out: Path, info: dict, input_shape: tuple[int, ...]) -> None:
+    """Seeded inputs and the C emulation's outputs for hls4ml's C++ testbench (tb_data/),
+    so csim/cosim in Vitis compare the synthesized design with these values."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((TB_SAMPLES,) + tuple(input_shape))
+    emu = CEmulation(out, info)
+    y = emu.predict(x)
+    tb = out / "tb_data"
+    tb.mkdir(exist_ok=True)
+    np.savetxt(tb / "tb_input_features.dat", emu._prepare(x), fmt="%.10g")
+    np.savetxt(tb / "tb_output_predictions.dat", y, fmt="%.10g")
 
 
 def build_emulation(project_dir: Path, project_name: str) -> Path:
