@@ -71,6 +71,8 @@ def test_full_hls4ml_project_and_report(built):
                 "hls4ml_config.yml"):
         assert (hls / rel).exists(), rel
     assert len(list((hls / "firmware" / "weights").glob("w*.txt"))) == 4
+    tcl = (hls / "project.tcl").read_text()
+    assert 'set part "xcu250-figd2104-2L-e"' in tcl and "set clock_period 5.0" in tcl
     report = json.loads((out / "report.json").read_text())
     dense = [l for l in report["layers"] if l["kind"] == "dense"]
     assert [(l["n_in"], l["n_out"]) for l in dense] == [(16, 64), (64, 32), (32, 32), (32, 5)]
@@ -171,6 +173,8 @@ def test_distributed_arithmetic_fits_where_latency_does_not(built, zoo, capsys):
     assert report["utilization"]["fits"] and est["ii_cycles"] == 1
     assert est["latency_ns"] == pytest.approx(est["latency_cycles"] * 10.0)
     assert "dense_da" in (out / "hls" / "firmware" / "edgec_fpga.cpp").read_text()
+    tcl = (out / "hls" / "project.tcl").read_text()
+    assert 'set part "xc7z020clg400-1"' in tcl and "set clock_period 10.0" in tcl
     sim = _simulate(out, "--dataset", "mlp16", "--no-rtl")
     assert sim["c_emulation"]["argmax_agreement"] >= 0.99
 
