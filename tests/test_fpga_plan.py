@@ -219,6 +219,18 @@ def test_invalid_reuse_factor_lists_valid_ones():
         apply_reuse_factors(design, _cfg(reuse_factor=["nope=2"]))
 
 
+def test_reuse_factor_by_onnx_node_or_torch_module_name():
+    import json
+
+    model = _mlp()
+    meta = {"layers": {"net.fc_in": {"onnx_node": "fc1", "onnx_weight": "w1"}}}
+    helper.set_model_props(model, {"edgec.compression": json.dumps(meta)})
+    cfg = _cfg(reuse_factor=["fc0=4", "net.fc_in=8", "2"])
+    design = assign_types(lower(model, "fpga-xcu250"), cfg)
+    apply_reuse_factors(design, cfg)
+    assert [p.reuse_factor for p in design.weighted()] == [4, 8, 2]
+
+
 def test_estimate_counts_real_multipliers():
     design = assign_types(lower(_mlp(), "fpga-xcu250"), _cfg())
     fc0 = design.layers[0]

@@ -325,18 +325,19 @@ def _apply_metadata(layers: list[Layer], compression: dict) -> None:
     A layer entry is matched by its ``onnx_node`` (or ``onnx_weight``); its grid
     (``weight_bits``, ``weight_frac_bits``) is used only if every weight lies on it.
     """
-    entries = [info for info in (compression.get("layers") or {}).values()
-               if isinstance(info, dict)]
     for layer in layers:
-        if layer.weight is None or layer.weight_type is not None:
+        if layer.weight is None:
             continue
-        for info in entries:
+        for torch_name, info in (compression.get("layers") or {}).items():
+            if not isinstance(info, dict):
+                continue
             nodes = set(layer.node.split("+"))
             if info.get("onnx_node") not in nodes and \
                     info.get("onnx_weight") != layer.attrs.get("weight_name"):
                 continue
+            layer.attrs["module"] = torch_name  # lets --reuse-factor name the PyTorch module
             bits, frac = info.get("weight_bits"), info.get("weight_frac_bits")
-            if bits and frac is not None:
+            if layer.weight_type is None and bits and frac is not None:
                 grid = Fixed(int(bits), int(bits) - int(frac))
                 if np.array_equal(grid.cast(layer.weight), layer.weight):
                     layer.weight_type = grid

@@ -124,15 +124,23 @@ def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
             if total % rf == 0 and (rf < n_in or rf % n_in == 0)]
 
 
+def _aliases(p: PlannedLayer) -> set[str]:
+    """Names a layer answers to: edgec's, the ONNX node's and the PyTorch module's."""
+    names = {p.name, *p.layer.node.split("+")}
+    if p.layer.attrs.get("module"):
+        names.add(p.layer.attrs["module"])
+    return names
+
+
 def apply_reuse_factors(design: Design, cfg: FpgaConfig) -> None:
     """Set the reuse factors given with --reuse-factor; an invalid one is a ConfigError."""
-    names = [p.name for p in design.weighted()]
-    for name in cfg.reuse_per_layer:
-        if name not in names:
-            raise ConfigError(f"invalid --reuse-factor {name}=...: no layer '{name}'; layers "
-                              "with weights: " + ", ".join(names))
+    for key in cfg.reuse_per_layer:
+        if not any(key in _aliases(p) for p in design.weighted()):
+            raise ConfigError(f"invalid --reuse-factor {key}=...: no layer '{key}'; layers "
+                              "with weights: " + ", ".join(p.name for p in design.weighted()))
     for p in design.weighted():
-        rf = cfg.reuse_per_layer.get(p.name, cfg.reuse_default)
+        given = [rf for key, rf in cfg.reuse_per_layer.items() if key in _aliases(p)]
+        rf = given[-1] if given else cfg.reuse_default
         valid = valid_reuse_factors(p.layer.fan_in, p.layer.n_out)
         if rf not in valid:
             near = sorted(valid, key=lambda v: (abs(v - rf), v))[:6]
