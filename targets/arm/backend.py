@@ -46,6 +46,8 @@ class ArmBackend(Backend):
                        help="kernel schedules: edgec's CPU rules (auto) or plain loops (none)")
         g.add_argument("--compiler", default="auto", choices=COMPILERS,
                        help="C cross compiler: Debian's gcc, zig cc (PyPI ziglang), or auto")
+        g.add_argument("--keep-build", action="store_true",
+                       help="keep the intermediate objects and sources in OUT/build/")
 
     def compile(self, model_path, model, device, args, stage: Path) -> dict:
         from toolchain.optimizer import codegen
@@ -103,8 +105,12 @@ class ArmBackend(Backend):
             for src in ("weights.S", "model.c", "main.c"):
                 cc.compile(build / src, build / (Path(src).stem + ".o"), build)
             lib_objs = [build / "kernels.o", build / "weights.o", build / "model.o"]
-            cc.archive(lib_objs, build / "libmodel.a", build)
-            cc.link([build / "main.o", build / "libmodel.a"], build / "model", build)
+            try:
+                cc.archive(lib_objs, build / "libmodel.a", build)
+                cc.link([build / "main.o", build / "libmodel.a"], build / "model", build)
+            finally:
+                if getattr(args, "keep_build", False):
+                    shutil.copytree(build, stage / "build")
             timings["cc"] = time.perf_counter() - t0
 
             shutil.copyfile(build / "model", stage / "model")

@@ -33,6 +33,7 @@ class Compiler:
     cc: tuple[str, ...]  # argv prefix that runs the C compiler
     ar: tuple[str, ...]
     cflags: tuple[str, ...]
+    ldflags: tuple[str, ...] = ()
 
     def compile(self, src: Path, obj: Path, cwd: Path, extra: tuple[str, ...] = ()) -> None:
         run_tool([*self.cc, *self.cflags, *_REPRO, *extra, "-c", src.name, "-o", obj.name],
@@ -40,7 +41,7 @@ class Compiler:
 
     def link(self, objs: list[Path], out: Path, cwd: Path) -> None:
         run_tool([*self.cc, *self.cflags, "-static", "-s", *[o.name for o in objs], "-lm",
-                  "-o", out.name], what="linking the executable", cwd=cwd)
+                  *self.ldflags, "-o", out.name], what="linking the executable", cwd=cwd)
 
     def archive(self, objs: list[Path], out: Path, cwd: Path) -> None:
         # 'D': deterministic (zero timestamps and ids), so the library is reproducible.
@@ -77,7 +78,11 @@ def find_compiler(dev: CpuDevice, choice: str = "auto") -> Compiler:
     if prefix is None:
         raise ConfigError(f"no known C toolchain for triple '{dev.triple}'")
     if choice in ("auto", "gcc") and shutil.which(prefix + "gcc"):
-        return Compiler("gcc", (prefix + "gcc",), (prefix + "ar",), _arch_flags(dev, "gcc"))
+        # Static glibc calls memcpy & co. through PLT entries whose short form cannot reach
+        # past a few hundred MB of weights (VGG-19): GNU ld's long PLT entries can.
+        ldflags = ("-Wl,--long-plt",) if dev.is_arm32 else ()
+        return Compiler("gcc", (prefix + "gcc",), (prefix + "ar",), _arch_flags(dev, "gcc"),
+                        ldflags)
     if choice in ("auto", "zig") and _zig_available():
         zig = (sys.executable, "-m", "ziglang")
         return Compiler("zig", (*zig, "cc", "-target", _ZIG_TARGET[dev.triple]), (*zig, "ar"),

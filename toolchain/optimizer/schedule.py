@@ -169,6 +169,62 @@ def _tile_reduction(sch, block, lanes: int) -> bool:
     return True
 
 
+def _tile_conv_channels(sch, block, lanes: int) -> bool:
+    """NCHW conv2d: vectorize over output channels with weights packed per channel tile.
+
+    Loop nest: n, f_o, [pack W[f_o tile] as W'[c, r, s, f_i]], y, x_o, c, r, s, x_i (unrolled),
+    f_i (vector). Each step of the reduction does one contiguous vector load of packed weights
+    per ``lanes`` channels and one scalar (broadcast) load of the input per pixel: the GEMM
+    micro-kernel shape, independent of the image width and of the stride.
+    """
+    if not sch.get(block).name_hint.startswith("conv2d_nchw"):
+        return False
+    loops = sch.get_loops(block)
+    types = _iter_types(sch, block)
+    if len(loops) != 7 or types != [DATA_PAR] * 4 + [COMM_REDUCE] * 3:
+        return False
+    ext = [int(sch.get(l).extent) for l in loops]
+    # Pick the (channel vector, pixel count) tile with the most multiply-adds per reduction
+    # step whose accumulators fit in registers (NEON: 32, AVX2: 16, keeping two spare).
+    budget = 28 if lanes == 4 else 14
+    best = (0, 0, 0)
+    for vf in (4 * lanes, 2 * lanes, lanes):
+        if ext[1] % vf:
+            continue
+        regs = vf // lanes
+        px = max((p for p in range(1, min(ext[3], budget // regs) + 1) if ext[3] % p == 0),
+                 default=1)
+        best = max(best, (vf * px, px, vf))
+    _, px, vf = best
+    if not vf or px * vf < 2 * lanes:
+        return False
+    weights = [i for i, region in enumerate(sch.get(block).reads)
+               if len(region.buffer.shape) == 4 and int(region.buffer.shape[0]) == ext[1]
+               and i > 0]
+    if not weights:
+        return False
+    n, f, y, x, c, r, s = loops
+    f_o, f_i = sch.split(f, [None, vf])
+    x_o, x_i = sch.split(x, [None, px])
+    sch.reorder(n, f_o, y, x_o, c, r, s, x_i, f_i)
+    packed = sch.cache_read(block, weights[0], "global")
+    sch.compute_at(packed, f_o)
+    sch.transform_layout(packed, ("write", 0), lambda a, b, cc, d: (b, cc, d, a))
+    _vectorize_innermost(sch, packed)
+    consumers = sch.get_consumers(block)
+    cache = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(cache, x_o, preserve_unit_loops=True)
+    for consumer in consumers:
+        try:
+            sch.reverse_compute_at(consumer, x_o, preserve_unit_loops=True)
+        except Exception:  # noqa: BLE001  (epilogue stays a separate loop nest)
+            pass
+    sch.unroll(x_i)
+    sch.vectorize(f_i)
+    init = sch.decompose_reduction(block, c)
+    return True
+
+
 def _vectorize_innermost(sch, block) -> None:
     loops = sch.get_loops(block)
     if not loops:
@@ -206,6 +262,13 @@ def schedule_func(func, target):
             block = trial.get_sblock(name)
             types = _iter_types(trial, block)
             if COMM_REDUCE in types:
+                conv_trial = trial.copy()
+                try:
+                    if _tile_conv_channels(conv_trial, conv_trial.get_sblock(name), lanes):
+                        sch = conv_trial
+                        continue
+                except Exception as exc:  # noqa: BLE001
+                    log.debug("conv rule skipped block %s: %s", name, str(exc).splitlines()[0])
                 if not _tile_reduction(trial, block, lanes):
                     continue
             else:
