@@ -299,3 +299,37 @@ def test_metadata_grid_is_used_only_when_weights_lie_on_it(on_grid):
     expected = Fixed(8, 3) if on_grid else None
     assert graph.layers[0].weight_type == expected
     assert graph.layers[2].weight_type is None
+
+
+def test_qdq_after_flatten_rounds_once_before_it():
+    """conv -> relu -> global average pool -> flatten -> Q/DQ -> gemm: hls4ml's Flatten casts
+    nothing, so the grid moves to the pooling layer, and everything before stays exact."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 1, 3, 3)) * 0.5)
+                                     .astype(np.float32), "cw"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "cb"),
+             numpy_helper.from_array(np.float32(2 ** -5), "s"),
+             numpy_helper.from_array(np.int8(0), "z"),
+             numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "fw")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="qin"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dqin"),
+             helper.make_node("Conv", ["xd", "cw", "cb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("QuantizeLinear", ["f", "s", "z"], ["fq"], name="qf"),
+             helper.make_node("DequantizeLinear", ["fq", "s", "z"], ["fd"], name="dqf"),
+             helper.make_node("Gemm", ["fd", "fw"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 1, 4, 4])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    design = assign_types(lower(fix_input_shapes(model, {}), "fpga-xcu250"), _cfg())
+    conv, relu, gap, flat, fc = design.layers
+    assert conv.result_type == conv.accum_type  # exact
+    assert relu.result_type.frac == conv.accum_type.frac and not relu.result_type.signed
+    assert gap.result_type == Fixed(8, 3) and flat.result_type == Fixed(8, 3)
+    assert fc.input_type == Fixed(8, 3)
+    # the mean of 16 values needs 4 more fractional bits in the accumulator
+    assert gap.accum_type.frac == relu.result_type.frac + 4

@@ -77,10 +77,15 @@ class Design:
 def assign_types(graph: LayerGraph, cfg: FpgaConfig) -> Design:
     """Give every tensor a type (see module docstring)."""
     default = cfg.default_precision
+    _move_quantizers_before_flatten(graph.layers)
+    quantized = graph.input_type is not None or any(l.out_type for l in graph.layers)
     x = graph.input_type or default
     planned: list[PlannedLayer] = []
-    for layer in graph.layers:
+    for i, layer in enumerate(graph.layers):
         kind = layer.kind
+        # In a QDQ model, values stay exact until the next quantizer rounds them, once, as
+        # onnxruntime does; float models round every result to the default precision.
+        exact = layer.out_type is None and quantized and _quantizer_follows(graph.layers, i)
         if kind in ("dense", "conv2d"):
             w_t = layer.weight_type or fit_values(layer.weight, default.width)
             if layer.bias is None:
@@ -91,30 +96,48 @@ def assign_types(graph: LayerGraph, cfg: FpgaConfig) -> Design:
                 integer = integer_bits_for(float(np.abs(layer.bias).max()))
                 b_t = Fixed(max(integer + x.frac + w_t.frac, 2), integer)
             acc = accumulator(x, w_t, b_t, layer.weight, layer.bias)
-            out = layer.out_type or replace(default, rounding="RND", saturation="SAT")
-            if layer.out_type is None and _next_is_quantized_relu(graph.layers, layer):
-                out = acc  # round once, in the ReLU, as the QDQ reference does
+            out = layer.out_type or (acc if exact else
+                                     replace(default, rounding="RND", saturation="SAT"))
             planned.append(PlannedLayer(layer, x, out, w_t, b_t, acc))
-        elif kind == "relu":
+        elif kind == "relu":  # without a quantizer: the non-negative part, exactly
             out = layer.out_type or Fixed(max(x.width - 1, 1), max(x.integer - 1, 0), False)
             planned.append(PlannedLayer(layer, x, out))
         elif kind == "softmax":
             out = layer.out_type or Fixed(default.width, 1, False)
             planned.append(PlannedLayer(layer, x, out))
-        elif kind == "avgpool2d":  # the sum needs log2(window) more integer bits
+        elif kind == "avgpool2d":
+            # hls4ml sums then divides in the accumulator: log2(window) more integer bits for
+            # the sum and as many more fractional bits keep a power-of-two mean exact
             grow = math.ceil(math.log2(int(np.prod(layer.attrs["kernel"]))))
-            acc = Fixed(x.width + grow, x.integer + grow, x.signed)
-            planned.append(PlannedLayer(layer, x, layer.out_type or x, accum_type=acc))
+            acc = Fixed(x.width + 2 * grow, x.integer + grow, x.signed)
+            out = layer.out_type or (Fixed(x.width + grow, x.integer, x.signed) if exact else x)
+            planned.append(PlannedLayer(layer, x, out, accum_type=acc))
         else:  # flatten, maxpool2d: values pass through unchanged
             planned.append(PlannedLayer(layer, x, layer.out_type or x))
         x = planned[-1].result_type
     return Design(graph, graph.input_type or default, planned)
 
 
-def _next_is_quantized_relu(layers: list[Layer], layer: Layer) -> bool:
-    i = layers.index(layer)
-    return i + 1 < len(layers) and layers[i + 1].kind == "relu" and \
-        layers[i + 1].out_type is not None
+_VALUE_PRESERVING = ("relu", "maxpool2d", "avgpool2d", "flatten")
+
+
+def _quantizer_follows(layers: list[Layer], i: int) -> bool:
+    """Whether a Q/DQ grid comes after layer i with only ReLU/pooling/flatten in between."""
+    for later in layers[i + 1:]:
+        if later.kind not in _VALUE_PRESERVING:
+            return False
+        if later.out_type is not None:
+            return True
+    return False
+
+
+def _move_quantizers_before_flatten(layers: list[Layer]) -> None:
+    """hls4ml's Flatten casts nothing, so a grid after it goes to the layer before it."""
+    for i, layer in enumerate(layers):
+        if layer.kind == "flatten" and layer.out_type is not None and i > 0:
+            prev = layers[i - 1]
+            if prev.out_type is None or prev.out_type == layer.out_type:
+                prev.out_type, layer.out_type = layer.out_type, None
 
 
 def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
