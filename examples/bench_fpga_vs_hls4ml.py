@@ -57,7 +57,7 @@ def plain_hls4ml(work: Path, target: str, x: np.ndarray) -> dict:
     from toolchain.targets.fpga.estimate import estimate, utilization
     from toolchain.targets.fpga.plan import assign_types
     from toolchain.targets.fpga.lower import lower
-    from toolchain.targets.fpga.precision import Fixed
+    from toolchain.targets.fpga.precision import Fixed, accumulator
 
     dev = fcfg.FpgaDevice.from_device(device(target))
     model = models.trained("mlp16")
@@ -83,7 +83,11 @@ def plain_hls4ml(work: Path, target: str, x: np.ndarray) -> dict:
         if p.has_weights:
             p.weight_type = p.bias_type = p.accum_type = default
     est = estimate(design, "latency", dev.clock_period_ns)
-    return {"y": y.reshape(len(x), -1), "estimate": est.to_json(),
+    # Which layers' accumulators (ap_fixed<16,6>, wrap-around) can overflow for some input?
+    overflow = [p.name for p in design.weighted()
+                if accumulator(default, default, default, p.layer.weight, p.layer.bias).integer
+                > default.integer]
+    return {"y": y.reshape(len(x), -1), "estimate": est.to_json(), "overflow": overflow,
             "fits": utilization(est.totals(), dev.totals())["fits"], "seconds": seconds,
             "types": "ap_fixed<16,6> (TRN, WRAP) everywhere"}
 
@@ -134,7 +138,7 @@ def main() -> int:
                      "reference_accuracy": float(np.mean(y_float.argmax(1) == labels)),
                      **est["resources"], "cycles": est["latency_cycles"],
                      "ns": est["latency_ns"], "rtl_cycles": None, "rtl_bit_exact": None,
-                     "fits": plain["fits"]})
+                     "fits": plain["fits"], "accumulators_can_overflow": plain["overflow"]})
         for name, r in results.items():
             c = r["sim"]["c_emulation"]
             rep = r["report"]
@@ -164,6 +168,10 @@ def main() -> int:
               f"{r['cycles']:>5}{r['ns']:>7.0f}{r['rtl_cycles'] if r['rtl_cycles'] else '-':>8}"
               f"{r.get('rtl_luts') or '-':>9}"
               f"{'-' if r['rtl_bit_exact'] is None else ('yes' if r['rtl_bit_exact'] else 'NO'):>7}")
+    plain_row = rows[0]
+    print(f"hls4ml default: accumulators that can overflow (wrap) for some input: "
+          f"{len(plain_row['accumulators_can_overflow'])} of 4 dense layers "
+          f"{plain_row['accumulators_can_overflow']}; edgec sizes every accumulator so none can")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
