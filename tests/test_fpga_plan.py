@@ -333,3 +333,15 @@ def test_qdq_after_flatten_rounds_once_before_it():
     assert fc.input_type == Fixed(8, 3)
     # the mean of 16 values needs 4 more fractional bits in the accumulator
     assert gap.accum_type.frac == relu.result_type.frac + 4
+
+
+def test_rtl_path_only_for_what_da4ml_implements():
+    from toolchain.targets.fpga.rtl import rtl_layers
+
+    design = assign_types(lower(_mlp(), "fpga-xcu250"), _cfg())
+    layers, reason = rtl_layers(design)
+    assert [p.layer.kind for p in layers] == ["dense", "relu", "dense", "relu", "dense"]
+    conv = assign_types(lower(_mlp(), "fpga-xcu250"),
+                        _cfg(default_precision="fixed<16,6,RND_CONV,SAT>"))
+    layers, reason = rtl_layers(conv)
+    assert layers is None and "RND_CONV" in reason

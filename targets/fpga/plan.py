@@ -9,7 +9,7 @@ round; results round to nearest and saturate; zero weights stay zero.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -96,8 +96,7 @@ def assign_types(graph: LayerGraph, cfg: FpgaConfig) -> Design:
                 integer = integer_bits_for(float(np.abs(layer.bias).max()))
                 b_t = Fixed(max(integer + x.frac + w_t.frac, 2), integer)
             acc = accumulator(x, w_t, b_t, layer.weight, layer.bias)
-            out = layer.out_type or (acc if exact else
-                                     replace(default, rounding="RND", saturation="SAT"))
+            out = layer.out_type or (acc if exact else default)
             planned.append(PlannedLayer(layer, x, out, w_t, b_t, acc))
         elif kind == "relu":  # without a quantizer: the non-negative part, exactly
             out = layer.out_type or Fixed(max(x.width - 1, 1), max(x.integer - 1, 0), False)

@@ -39,8 +39,14 @@ def rtl_layers(design: Design):
     if bad:
         return None, (f"layer '{bad[0].name}' ({bad[0].layer.kind}) has no RTL path here; "
                       "RTL simulation covers dense/ReLU chains")
-    if not layers or design.input_type.width + 0 > 32:
-        return None, "input wider than 32 bits"
+    odd = [p for p in layers if p.result_type.rounding not in ("RND", "TRN")]
+    if odd:
+        return None, (f"layer '{odd[0].name}' rounds with {odd[0].result_type.rounding}, which "
+                      "da4ml's RTL does not implement (use RND or TRN)")
+    if not layers:
+        return None, "no dense layer before the softmax"
+    if max(design.input_type.width, layers[-1].result_type.width) > 32:
+        return None, "RTL inputs and outputs must be at most 32 bits wide (Verilator harness)"
     return layers, ""
 
 
@@ -76,7 +82,7 @@ def trace(design: Design):
 
 
 def write(design: Design, out: Path, clock_ns: float, part: str):
-    """Write the Verilog project into ``out``; return (model, compared layer, summary)."""
+    """Write the Verilog project into ``out``; return (da4ml model, summary for the report)."""
     RTLModel = _import_da4ml()[0]
     comb, last = trace(design)
     model = RTLModel(comb, TOP, out, flavor="verilog", latency_cutoff=clock_ns,
