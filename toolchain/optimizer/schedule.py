@@ -198,9 +198,12 @@ def _tile_conv_channels(sch, block, lanes: int) -> bool:
     _, px, vf = best
     if not vf or px * vf < 2 * lanes:
         return False
+    def buffer_of(region):  # TVM 0.27 calls the region's buffer "source"
+        return getattr(region, "buffer", None) or region.source
+
     weights = [i for i, region in enumerate(sch.get(block).reads)
-               if len(region.buffer.shape) == 4 and int(region.buffer.shape[0]) == ext[1]
-               and i > 0]
+               if len(buffer_of(region).shape) == 4
+               and int(buffer_of(region).shape[0]) == ext[1] and i > 0]
     if not weights:
         return False
     n, f, y, x, c, r, s = loops
@@ -213,6 +216,8 @@ def _tile_conv_channels(sch, block, lanes: int) -> bool:
     _vectorize_innermost(sch, packed)
     consumers = sch.get_consumers(block)
     cache = sch.cache_write(block, 0, "local")
+    # Accumulators channel-innermost, so the vector over f_i is contiguous in registers.
+    sch.transform_layout(block, ("write", 0), lambda a, b, cc, d: (a, cc, d, b))
     sch.reverse_compute_at(cache, x_o, preserve_unit_loops=True)
     for consumer in consumers:
         try:
