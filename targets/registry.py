@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 
 from toolchain.errors import ConfigError
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,8 +51,6 @@ def staged_file(out: Path) -> Iterator[Path]:
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    import os
-
     os.close(fd)
     tmp_path = Path(tmp)
     try:

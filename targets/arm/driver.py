@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolchain.optimizer.memplan import ALIGN, MemoryPlan
-from toolchain.optimizer.plan import CONST, INPUT, KernelPlan
+from toolchain.optimizer.plan import CONST, KernelPlan
 
 # DLPack type codes (dlpack.h): int, uint, float, bfloat, bool.
 _DL_CODES = {"i": 0, "u": 1, "f": 2, "b": 6}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -138,8 +137,6 @@ def load_inputs(manifest: dict, paths: list[Path], seed: int) -> list[np.ndarray
         except (ValueError, OSError) as exc:
             raise ConfigError(f"cannot read {path} as a .npy array: {exc}") from None
         if tuple(arr.shape) != spec.shape:
-            if arr.size == int(np.prod(spec.shape)) and arr.ndim == 0:
-                pass
             raise ConfigError(f"input '{spec.name}' from {path} has shape {tuple(arr.shape)}, "
                               f"the model expects {spec.shape}")
         arrays.append(np.ascontiguousarray(arr.astype(spec.dtype, copy=False)))

@@ -226,7 +226,7 @@ def _tile_conv_channels(sch, block, lanes: int) -> bool:
             pass
     sch.unroll(x_i)
     sch.vectorize(f_i)
-    init = sch.decompose_reduction(block, c)
+    sch.decompose_reduction(block, c)
     return True
 
 
