@@ -212,7 +212,10 @@ def _tile_conv_channels(sch, block, lanes: int) -> bool:
     sch.reorder(n, f_o, y, x_o, c, r, s, x_i, f_i)
     packed = sch.cache_read(block, weights[0], "global")
     sch.compute_at(packed, f_o)
-    sch.transform_layout(packed, ("write", 0), lambda a, b, cc, d: (b, cc, d, a))
+    # Tile-major packing: one channel tile's weights are contiguous, so the reduction streams
+    # through them instead of striding by the channel count (cache-set conflicts).
+    sch.transform_layout(packed, ("write", 0),
+                         lambda a, b, cc, d: (a // vf, b, cc, d, a % vf))
     _vectorize_innermost(sch, packed)
     consumers = sch.get_consumers(block)
     cache = sch.cache_write(block, 0, "local")
