@@ -187,15 +187,16 @@ def _tile_conv_channels(sch, block, lanes: int) -> bool:
     # Pick the (channel vector, pixel count) tile with the most multiply-adds per reduction
     # step whose accumulators fit in registers (NEON: 32, AVX2: 16, keeping two spare).
     budget = 28 if lanes == 4 else 14
-    best = (0, 0, 0)
+    # Ties go to the tile with fewer loads per step (px broadcasts + vf/lanes vector loads).
+    best = (0, 0, 0, 0)
     for vf in (4 * lanes, 2 * lanes, lanes):
         if ext[1] % vf:
             continue
         regs = vf // lanes
         px = max((p for p in range(1, min(ext[3], budget // regs) + 1) if ext[3] % p == 0),
                  default=1)
-        best = max(best, (vf * px, px, vf))
-    _, px, vf = best
+        best = max(best, (vf * px, -(px + regs), px, vf))
+    _, _, px, vf = best
     if not vf or px * vf < 2 * lanes:
         return False
     def buffer_of(region):  # TVM 0.27 calls the region's buffer "source"
