@@ -23,8 +23,11 @@ import numpy as np
 import onnx
 
 from toolchain.cli import main as edgec
-from toolchain.onnx_io import input_specs, random_inputs, randomize_weights, save_model
+from toolchain.onnx_io import input_specs, randomize_weights, save_model
 from toolchain.reference import ort_session
+from toolchain.targets import device
+from toolchain.targets.arm.device import CpuDevice
+from toolchain.targets.arm.runner import bench_binary
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
@@ -66,9 +69,7 @@ def edgec_build(path: Path, out: Path, shape_args: list[str], schedule: str) -> 
 
 
 def binary_median_ms(out: Path, runs: int) -> float:
-    proc = subprocess.run([str(out / "model"), "--bench", str(runs)], capture_output=True,
-                          text=True, check=True)
-    return float(proc.stdout.strip().splitlines()[-1].split()[-1])
+    return bench_binary(CpuDevice.from_device(device("host")), out / "model", runs)
 
 
 def main() -> None:

@@ -153,13 +153,6 @@ class ArmBackend(Backend):
         specs = [(tuple(o["shape"]), o["dtype"]) for o in manifest["outputs"]]
         return run_binary(dev, out_dir / "model", inputs, specs)
 
-    def bench(self, out_dir: Path, runs: int) -> float:
-        from toolchain.targets.arm.runner import bench_binary
-
-        manifest = json.loads((out_dir / "edgec.json").read_text())
-        dev = CpuDevice.from_device(_device(manifest["target"]))
-        return bench_binary(dev, out_dir / "model", runs)
-
 
 def _device(name: str) -> Device:
     from toolchain.targets.registry import device
