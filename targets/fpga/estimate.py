@@ -140,7 +140,8 @@ class DesignEstimate:
                 "resources": self.totals(), "layers": [e.to_json() for e in self.layers]}
 
 
-def estimate(design: Design, strategy: str, clock_ns: float) -> DesignEstimate:
+def estimate(design: Design, strategy: str, clock_ns: float,
+             io_type: str = "io_parallel") -> DesignEstimate:
     return DesignEstimate([estimate_layer(p, strategy, clock_ns) for p in design.layers],
                           clock_ns)
 
