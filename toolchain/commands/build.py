@@ -14,6 +14,7 @@ from toolchain.errors import ConfigError, EdgecError, ModelError, VerificationEr
 from toolchain.onnx_io import (TensorSpec, fix_input_shapes, input_specs, load_model,
                                output_specs, parse_input_shapes, random_inputs)
 from toolchain.outdir import staged_output
+from toolchain.torch_input import export_module, input_shape_for, is_torch_file, load_module
 from toolchain.targets import backend_for, device, devices
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,10 @@ def register_compile(sub) -> None:
     p = sub.add_parser("compile", help="compile an ONNX model for a target into a folder",
                        description="Compile MODEL.onnx for --target into OUT/: artifacts, "
                                    "report.json, model.onnx and edgec.json (the manifest).")
-    p.add_argument("model", nargs="?", type=Path, help="the ONNX model")
+    p.add_argument("model", nargs="?", type=Path,
+                   help="the ONNX model, or a PyTorch module saved with torch.save(model, "
+                        "'M.pt') (then --input-shape NAME=D1,... is required; it is exported "
+                        "to ONNX, QDQ if it carries edgec's quantizers)")
     p.add_argument("-t", "--target", help="target name (see 'edgec targets')")
     p.add_argument("-o", "--output", type=Path, help="output folder")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
@@ -73,16 +77,45 @@ def register_compile(sub) -> None:
 
 
 def cmd_compile(args) -> int:
+    report = compile_folder(args)
+    print(f"compiled {report['input_model']} for {report['target']} into {Path(args.output)}/ "
+          f"in {report['total_seconds']:.1f} s")
+    return 0
+
+
+def compile_folder(args) -> dict:
+    """Compile ``args.model`` (an ONNX or .pt path, or an ``nn.Module`` object) into
+    ``args.output``; return the report that was written there."""
     for key, flag in (("model", "MODEL"), ("target", "--target"), ("output", "-o OUT")):
         if getattr(args, key) is None:
             raise ConfigError(f"compile needs {flag} (on the command line or in --config)")
     dev = device(args.target)
     backend = backend_for(dev.family)
-    model_path = Path(args.model)
-    model = fix_input_shapes(load_model(model_path), parse_input_shapes(args.input_shape))
+    shapes = parse_input_shapes(args.input_shape)
+    if isinstance(args.model, (str, Path)):
+        model_path = Path(args.model)
+        source = model_path.name
+        torch_input = is_torch_file(model_path)
+        module = load_module(model_path) if torch_input else None
+    else:  # an nn.Module from the Python API
+        if not hasattr(args.model, "state_dict"):
+            raise ConfigError(f"model must be a path or a torch.nn.Module, got "
+                              f"{type(args.model).__name__}")
+        module, torch_input = args.model, True
+        source = type(module).__name__
+        model_path = Path(f"{source}.pt")
+    if torch_input:
+        input_name, input_shape = input_shape_for(shapes, source)
+    else:
+        model = fix_input_shapes(load_model(model_path), shapes)
     started = time.perf_counter()
     with staged_output(args.output) as stage:
-        shutil.copyfile(model_path, stage / "model.onnx")
+        if torch_input:
+            # exported (and checked against PyTorch) into the folder as its model.onnx
+            export_module(module, stage / "model.onnx", input_shape, input_name)
+            model = fix_input_shapes(load_model(stage / "model.onnx"), {})
+        else:
+            shutil.copyfile(model_path, stage / "model.onnx")
         report = backend.compile(model_path, model, dev, args, stage)
         manifest = {
             "edgec": 1,
@@ -95,11 +128,10 @@ def cmd_compile(args) -> int:
         }
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         report.setdefault("target", dev.name)
+        report.setdefault("input_model", source)
         report["total_seconds"] = round(time.perf_counter() - started, 3)
         (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"compiled {model_path.name} for {dev.name} into {Path(args.output)}/ "
-          f"in {report['total_seconds']:.1f} s")
-    return 0
+    return report
 
 
 def _options_json(args) -> dict:
@@ -108,6 +140,8 @@ def _options_json(args) -> dict:
     for k, v in sorted(vars(args).items()):
         if k in skip:
             continue
+        if k == "model" and not isinstance(v, (str, Path)):
+            v = type(v).__name__
         out[k] = str(v) if isinstance(v, Path) else v
     return out
 

@@ -81,9 +81,8 @@ def register_compress(sub) -> None:
 
 def _load_module(ref: str, what: str):
     """A zoo name -> (trained model, name); a .pt path -> (module, stem)."""
-    import torch
-
     from toolchain import models
+    from toolchain.torch_input import load_module
 
     if ref in models.names():
         return None, ref
@@ -96,15 +95,7 @@ def _load_module(ref: str, what: str):
     if path.suffix.lower() == ".onnx":
         raise ConfigError(f"{path} is an ONNX model; compress takes a PyTorch model (a zoo name "
                           "or a torch.save()d nn.Module), ONNX goes straight to 'edgec compile'")
-    try:
-        obj = torch.load(path, weights_only=False, map_location="cpu")
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load {path} with torch.load: {first}") from None
-    if not isinstance(obj, torch.nn.Module):
-        raise ModelError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module "
-                         "(save the whole module with torch.save(model, path))")
-    return obj.eval(), path.stem
+    return load_module(path, what), path.stem
 
 
 def _order(text: str | None) -> list[str]:
