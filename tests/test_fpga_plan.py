@@ -17,7 +17,7 @@ from toolchain.onnx_io import fix_input_shapes
 from toolchain.targets import backend_for, device, devices
 from toolchain.targets.fpga import config as fcfg
 from toolchain.targets.fpga.budget import choose_reuse_factors
-from toolchain.targets.fpga.estimate import estimate, utilization
+from toolchain.targets.fpga.estimate import _csd_digits, estimate, utilization
 from toolchain.targets.fpga.lower import lower
 from toolchain.targets.fpga.plan import apply_reuse_factors, assign_types, valid_reuse_factors
 from toolchain.targets.fpga.precision import Fixed, accumulator, parse_fixed
@@ -239,10 +239,13 @@ def test_estimate_counts_real_multipliers():
     est = estimate(design, "latency", 5.0)
     e0 = est.layers[0]
     assert e0.source == "estimate" and e0.ii == 1
-    assert e0.multipliers == 64 * 8 - 1 and e0.dsp == e0.multipliers  # 16-bit: on DSPs
-    res = estimate(design, "resource", 5.0).layers[0]
-    assert res.dsp == 16 * 64  # the resource strategy keeps the zeros
+    # 16-bit: constants with 3+ CSD digits take a DSP, 2-digit ones are one adder
+    w = fc0.quantized_weight()
+    digits = _csd_digits(w, fc0.weight_type.frac)
+    assert e0.multipliers == 64 * 8 - 1 and e0.dsp == int(((w != 0) & (digits >= 3)).sum())
     design.layers[0].reuse_factor = 4
+    res = estimate(design, "resource", 5.0).layers[0]
+    assert res.dsp == 16 * 64 // 4  # RF > 1: weights in a ROM, zeros kept
     e4 = estimate(design, "latency", 5.0).layers[0]
     assert e4.ii == 4 and e4.multipliers == -(-(64 * 8 - 1) // 4) and e4.cycles > e0.cycles
 

@@ -3,13 +3,14 @@
 No vendor tool runs here, so these numbers are a model, labelled ``"estimate"`` everywhere
 they appear; README.md documents the rules and their calibration. The rules (FACTS.md):
 
-- Latency strategy: each dense layer is pipelined with II = reuse factor and at most
-  ceil(n_in*n_out/RF) multipliers, minus zero weights. Multiplying by a power of two is a shift
-  (no multiplier). A product whose narrower operand has <= 10 bits is built from LUTs (as
-  Vivado/Vitis HLS do for constant coefficients); wider ones take a DSP (two when an operand
-  exceeds the DSP48's 27x18 ports).
-- Resource strategy: weights in BRAM, ceil(n_in*n_out/RF) DSP multipliers, zeros not removed,
-  the layer loops RF times.
+- Latency strategy (and Resource with RF 1, whose weights stay constants): II = reuse factor,
+  at most ceil(n_in*n_out/RF) multipliers minus zero weights. HLS specializes each product on
+  its constant: a power of two is a shift, two CSD digits are one adder, three or more take a
+  DSP when both operands have >= 11 bits (two beyond the DSP48's 27x18 ports), else LUTs.
+  Cycles are the register stages of the multiply + adder-tree path at the clock period.
+- Resource strategy with RF > 1: weights in BRAM, ceil(n_in*n_out/RF) DSP multipliers, zeros
+  not removed, the layer loops RF times.
+- io_stream: image layers take one input pixel per cycle; the design is a dataflow.
 - Distributed arithmetic: no DSPs; LUTs and latency come from da4ml's solution (see rtl.py).
 """
 
@@ -23,8 +24,12 @@ import numpy as np
 from .plan import Design, PlannedLayer
 
 DSP_MIN_BITS = 11  # narrower constant products are mapped to LUTs
+DSP_MIN_DIGITS = 3  # constants with fewer CSD digits are shift-and-add: one adder, no DSP
+MULT_NS = 3.0  # a 16x16 product (DSP48 or LUTs), as the HLS reports of small designs show
 ADDERS_PER_CYCLE_AT_5NS = 3  # adder-tree levels that fit in a 5 ns cycle (UltraScale+)
+STREAM_DEPTH = 3  # cycles an io_stream layer adds to its pixel loop (read, compute, write)
 BRAM18_BITS = 18 * 1024
+IMAGE_KINDS = ("conv2d", "maxpool2d", "avgpool2d", "relu")
 
 
 @dataclass(frozen=True)
@@ -60,60 +65,107 @@ def _csd_digits(values: np.ndarray, frac: int) -> np.ndarray:
     return digits
 
 
+def _adder_levels(terms: int) -> int:
+    return math.ceil(math.log2(terms)) if terms > 1 else 0
+
+
 def _adder_cycles(terms: int, clock_ns: float) -> int:
-    levels = math.ceil(math.log2(max(terms, 1))) if terms > 1 else 0
     per_cycle = max(1, round(ADDERS_PER_CYCLE_AT_5NS * clock_ns / 5.0))
-    return math.ceil(levels / per_cycle)
+    return math.ceil(_adder_levels(terms) / per_cycle)
 
 
-def estimate_layer(p: PlannedLayer, strategy: str, clock_ns: float) -> LayerEstimate:
+def _depth(terms: int, clock_ns: float, multiply: bool = True) -> int:
+    """Register stages of one multiply (if any) and an adder tree over ``terms`` inputs: the
+    path's delay in whole clock periods (a path that fits in one period needs no register)."""
+    add_ns = 5.0 / ADDERS_PER_CYCLE_AT_5NS
+    return int((MULT_NS * multiply + _adder_levels(terms) * add_ns) // clock_ns)
+
+
+def _pixels(shape: tuple[int, ...]) -> int:
+    """Pixels of a (C, H, W) tensor; 1 for a vector."""
+    return int(np.prod(shape[1:])) if len(shape) == 3 else 1
+
+
+def _elementwise(p: PlannedLayer, clock_ns: float, io_type: str) -> LayerEstimate:
+    kind, n = p.layer.kind, int(np.prod(p.layer.out_shape))
+    width = p.input_type.width
+    if kind == "softmax":
+        # exp and 1/sum tables (1024 x 18 bits each) and one multiplier per output
+        return LayerEstimate(p.name, kind, "-", 1, 3 + _adder_cycles(n, clock_ns), 1, n,
+                             n, 40 * n, 36 * n, 2)
+    if kind == "flatten":
+        return LayerEstimate(p.name, kind, "-", 1, 0, 1, 0, 0, 0, 0, 0)
+    if kind in ("maxpool2d", "avgpool2d"):
+        # nnet_pooling.h: each output reduces its window with window-1 two-input operations;
+        # max = a comparator on the carry chain plus a W-bit select (2W LUTs), average = an
+        # adder as wide as the sum (W + log2 window); the division by a power of two is wiring
+        window = int(np.prod(p.layer.attrs["kernel"]))
+        per_op = 2 * width if kind == "maxpool2d" else width + math.ceil(math.log2(window))
+        lut = n * (window - 1) * per_op
+        depth = _depth(window, clock_ns, multiply=False)
+    else:  # relu: a sign test and a W-bit select per value
+        lut, depth = n * max(width // 2, 1), 0
+    cycles, ii = depth, 1
+    if io_type == "io_stream" and len(p.layer.in_shape) == 3:
+        # nnet_pooling_stream.h / nnet_activation_stream.h: one input pixel per cycle
+        ii = _pixels(p.layer.in_shape)
+        cycles = ii + STREAM_DEPTH - (kind == "relu")
+    # combinational layers register nothing in io_parallel; io_stream keeps a line buffer
+    ff = 0 if io_type == "io_parallel" else width * _pixels(p.layer.in_shape) // 8
+    return LayerEstimate(p.name, kind, "-", 1, int(cycles), int(ii), 0, 0, int(lut), int(ff), 0)
+
+
+def estimate_layer(p: PlannedLayer, strategy: str, clock_ns: float,
+                   io_type: str = "io_parallel") -> LayerEstimate:
     kind = p.layer.kind
     if kind not in ("dense", "conv2d"):
-        n = int(np.prod(p.layer.out_shape))
-        if kind == "softmax":
-            # exp and 1/sum tables (1024 x 18 bits each) and one multiplier per output
-            return LayerEstimate(p.name, kind, "-", 1, 3 + _adder_cycles(n, clock_ns), 1, n,
-                                 n, 40 * n, 36 * n, 2)
-        if kind in ("flatten",):
-            return LayerEstimate(p.name, kind, "-", 1, 0, 1, 0, 0, 0, 0, 0)
-        width = p.result_type.width
-        return LayerEstimate(p.name, kind, "-", 1, 1, 1, 0, 0, n * max(width // 2, 1),
-                             n * width, 0)
+        return _elementwise(p, clock_ns, io_type)
     rf = p.reuse_factor
     w = p.quantized_weight()
     n_out, fan_in = p.layer.n_out, p.layer.fan_in
     w2 = w.reshape(n_out, fan_in)
-    pixels = int(np.prod(p.layer.out_shape[1:])) if kind == "conv2d" else 1
     bx, bw, acc = p.input_type.width, p.weight_type.width, p.accum_type.width
     nonzero = w2 != 0
     digits = _csd_digits(w2, p.weight_type.frac)
-    shifts = nonzero & (digits == 1)  # powers of two: wiring only
-    real = nonzero & ~shifts
     dsp_each = 2 if max(bx, bw) > 27 or min(bx, bw) > 18 else 1
-    if strategy == "resource":
+    on_dsp = min(bx, bw) >= DSP_MIN_BITS
+    if strategy == "resource" and rf > 1:
+        # nnet_dense_resource.h: weights in a ROM read by the reuse loop, so HLS sees no
+        # constants: every slot is a full multiplier, zeros included
         mults = math.ceil(fan_in * n_out / rf)
-        dsp = mults * dsp_each if min(bx, bw) >= DSP_MIN_BITS else 0
-        lut_mult = 0 if dsp else mults * bx * bw // 2
-        bram18 = max(math.ceil(fan_in * n_out * bw / BRAM18_BITS),
-                     math.ceil(mults * bw / 36)) if rf > 1 else 0
-        adds = mults
-        cycles = rf + 3 + _adder_cycles(math.ceil(fan_in / rf), clock_ns)
-    else:
-        nreal = int(real.sum())
-        mults = math.ceil(nreal / rf)
-        on_dsp = min(bx, bw) >= DSP_MIN_BITS
         dsp = mults * dsp_each if on_dsp else 0
-        lut_mult = 0 if on_dsp else math.ceil(
-            int(np.maximum(digits[real] - 1, 0).sum()) * (bx + 2) / rf)
+        lut_mults = 0 if dsp else mults
+        lut_mult = lut_mults * bx * bw // 2
+        bram18 = max(math.ceil(fan_in * n_out * bw / BRAM18_BITS), math.ceil(mults * bw / 36))
+        adds = mults
+        depth = 3 + _adder_cycles(math.ceil(fan_in / rf), clock_ns)
+    else:
+        # Latency strategy, and Resource with RF 1 (its single reuse iteration leaves the
+        # weights as constants): HLS specializes every product on its constant. Zeros vanish,
+        # powers of two are shifts, constants with 2 CSD digits are one adder; wider constants
+        # take a DSP when both operands are wide enough, else a shift-and-add tree in LUTs.
+        real = nonzero & (digits >= 2)
+        wide = real & (digits >= DSP_MIN_DIGITS)
+        mults = math.ceil(int(real.sum()) / rf)
+        dsp = math.ceil(int(wide.sum()) / rf) * dsp_each if on_dsp else 0
+        in_luts = real & ~wide if on_dsp else real
+        lut_mults = math.ceil(int(in_luts.sum()) / rf)
+        lut_mult = math.ceil(int((digits[in_luts] - 1).sum()) * (bx + 2) / rf)
         bram18 = 0
         adds = math.ceil(int(nonzero.sum()) / rf)
         per_out = int(nonzero.sum(axis=1).max()) if nonzero.size else 0
-        cycles = rf + (2 if on_dsp else 1) + _adder_cycles(math.ceil(per_out / rf), clock_ns)
+        depth = _depth(math.ceil(per_out / rf), clock_ns, multiply=bool(real.any()))
     lut_add = adds * acc
-    ff = adds * acc // 2 + n_out * acc + mults * (bx + bw)
-    # io_parallel convolutions compute one output pixel per II (parallelization factor 1)
+    # DSP48s hold their own pipeline registers; fabric registers sit at stage boundaries
+    ff = (adds * acc // 2 + n_out * acc + lut_mults * (bx + bw)) if depth else 0
+    # io_parallel: one output pixel per II (parallelization factor 1); io_stream: the line
+    # buffer takes one input pixel per II (nnet_conv2d_stream.h)
+    pixels = _pixels(p.layer.out_shape) if kind == "conv2d" else 1
     ii = rf * pixels
-    cycles = cycles + rf * (pixels - 1)
+    cycles = ii - 1 + depth
+    if io_type == "io_stream" and kind == "conv2d":
+        ii = rf * _pixels(p.layer.in_shape)
+        cycles = ii + max(depth, STREAM_DEPTH)
     return LayerEstimate(p.name, kind, strategy, rf, int(cycles), int(ii), int(mults), int(dsp),
                          int(lut_mult + lut_add), int(ff), int(bram18))
 
@@ -122,9 +174,12 @@ def estimate_layer(p: PlannedLayer, strategy: str, clock_ns: float) -> LayerEsti
 class DesignEstimate:
     layers: list[LayerEstimate]
     clock_ns: float
+    dataflow: bool = False  # io_stream: layers overlap, connected by FIFOs
 
     @property
     def cycles(self) -> int:
+        if self.dataflow:  # the slowest layer's interval plus every layer's fill depth
+            return self.ii + sum(e.cycles - e.ii for e in self.layers if e.cycles > e.ii)
         return sum(e.cycles for e in self.layers)
 
     @property
@@ -142,8 +197,8 @@ class DesignEstimate:
 
 def estimate(design: Design, strategy: str, clock_ns: float,
              io_type: str = "io_parallel") -> DesignEstimate:
-    return DesignEstimate([estimate_layer(p, strategy, clock_ns) for p in design.layers],
-                          clock_ns)
+    return DesignEstimate([estimate_layer(p, strategy, clock_ns, io_type)
+                           for p in design.layers], clock_ns, io_type == "io_stream")
 
 
 def utilization(totals: dict[str, int], available: dict[str, int]) -> dict:
