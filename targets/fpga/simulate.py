@@ -79,7 +79,6 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def simulate_folder(out_dir: Path, report: dict, args: argparse.Namespace) -> dict:
-    from . import rtl
     from .backend import config_from_report, plan_design
     from .hls import CEmulation
 
@@ -118,22 +117,35 @@ def simulate_folder(out_dir: Path, report: dict, args: argparse.Namespace) -> di
                                  {spec["name"]: tuple(spec["shape"])})
         reuse = {l["name"]: l["reuse_factor"] for l in report["layers"] if "reuse_factor" in l}
         design = plan_design(model, dev, cfg, reuse)
-        x_q = design.input_type.cast(x.reshape(x.shape[0], -1))
         try:
-            t0 = time.perf_counter()
-            model_rtl, summary = rtl.write(design, out_dir / "rtl", cfg.clock_period_ns,
-                                           report["device"]["part"])
-            y_rtl = rtl.simulate(model_rtl, out_dir / "rtl", x_q)
-            rtl_seconds = time.perf_counter() - t0
-            y_trace = emu.trace(x)[summary["compared_layer"]]
-            mismatched = int(np.sum(y_rtl != y_trace))
-            result["rtl"] = {
-                "ran": True, "simulator": f"verilator {rtl.VERILATOR_VERSION} (da4ml "
-                                          f"{rtl.DA4ML_VERSION} Verilog in rtl/)",
-                "samples": int(x.shape[0]), "bit_exact": mismatched == 0,
-                "mismatched_values": mismatched, **summary,
-                "seconds": round(rtl_seconds, 2),
-            }
+            result["rtl"] = _simulate_rtl(design, out_dir, cfg.clock_period_ns,
+                                          report["device"]["part"], x, emu)
         except ToolMissingError as exc:
             result["rtl"] = {"ran": False, "reason": str(exc)}
     return result
+
+
+def _simulate_rtl(design, out_dir: Path, clock_ns: float, part: str, x: np.ndarray,
+                  emu) -> dict:
+    """Trace and write the RTL, build it with Verilator (unless too large), run ``x`` through
+    it and compare with the C emulation's trace of the same layer."""
+    from . import rtl
+
+    t0 = time.perf_counter()
+    model_rtl, summary = rtl.write(design, out_dir / "rtl", clock_ns, part)
+    t1 = time.perf_counter()
+    refused = rtl.too_large_to_build(summary)
+    if refused:
+        return {"ran": False, "reason": refused, **summary, "trace_seconds": round(t1 - t0, 2)}
+    rtl.verilate(model_rtl, out_dir / "rtl")
+    t2 = time.perf_counter()
+    y_rtl = rtl.run(model_rtl, design.input_type.cast(x.reshape(x.shape[0], -1)))
+    t3 = time.perf_counter()
+    y_trace = emu.trace(x)[summary["compared_layer"]]
+    mismatched = int(np.sum(y_rtl != y_trace))
+    return {"ran": True, "simulator": f"verilator {rtl.VERILATOR_VERSION} (da4ml "
+                                      f"{rtl.DA4ML_VERSION} Verilog in rtl/)",
+            "samples": int(x.shape[0]), "bit_exact": mismatched == 0,
+            "mismatched_values": mismatched, **summary,
+            "seconds": round(t3 - t0, 2), "trace_seconds": round(t1 - t0, 2),
+            "build_seconds": round(t2 - t1, 2), "run_seconds": round(t3 - t2, 2)}
