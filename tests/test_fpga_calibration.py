@@ -37,6 +37,9 @@ FACTORS = {
     # io_stream: the per-pixel loop of each image layer and the dataflow total
     ("latency", "svhn_cnn.conv"): 1.1, ("latency", "svhn_cnn.pool"): 1.1,
     ("latency", "svhn_cnn"): 1.1, ("ii", "svhn_cnn"): 1.1,
+    # its FIFOs (one per channel, SRL or BRAM18 by depth): block RAMs nearly exact
+    ("fifo_bram18", "svhn_cnn"): 1.1, ("fifo_ff", "svhn_cnn"): 1.2,
+    ("fifo_lut", "svhn_cnn"): 1.3,
 }
 # published 0 cycles (combinational): the estimate must be 0 too
 ZERO_LATENCY = ("dense_relu", "maxpool2d", "avgpool2d")

@@ -40,7 +40,7 @@ def plan_design(model, device: Device, cfg: fcfg.FpgaConfig,
             p.reuse_factor = int(reuse.get(p.name, 1))
     elif cfg.budget is not None:
         choose_reuse_factors(design, cfg.budget[0], cfg.budget[1], cfg.strategy,
-                             cfg.clock_period_ns)
+                             cfg.clock_period_ns, cfg.io_type, cfg.hls_backend)
     else:
         apply_reuse_factors(design, cfg)
     return design
@@ -93,8 +93,9 @@ class FpgaBackend(Backend):
         cfg = fcfg.from_args(args, dev)
         design = plan_design(model, device, cfg)
         chosen = estimate(design, "latency" if cfg.strategy == "distributed_arithmetic"
-                          else cfg.strategy, cfg.clock_period_ns)
-        estimates = {s: estimate(design, s, cfg.clock_period_ns).to_json()
+                          else cfg.strategy, cfg.clock_period_ns, cfg.io_type, cfg.hls_backend)
+        estimates = {s: estimate(design, s, cfg.clock_period_ns, cfg.io_type,
+                                 cfg.hls_backend).to_json()
                      for s in ("latency", "resource")}
         totals = chosen.totals()
         summary_json = chosen.to_json()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from toolchain.errors import ConfigError
 
-from .estimate import estimate_layer
+from .estimate import estimate, estimate_layer
 from .plan import Design, valid_reuse_factors
 
 
 def choose_reuse_factors(design: Design, kind: str, limit: float, strategy: str,
-                         clock_ns: float) -> None:
+                         clock_ns: float, io_type: str = "io_parallel",
+                         hls_backend: str = "vitis") -> None:
     layers = design.weighted()
     valid = {p.name: valid_reuse_factors(p.layer.fan_in, p.layer.n_out) for p in layers}
     # keep the search short: reuse factors beyond 1024 are not useful for these designs
@@ -22,11 +23,13 @@ def choose_reuse_factors(design: Design, kind: str, limit: float, strategy: str,
     others = [p for p in design.layers if not p.has_weights]
 
     def cost(p) -> float:
-        e = estimate_layer(p, strategy, clock_ns)
+        e = estimate_layer(p, strategy, clock_ns, io_type)
         return float(e.cycles if kind == "latency" else getattr(e, kind))
 
     def total() -> float:
-        return sum(cost(p) for p in design.layers)
+        # the design's own total: io_stream layers overlap and its FIFOs count too
+        whole = estimate(design, strategy, clock_ns, io_type, hls_backend)
+        return float(whole.cycles if kind == "latency" else whole.totals()[kind])
 
     if kind in ("dsp", "lut"):
         for p in layers:

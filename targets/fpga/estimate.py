@@ -10,7 +10,12 @@ they appear; README.md documents the rules and their calibration. The rules (FAC
   Cycles are the register stages of the multiply + adder-tree path at the clock period.
 - Resource strategy with RF > 1: weights in BRAM, ceil(n_in*n_out/RF) DSP multipliers, zeros
   not removed, the layer loops RF times.
-- io_stream: image layers take one input pixel per cycle; the design is a dataflow.
+- io_stream: image layers take one input pixel per cycle; the design is a dataflow whose
+  layers are joined by FIFOs (hls4ml's depth: one entry per pixel). The HLS tools split a
+  stream of channel arrays into one FIFO per channel (the published Vivado HLS report of the
+  tutorial CNN lists them so); each is bound to shift registers (SRL) or BRAM18: Vivado HLS
+  uses SRLs up to 32 entries (one SRLC32E per bit; the report's 16-deep FIFOs are SRLs, its
+  36-deep ones BRAM), Vitis HLS up to 1024 bits or 2 entries (UG1399, config_storage).
 - Distributed arithmetic: no DSPs; LUTs and latency come from da4ml's solution (see rtl.py).
 """
 
@@ -29,6 +34,12 @@ MULT_NS = 3.0  # a 16x16 product (DSP48 or LUTs), as the HLS reports of small de
 ADDERS_PER_CYCLE_AT_5NS = 3  # adder-tree levels that fit in a 5 ns cycle (UltraScale+)
 STREAM_DEPTH = 3  # cycles an io_stream layer adds to its pixel loop (read, compute, write)
 BRAM18_BITS = 18 * 1024
+# Vitis HLS's defaults for binding FIFOs (UG1399, config_storage): SRL up to these sizes
+AUTO_SRL_MAX_BITS = 1024
+AUTO_SRL_MAX_DEPTH = 2
+SRL_ENTRIES_PER_LUT = 32  # SRLC32E; Vivado HLS keeps FIFOs this shallow in SRLs
+# BRAM18 aspect ratios: (max depth, width) per block
+BRAM18_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
 IMAGE_KINDS = ("conv2d", "maxpool2d", "avgpool2d", "relu")
 
 
@@ -171,10 +182,93 @@ def estimate_layer(p: PlannedLayer, strategy: str, clock_ns: float,
 
 
 @dataclass(frozen=True)
+class FifoEstimate:
+    """One io_stream stream between two layers: ``channels`` FIFOs of ``depth`` x ``bits``."""
+    stream: str
+    depth: int
+    channels: int
+    bits: int
+    impl: str  # "srl" or "bram18" (each channel's FIFO)
+    lut: int  # totals over the channels
+    ff: int
+    bram18: int
+    source: str = "estimate"
+
+    @property
+    def width(self) -> int:
+        """Bits of one stream word (all channels), as the STREAM pragma's type has them."""
+        return self.channels * self.bits
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "width": self.width}
+
+
+def _bram18_blocks(depth: int, width: int) -> int:
+    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in BRAM18_SHAPES)
+
+
+def fifo_for(stream: str, depth: int, channels: int, bits: int,
+             hls_backend: str = "vitis") -> FifoEstimate:
+    """``channels`` FIFOs of ``depth`` entries of ``bits``, bound as the HLS tool does by
+    default. Control: read/write address counters and full/empty flags around the data."""
+    addr = max(1, math.ceil(math.log2(depth + 1)))
+    if hls_backend.lower().startswith("vivado"):
+        srl = depth <= SRL_ENTRIES_PER_LUT
+    else:
+        srl = depth <= AUTO_SRL_MAX_DEPTH or depth * bits <= AUTO_SRL_MAX_BITS
+    if srl:
+        lut = bits * math.ceil(depth / SRL_ENTRIES_PER_LUT) + 2 * addr + 10
+        return FifoEstimate(stream, depth, channels, bits, "srl", channels * lut,
+                            channels * max(5, addr + 2), 0)
+    return FifoEstimate(stream, depth, channels, bits, "bram18", channels * (2 * addr + 10),
+                        channels * (3 * addr + 19), channels * _bram18_blocks(depth, bits))
+
+
+def _stream_of(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(depth, elements per entry) of hls4ml's stream for a channels-first ``shape``: one
+    entry per pixel holding all its channels (depth = size / last dim, channels last)."""
+    if len(shape) == 3:
+        c, h, w = shape
+        return h * w, c
+    return 1, int(np.prod(shape))
+
+
+def fifos(design: Design, hls_backend: str = "vitis") -> list[FifoEstimate]:
+    """The internal FIFOs of hls4ml's io_stream design for ``design``, in order.
+
+    The top function's input and output are AXI stream ports, not FIFOs. hls4ml adds a
+    zero-padding layer (and its FIFO) before each padded convolution, and a transpose before a
+    Flatten of an image (back to channels first: entries of W elements, C*H of them); the
+    Flatten itself is an alias of that stream. tests/test_fpga_stream.py checks this list
+    against the STREAM pragmas of generated projects.
+    """
+    out = []
+    in_bits = design.input_type.width
+    last = len(design.layers) - 1
+    for i, p in enumerate(design.layers):
+        layer = p.layer
+        pad = layer.attrs.get("padding", (0, 0)) if layer.kind == "conv2d" else (0, 0)
+        if any(pad):
+            c, h, w = layer.in_shape
+            out.append(fifo_for(f"{p.name}_zeropad", (h + 2 * pad[0]) * (w + 2 * pad[1]),
+                                c, in_bits, hls_backend))
+        if layer.kind == "flatten":
+            if len(layer.in_shape) == 3:
+                c, h, w = layer.in_shape
+                out.append(fifo_for(f"{p.name}_transpose", c * h, w, in_bits, hls_backend))
+        elif i < last:
+            depth, elems = _stream_of(tuple(layer.out_shape))
+            out.append(fifo_for(p.name, depth, elems, p.result_type.width, hls_backend))
+        in_bits = p.result_type.width
+    return out
+
+
+@dataclass(frozen=True)
 class DesignEstimate:
     layers: list[LayerEstimate]
     clock_ns: float
     dataflow: bool = False  # io_stream: layers overlap, connected by FIFOs
+    fifos: tuple[FifoEstimate, ...] = ()
 
     @property
     def cycles(self) -> int:
@@ -187,18 +281,25 @@ class DesignEstimate:
         return max((e.ii for e in self.layers), default=1)
 
     def totals(self) -> dict[str, int]:
-        return {k: sum(getattr(e, k) for e in self.layers) for k in ("dsp", "lut", "ff", "bram18")}
+        return {k: sum(getattr(e, k) for e in self.layers)
+                + sum(getattr(f, k, 0) for f in self.fifos)
+                for k in ("dsp", "lut", "ff", "bram18")}
 
     def to_json(self) -> dict:
-        return {"source": "estimate", "latency_cycles": self.cycles,
-                "latency_ns": round(self.cycles * self.clock_ns, 2), "ii_cycles": self.ii,
-                "resources": self.totals(), "layers": [e.to_json() for e in self.layers]}
+        out = {"source": "estimate", "latency_cycles": self.cycles,
+               "latency_ns": round(self.cycles * self.clock_ns, 2), "ii_cycles": self.ii,
+               "resources": self.totals(), "layers": [e.to_json() for e in self.layers]}
+        if self.dataflow:
+            out["fifos"] = [f.to_json() for f in self.fifos]
+        return out
 
 
 def estimate(design: Design, strategy: str, clock_ns: float,
-             io_type: str = "io_parallel") -> DesignEstimate:
+             io_type: str = "io_parallel", hls_backend: str = "vitis") -> DesignEstimate:
+    stream = io_type == "io_stream"
     return DesignEstimate([estimate_layer(p, strategy, clock_ns, io_type)
-                           for p in design.layers], clock_ns, io_type == "io_stream")
+                           for p in design.layers], clock_ns, stream,
+                          tuple(fifos(design, hls_backend)) if stream else ())
 
 
 def utilization(totals: dict[str, int], available: dict[str, int]) -> dict:
