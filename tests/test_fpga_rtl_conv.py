@@ -158,3 +158,7 @@ def test_too_large_design_is_refused_with_the_reason(tmp_path):
     layers, reason = rtl.rtl_layers(assign_types(lower(model, "fpga-xcu250"), cfg))
     assert layers is None
     assert "too large" in reason and str(rtl.MAX_PRODUCTS) in reason and "'conv2'" in reason
+    # after tracing, da4ml's cost is the second gate (wide weights cost more per product)
+    assert rtl.too_large_to_build({"lut_estimate": rtl.MAX_COST, "products": 10}) == ""
+    assert "too large" in rtl.too_large_to_build({"lut_estimate": rtl.MAX_COST + 1,
+                                                  "products": 10})

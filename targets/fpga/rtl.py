@@ -82,8 +82,8 @@ def rtl_layers(design: Design):
         return None, (f"too large to build as RTL here: {total} non-zero products (weights x "
                       f"output pixels of its dense/conv2d layers; '{big.name}' alone "
                       f"{products(big)}) > {MAX_PRODUCTS}; da4ml's trace and the Verilator "
-                      "build would take far longer than a simulation should (quantize to "
-                      "fewer bits, prune, or use fewer channels)")
+                      "build would take far longer than a simulation should (prune the model "
+                      "or use fewer channels)")
     return layers, ""
 
 
@@ -91,9 +91,10 @@ def too_large_to_build(summary: dict) -> str:
     """Why the traced design (``write``'s summary) is not worth a Verilator build, or ''."""
     if summary["lut_estimate"] <= MAX_COST:
         return ""
-    return (f"too large to build as RTL here: da4ml's solution costs {summary['lut_estimate']} "
-            f"LUTs > {MAX_COST} ({summary['products']} non-zero products of its dense/conv2d "
-            "layers); the Verilator build would take far longer than a simulation should")
+    return (f"too large to build as RTL here: da4ml's LUT estimate {summary['lut_estimate']} "
+            f"> {MAX_COST} ({summary['products']} non-zero products of its dense/conv2d "
+            "layers); the Verilator build would take far longer than a simulation should "
+            "(fewer weight bits, pruning or fewer channels make it smaller)")
 
 
 def _is_pow2(n: int) -> bool:
