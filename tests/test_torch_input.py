@@ -71,6 +71,10 @@ def test_api_compiles_a_compressed_module_for_fpga(tmp_path):
     assert sim["c_emulation"]["argmax_agreement"] >= 0.99
     comparisons = api.verify(out)
     assert comparisons and all(c["ok"] for c in comparisons)
+    # the folder's summary carries the estimate labels and the simulation's figures
+    assert main(["report", str(out), "--html", str(tmp_path / "fpga.html")]) == 0
+    html = (tmp_path / "fpga.html").read_text()
+    assert "DSP (estimate)" in html and "C emulation" in html and "226 samples" in html
 
 
 def test_torch_input_errors(tmp_path, capsys):

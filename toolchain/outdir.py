@@ -55,6 +55,10 @@ def staged_file(out: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file private (0600); give it the mode a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp_path.chmod(0o666 & ~umask)
         tmp_path.replace(out)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

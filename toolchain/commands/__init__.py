@@ -1,6 +1,6 @@
 """CLI commands. Each module has ``register(subparsers)`` functions listed in REGISTRY."""
 
-from toolchain.commands import build, compress
+from toolchain.commands import build, compress, report
 
 REGISTRY = [
     build.register_targets,
@@ -10,4 +10,5 @@ REGISTRY = [
     build.register_run,
     build.register_verify,
     build.register_simulate,
+    report.register_report,
 ]
