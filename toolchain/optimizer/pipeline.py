@@ -40,6 +40,13 @@ def simplify(ctx: PipelineContext) -> list:
             relax.transform.DeadCodeElimination(["main"])]
 
 
+def simplify_integer(ctx: PipelineContext) -> list:
+    """``simplify``, with quantized matmul/conv2d first lowered to int8 x int8 -> int32."""
+    from toolchain.optimizer.integer import LowerQDQToInteger
+
+    return [LowerQDQToInteger(), *simplify(ctx)]
+
+
 def legalize(ctx: PipelineContext) -> list:
     """Each Relax op becomes a TIR kernel (call_tir); constants fold through them."""
     from tvm import relax
@@ -71,9 +78,19 @@ def cpu_schedule(ctx: PipelineContext) -> list:
     return [ScheduleForCPU(ctx.target)]
 
 
+def cpu_int_schedule(ctx: PipelineContext) -> list:
+    """``schedule``; on a dot-product target int8 matmuls are left for LLVM to make sdot."""
+    from toolchain.optimizer.integer import ScheduleExceptDotKernels, has_dot_product
+
+    passes = cpu_schedule(ctx)
+    return [ScheduleExceptDotKernels(passes)] if passes and has_dot_product(ctx.target) else passes
+
+
 PIPELINES: dict[str, tuple[tuple[str, Stage], ...]] = {
     "cpu": (("simplify", simplify), ("legalize", legalize), ("fuse_ops", fuse_ops),
             ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
+    "cpu-int": (("simplify", simplify_integer), ("legalize", legalize), ("fuse_ops", fuse_ops),
+                ("fuse_tir", fuse_tir), ("schedule", cpu_int_schedule)),
     "cpu-nofuse": (("simplify", simplify), ("legalize", legalize), ("schedule", cpu_schedule)),
 }
 

@@ -1,0 +1,137 @@
+"""LowerQDQToInteger and the ``cpu-int`` pipeline: QDQ matmul/conv2d computed in integers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_graphs import needs_target, save
+from toolchain.cli import main
+from toolchain.commands.build import verify_folder
+
+MODELS = ["mlp", "cnn"]
+# matmul/conv2d calls by output dtype after the pass (the zoo's int8 QDQ models).
+EXPECTED = {"mlp": {"matmul:int32": 3}, "cnn": {"conv2d:int32": 3, "matmul:int32": 1}}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo_int")
+    cache: dict[tuple[str, bool], Path] = {}
+
+    def get(name: str, quantized: bool = True) -> Path:
+        key = (name, quantized)
+        if key not in cache:
+            path = root / f"{name}{'_q8' if quantized else ''}.onnx"
+            flags = ["--quantize", "int8"] if quantized else []
+            assert main(["compress", name, *flags, "-o", str(path)]) == 0
+            cache[key] = path
+        return cache[key]
+
+    return get
+
+
+def _relax(path: Path):
+    from toolchain.optimizer.frontend import import_onnx
+    from toolchain.passes import cleanup_passes, transform
+
+    return import_onnx(transform(onnx.load(str(path)), cleanup_passes()), "host")
+
+
+def _lower(mod):
+    import tvm
+
+    from toolchain.optimizer.integer import LowerQDQToInteger
+
+    with tvm.transform.PassContext(opt_level=3):
+        return LowerQDQToInteger()(mod)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_pass_rewrites_zoo_int8_models(zoo, name):
+    from toolchain.optimizer.integer import integer_ops
+
+    mod = _relax(zoo(name))
+    assert all(k.endswith("float32") for k in integer_ops(mod))
+    assert integer_ops(_lower(mod)) == EXPECTED[name]
+
+
+def test_float_model_is_untouched(zoo):
+    import tvm
+
+    mod = _relax(zoo("cnn", quantized=False))
+    tvm.ir.assert_structural_equal(_lower(mod), _relax(zoo("cnn", quantized=False)))
+
+
+def _qdq_graph() -> onnx.ModelProto:
+    """int8 activations with non-zero zero points, strided padded conv, MatMul weight (K, N)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 128, (6, 3, 3, 3), dtype=np.int8), "wc"),
+        numpy_helper.from_array(rng.uniform(0.005, 0.02, 6).astype(np.float32), "wc_s"),
+        numpy_helper.from_array(np.zeros(6, np.int8), "wc_z"),
+        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "bc"),
+        numpy_helper.from_array(rng.integers(-127, 128, (96, 5), dtype=np.int8), "wm"),
+        numpy_helper.from_array(rng.uniform(0.005, 0.02, 5).astype(np.float32), "wm_s"),
+        numpy_helper.from_array(np.zeros(5, np.int8), "wm_z"),
+    ]
+    for name, scale, zero in (("x", 0.02, 7), ("h", 0.05, -20), ("y", 0.1, 3)):
+        inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{name}_s"),
+                  numpy_helper.from_array(np.array(zero, np.int8), f"{name}_z")]
+    n = helper.make_node
+    nodes = [
+        n("QuantizeLinear", ["input", "x_s", "x_z"], ["xq"]),
+        n("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"]),
+        n("DequantizeLinear", ["wc", "wc_s", "wc_z"], ["wcd"], axis=0),
+        n("Conv", ["xd", "wcd", "bc"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        n("Flatten", ["c"], ["f"]),
+        n("QuantizeLinear", ["f", "h_s", "h_z"], ["hq"]),
+        n("DequantizeLinear", ["hq", "h_s", "h_z"], ["hd"]),
+        n("DequantizeLinear", ["wm", "wm_s", "wm_z"], ["wmd"], axis=1),
+        n("MatMul", ["hd", "wmd"], ["m"]),
+        n("QuantizeLinear", ["m", "y_s", "y_z"], ["yq"]),
+        n("DequantizeLinear", ["yq", "y_s", "y_z"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "qdq_int8", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _compile_and_verify(model: Path, target: str, out: Path, *flags: str) -> None:
+    assert main(["compile", str(model), "-t", target, "--pipeline", "cpu-int", *flags,
+                 "-o", str(out)]) == 0
+    for seed in (0, 1):
+        results = verify_folder(out, seed=seed)
+        assert all(c.ok and c.output_range > 0 for c in results), results
+
+
+def test_int8_activations_with_zero_points(tmp_path):
+    from toolchain.optimizer.integer import integer_ops
+
+    path = save(_qdq_graph(), tmp_path / "qdq.onnx")
+    assert integer_ops(_lower(_relax(path))) == {"conv2d:int32": 1, "matmul:int32": 1}
+    _compile_and_verify(path, "host", tmp_path / "out")
+
+
+@pytest.mark.parametrize("target", [pytest.param(t, marks=needs_target(t))
+                                    for t in ("host", "arm-a76", "armv7-a7")])
+@pytest.mark.parametrize("name", MODELS)
+def test_cpu_int_pipeline_verifies(zoo, tmp_path, name, target):
+    _compile_and_verify(zoo(name), target, tmp_path / "out", "--keep-build")
+    if target != "arm-a76":
+        return
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump is None:
+        pytest.skip("aarch64-linux-gnu-objdump missing (apt-get install binutils-aarch64-linux-gnu)")
+    asm = subprocess.run([objdump, "-d", str(tmp_path / "out" / "build" / "kernels.o")],
+                         check=True, capture_output=True, text=True).stdout
+    assert "\tsdot\t" in asm  # the int8 matmul kernels use the Armv8.2 dot product
