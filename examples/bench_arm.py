@@ -1,11 +1,12 @@
 """Speed and memory of edgec's CPU binaries against onnxruntime, side by side.
 
 For each model: compile for the host (the binary's own --bench gives the median ms), time
-onnxruntime (1 thread, all graph optimizations, median of the same number of runs), and print
-the ratio. Also compiles with ``--schedule none`` (TVM's plain loops) to show what the CPU
+onnxruntime (all graph optimizations, median of the same number of runs), and print the ratio.
+``--threads N`` builds edgec with ``--threads N`` and gives onnxruntime the same number of
+intra-op threads (default 1 for both). Also compiles with ``--schedule none`` (TVM's plain loops) to show what the CPU
 schedule rules buy, and reports arena bytes with and without reuse.
 
-    python examples/bench_arm.py [--runs 20] [--models squeezenet,resnet50,cnn]
+    python examples/bench_arm.py [--runs 20] [--models squeezenet,resnet50,cnn] [--threads 2]
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def prepare(name: str, folder: Path) -> tuple[Path, list[str]]:
     return path, ["--input-shape", f"{m.graph.input[0].name}={','.join(map(str, dims))}"]
 
 
-def ort_median_ms(path: Path, runs: int, shape_args: list[str]) -> float:
-    sess = ort_session(path, threads=1)
+def ort_median_ms(path: Path, runs: int, shape_args: list[str], threads: int = 1) -> float:
+    sess = ort_session(path, threads=threads)
     specs = input_specs(onnx.load(str(path)))
     feeds = {}
     for s, i in zip(specs, sess.get_inputs()):
@@ -60,9 +61,10 @@ def ort_median_ms(path: Path, runs: int, shape_args: list[str]) -> float:
     return statistics.median(times)
 
 
-def edgec_build(path: Path, out: Path, shape_args: list[str], schedule: str) -> dict:
+def edgec_build(path: Path, out: Path, shape_args: list[str], schedule: str,
+                threads: int = 1) -> dict:
     rc = edgec(["compile", str(path), "-t", "host", "-o", str(out), "--schedule", schedule,
-                *shape_args])
+                "--threads", str(threads), *shape_args])
     if rc != 0:
         raise SystemExit(f"compile failed for {path}")
     return json.loads((out / "report.json").read_text())
@@ -77,14 +79,16 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--models", default="cnn,mlp,squeezenet,resnet50")
     ap.add_argument("--no-plain", action="store_true", help="skip the --schedule none builds")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="edgec --threads N, and onnxruntime with N intra-op threads")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name in args.models.split(","):
             path, shape_args = prepare(name, folder)
-            ort = ort_median_ms(path, args.runs, shape_args)
-            rep = edgec_build(path, folder / f"{name}-auto", shape_args, "auto")
+            ort = ort_median_ms(path, args.runs, shape_args, args.threads)
+            rep = edgec_build(path, folder / f"{name}-auto", shape_args, "auto", args.threads)
             ours = binary_median_ms(folder / f"{name}-auto", args.runs)
             plain = None
             if not args.no_plain:
@@ -95,7 +99,8 @@ def main() -> None:
                          mem["arena_bytes_without_reuse"], rep["kernel_calls_before_fusion"],
                          rep["kernel_calls_after_fusion"]))
             print(f"{name}: done", file=sys.stderr)
-    print(f"host, 1 thread, median of {args.runs} runs")
+    print(f"host, {args.threads} thread{'s' if args.threads > 1 else ''} (edgec and "
+          f"onnxruntime), median of {args.runs} runs")
     print(f"{'model':<12}{'ORT ms':>9}{'edgec ms':>10}{'edgec/ORT':>10}{'plain ms':>10}"
           f"{'plain/edgec':>12}{'arena KiB':>11}{'no-reuse KiB':>13}{'calls':>11}")
     for name, ort, ours, plain, arena, noreuse, before, after in rows:

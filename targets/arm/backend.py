@@ -4,6 +4,8 @@ compile: ONNX -> Relax -> the ``cpu`` pipeline (fold, legalize, fuse, schedule) 
 kernel plan -> memory plan -> kernels.o (LLVM for the device) + model.c/main.c -> a static
 executable ``model`` and an embeddable ``libmodel.a`` + ``model.h``.
 run: the executable, natively or under qemu-user.
+``--threads N`` (N > 1) makes the heavy kernels' outer loops parallel and adds a static pthread
+pool to the driver; 1 (the default) builds exactly what it always did.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class ArmBackend(Backend):
                        help="kernel schedules: edgec's CPU rules (auto) or plain loops (none)")
         g.add_argument("--compiler", default="auto", choices=COMPILERS,
                        help="C cross compiler: Debian's gcc, zig cc (PyPI ziglang), or auto")
+        g.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="threads for the kernels: 1 (default) is single-threaded with no "
+                            "pthread dependency; N > 1 parallelizes convs, matmuls and large "
+                            "elementwise kernels over a static pool of N-1 pthreads")
         g.add_argument("--keep-build", action="store_true",
                        help="keep the intermediate objects and sources in OUT/build/")
 
@@ -61,6 +67,7 @@ class ArmBackend(Backend):
 
         dev = CpuDevice.from_device(device)
         cc = find_compiler(dev, getattr(args, "compiler", "auto"))  # fail fast if missing
+        threads = _threads(args)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         model = transform(model, cleanup_passes())
@@ -71,7 +78,13 @@ class ArmBackend(Backend):
 
         target = dev.tvm_target()
         ctx = PipelineContext(target=target, schedule=getattr(args, "schedule", "auto"))
-        result = run_pipeline(mod, getattr(args, "pipeline", "cpu"), ctx)
+        pipeline = getattr(args, "pipeline", "cpu")
+        overrides = {}
+        if threads > 1 and ctx.schedule != "none":
+            overrides["schedule"] = _parallel_schedule(pipeline, threads)
+        elif threads > 1:
+            log.warning("--threads %d with --schedule none: plain loops stay serial", threads)
+        result = run_pipeline(mod, pipeline, ctx, overrides)
         for rec in result.stages:
             timings[f"pipeline.{rec.name}"] = rec.seconds
 
@@ -96,18 +109,22 @@ class ArmBackend(Backend):
             names_in = [s.name for s in input_specs(model)]
             names_out = [s.name for s in output_specs(model)]
             sources = {
-                "model.h": driver.header(plan, names_in, names_out, Path(model_path).name),
-                "model.c": driver.model_c(plan, mem, layout, ws),
+                "model.h": driver.header(plan, names_in, names_out, Path(model_path).name,
+                                         threads),
+                "model.c": driver.model_c(plan, mem, layout, ws, threads),
                 "main.c": driver.main_c(plan),
             }
             for name, text in sources.items():
                 (build / name).write_text(text)
+            pthread = ("-pthread",) if threads > 1 else ()
             for src in ("weights.S", "model.c", "main.c"):
-                cc.compile(build / src, build / (Path(src).stem + ".o"), build)
+                cc.compile(build / src, build / (Path(src).stem + ".o"), build,
+                           pthread if src == "model.c" else ())
             lib_objs = [build / "kernels.o", build / "weights.o", build / "model.o"]
             try:
                 cc.archive(lib_objs, build / "libmodel.a", build)
-                cc.link([build / "main.o", build / "libmodel.a"], build / "model", build)
+                cc.link([build / "main.o", build / "libmodel.a"], build / "model", build,
+                        pthread)
             finally:
                 if getattr(args, "keep_build", False):
                     shutil.copytree(build, stage / "build")
@@ -133,12 +150,14 @@ class ArmBackend(Backend):
             "compiler": cc.kind,
             "pipeline": getattr(args, "pipeline", "cpu"),
             "schedule": ctx.schedule,
+            "threads": threads,
             "kernel_calls_before_fusion": result.calls_before_fusion,
             "kernel_calls_after_fusion": result.calls_after_fusion,
             "kernel_calls": len(plan.calls),
             "distinct_kernels": len(kernels),
             "kernels": kernels,
-            "memory": {**mem.to_json(), "workspace_bytes": ws, "weight_bytes": layout.total},
+            "memory": {**mem.to_json(), "workspace_bytes": driver.workspace_total(ws, threads),
+                       "weight_bytes": layout.total},
             "binary_bytes": (stage / "model").stat().st_size,
             "library_bytes": (stage / "libmodel.a").stat().st_size,
             "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -152,6 +171,33 @@ class ArmBackend(Backend):
         dev = CpuDevice.from_device(_device(manifest["target"]))
         specs = [(tuple(o["shape"]), o["dtype"]) for o in manifest["outputs"]]
         return run_binary(dev, out_dir / "model", inputs, specs)
+
+
+MAX_THREADS = 256
+
+
+def _threads(args) -> int:
+    threads = getattr(args, "threads", 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"--threads must be an integer from 1 to {MAX_THREADS}, not {threads!r}")
+    return threads
+
+
+def _parallel_schedule(pipeline: str, threads: int):
+    """The ``schedule`` stage of ``pipeline``, with parallel loops for ``threads``."""
+    from toolchain.optimizer.pipeline import cpu_schedule, get_pipeline
+
+    # Only the plain CPU schedule stage is replaced; a pipeline with a stage of its own would
+    # silently lose it.
+    if dict(get_pipeline(pipeline)).get("schedule") is not cpu_schedule:
+        raise ConfigError(f"--threads > 1 is not supported with pipeline '{pipeline}' yet; "
+                          "use --threads 1 or pipeline cpu / cpu-nofuse")
+
+    def stage(ctx) -> list:
+        from toolchain.optimizer.schedule import ScheduleForCPU
+
+        return [ScheduleForCPU(ctx.target, threads)]
+    return stage
 
 
 def _device(name: str) -> Device:

@@ -39,9 +39,9 @@ class Compiler:
         run_tool([*self.cc, *self.cflags, *_REPRO, *extra, "-c", src.name, "-o", obj.name],
                  what=f"compiling {src.name}", cwd=cwd)
 
-    def link(self, objs: list[Path], out: Path, cwd: Path) -> None:
+    def link(self, objs: list[Path], out: Path, cwd: Path, extra: tuple[str, ...] = ()) -> None:
         run_tool([*self.cc, *self.cflags, "-static", "-s", *[o.name for o in objs], "-lm",
-                  *self.ldflags, "-o", out.name], what="linking the executable", cwd=cwd)
+                  *self.ldflags, *extra, "-o", out.name], what="linking the executable", cwd=cwd)
 
     def archive(self, objs: list[Path], out: Path, cwd: Path) -> None:
         # 'D': deterministic (zero timestamps and ids), so the library is reproducible.

@@ -5,6 +5,11 @@ object that exports ``__tvm_ffi_<kernel>`` (TVM FFI "safe call" ABI: each argume
 DLTensor pointer). After: C sources with no TVM runtime dependency: tensors are static
 DLTensor descriptors into one static arena, weights are an assembled binary blob, and the
 kernels' workspace requests are served by a bump allocator over a static buffer.
+
+With ``threads`` > 1 the kernels hold parallel loops, which TVM's codegen runs through the
+``__TVMBackendParallelLaunch`` function pointer: the driver then adds a static pool of
+``threads - 1`` pthreads (created on the first launch, no heap of its own) and gives every
+thread its own workspace stack, since TVM allocates scratch inside the parallel body.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ def weights_asm(blob_name: str) -> str:
 
 
 def header(plan: KernelPlan, input_names: list[str], output_names: list[str],
-           model_name: str) -> str:
+           model_name: str, threads: int = 1) -> str:
     ins = [plan.buffers[b] for b in plan.inputs]
     outs = [plan.buffers[b] for b in plan.outputs]
     lines = [
@@ -84,6 +89,7 @@ def header(plan: KernelPlan, input_names: list[str], output_names: list[str],
         " */",
         "#ifndef EDGEC_MODEL_H",
         "#define EDGEC_MODEL_H",
+        *_thread_lines(threads),
         "#include <stddef.h>",
         "#include <stdint.h>",
         "#ifdef __cplusplus",
@@ -127,7 +133,20 @@ def header(plan: KernelPlan, input_names: list[str], output_names: list[str],
         "#endif /* EDGEC_MODEL_H */",
         "",
     ]
+    if threads > 1:
+        lines[2] = (f" * Link libmodel.a with -pthread (and -lm). Kernels run on {threads} threads "
+                    f"(a static pool of {threads - 1}")
+        lines.insert(3, " * pthreads, created on the first run); no heap of its own, no TVM "
+                        "runtime.")
     return "\n".join(lines)
+
+
+def _thread_lines(threads: int) -> list[str]:
+    if threads <= 1:  # single-threaded output stays exactly as it was
+        return []
+    return ["/* Kernels use a pool of threads: link with -pthread. */",
+            f"#define EDGEC_MODEL_THREADS {threads}",
+            "#define EDGEC_MODEL_NEEDS_PTHREAD 1"]
 
 
 _PRELUDE = """\
@@ -150,6 +169,24 @@ typedef int32_t (*edgec_kernel)(void *, const edgec_ffi_any *, int32_t, edgec_ff
 
 extern const uint8_t edgec_weights[];
 
+@RUNTIME@
+void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **parts, int32_t n) {
+  size_t len = 0;
+  edgec_error[0] = 0;
+  if (kind) { strncpy(edgec_error, kind, sizeof(edgec_error) - 1); len = strlen(edgec_error); }
+  for (int32_t i = 0; i < n && len + 2 < sizeof(edgec_error); ++i) {
+    if (!parts[i]) continue;
+    strncat(edgec_error, len ? ": " : "", sizeof(edgec_error) - len - 1);
+    strncat(edgec_error, parts[i], sizeof(edgec_error) - strlen(edgec_error) - 1);
+    len = strlen(edgec_error);
+  }
+}
+
+const char *edgec_model_last_error(void) { return edgec_error; }
+"""
+
+
+_SERIAL_RUNTIME = """\
 /* Kernel scratch memory: TVM kernels ask the runtime for workspace; here a bump allocator
  * over a static buffer serves them, reset before every kernel call. */
 static size_t edgec_ws_top;
@@ -173,35 +210,189 @@ static int edgec_ws_free(int device_type, int device_id, void *ptr) {
 
 void *(*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = edgec_ws_alloc;
 int (*__TVMBackendFreeWorkspace)(int, int, void *) = edgec_ws_free;
+"""
 
-void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **parts, int32_t n) {
-  size_t len = 0;
-  edgec_error[0] = 0;
-  if (kind) { strncpy(edgec_error, kind, sizeof(edgec_error) - 1); len = strlen(edgec_error); }
-  for (int32_t i = 0; i < n && len + 2 < sizeof(edgec_error); ++i) {
-    if (!parts[i]) continue;
-    strncat(edgec_error, len ? ": " : "", sizeof(edgec_error) - len - 1);
-    strncat(edgec_error, parts[i], sizeof(edgec_error) - strlen(edgec_error) - 1);
-    len = strlen(edgec_error);
+# Threaded builds. TVM's codegen lowers a parallel loop to
+#   __TVMBackendParallelLaunch(lambda, closure, 0)
+# and each lambda(task_id, env, closure) runs a contiguous share of the iterations given
+# env->num_task; scratch buffers of the loop body are allocated (and freed, LIFO) inside the
+# lambda, once per iteration. So each thread gets its own workspace stack, and free rewinds.
+_THREADED_RUNTIME = """\
+#include <pthread.h>
+
+static char edgec_error[256];
+static __thread int edgec_tid;  /* 0: the caller's thread; 1..: pool workers */
+static size_t edgec_ws_top[EDGEC_THREADS];
+
+static void *edgec_ws_alloc(int device_type, int device_id, uint64_t nbytes, int code, int bits) {
+  (void)device_type; (void)device_id; (void)code; (void)bits;
+  size_t *top = &edgec_ws_top[edgec_tid];
+  size_t start = (*top + EDGEC_ALIGN - 1) & ~(size_t)(EDGEC_ALIGN - 1);
+  if (start + nbytes > EDGEC_WS_SLOT) {
+    strncpy(edgec_error, "kernel workspace exhausted", sizeof(edgec_error) - 1);
+    return NULL;
+  }
+  *top = start + (size_t)nbytes;
+  return edgec_workspace + (size_t)edgec_tid * EDGEC_WS_SLOT + start;
+}
+
+static int edgec_ws_free(int device_type, int device_id, void *ptr) {
+  (void)device_type; (void)device_id;
+  uint8_t *base = edgec_workspace + (size_t)edgec_tid * EDGEC_WS_SLOT;
+  if ((uint8_t *)ptr >= base && (uint8_t *)ptr < base + EDGEC_WS_SLOT)
+    edgec_ws_top[edgec_tid] = (size_t)((uint8_t *)ptr - base);  /* frees come in LIFO order */
+  return 0;
+}
+
+static void edgec_ws_reset(void) { memset(edgec_ws_top, 0, sizeof(edgec_ws_top)); }
+
+void *(*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = edgec_ws_alloc;
+int (*__TVMBackendFreeWorkspace)(int, int, void *) = edgec_ws_free;
+
+/* TVMParallelGroupEnv and FTVMParallelLambda (tvm/runtime/c_backend_api.h). */
+typedef struct { void *sync_handle; int32_t num_task; } edgec_parallel_env;
+typedef int (*edgec_parallel_lambda)(int, edgec_parallel_env *, void *);
+
+/* The pool. A launch publishes one 64-bit ticket: generation (24 bits), task count (20) and
+ * the next unclaimed task (20). Every thread, the caller included, claims tasks with a
+ * compare-and-swap until none is left, so a worker the OS has not scheduled yet delays
+ * nothing: the caller runs its share too. Workers spin a little, then sleep on `wake` until
+ * the generation changes; the caller waits for `done` to reach the task count. */
+#define EDGEC_SPIN 20000
+#define EDGEC_GEN(t) ((unsigned)((t) >> 40))
+#define EDGEC_COUNT(t) ((int)(((t) >> 20) & 0xFFFFF))
+#define EDGEC_NEXT(t) ((int)((t) & 0xFFFFF))
+static struct {
+  pthread_mutex_t lock;
+  pthread_cond_t wake, finished;
+  uint64_t ticket;
+  int done;     /* tasks finished in the current launch */
+  int size;     /* threads that take tasks, the caller's included */
+  int failed;
+  int busy;     /* a launch is running: a nested one runs serially on its caller */
+  edgec_parallel_lambda fn;
+  void *closure;
+} edgec_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+                0, 0, 1, 0, 0, NULL, NULL};
+static pthread_once_t edgec_pool_once = PTHREAD_ONCE_INIT;
+
+static void edgec_claim_tasks(void) {
+  uint64_t t = __atomic_load_n(&edgec_pool.ticket, __ATOMIC_ACQUIRE);
+  while (EDGEC_NEXT(t) < EDGEC_COUNT(t)) {
+    /* Read before claiming: a successful claim proves the ticket, hence fn, did not change. */
+    edgec_parallel_lambda fn = __atomic_load_n(&edgec_pool.fn, __ATOMIC_RELAXED);
+    void *closure = __atomic_load_n(&edgec_pool.closure, __ATOMIC_RELAXED);
+    if (!__atomic_compare_exchange_n(&edgec_pool.ticket, &t, t + 1, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+      continue;  /* t now holds the current ticket */
+    edgec_parallel_env env = {NULL, EDGEC_COUNT(t)};
+    if (fn(EDGEC_NEXT(t), &env, closure) != 0)
+      __atomic_store_n(&edgec_pool.failed, 1, __ATOMIC_RELAXED);
+    if (__atomic_add_fetch(&edgec_pool.done, 1, __ATOMIC_ACQ_REL) == EDGEC_COUNT(t) && edgec_tid) {
+      pthread_mutex_lock(&edgec_pool.lock);
+      pthread_cond_signal(&edgec_pool.finished);
+      pthread_mutex_unlock(&edgec_pool.lock);
+    }
+    t = __atomic_load_n(&edgec_pool.ticket, __ATOMIC_ACQUIRE);
   }
 }
 
-const char *edgec_model_last_error(void) { return edgec_error; }
+static void *edgec_worker(void *arg) {
+  unsigned seen = 0;
+  edgec_tid = (int)(intptr_t)arg;
+  for (;;) {
+    unsigned gen = seen;
+    for (int i = 0; i < EDGEC_SPIN && gen == seen; ++i)
+      gen = EDGEC_GEN(__atomic_load_n(&edgec_pool.ticket, __ATOMIC_ACQUIRE));
+    if (gen == seen) {
+      pthread_mutex_lock(&edgec_pool.lock);
+      while ((gen = EDGEC_GEN(__atomic_load_n(&edgec_pool.ticket, __ATOMIC_ACQUIRE))) == seen)
+        pthread_cond_wait(&edgec_pool.wake, &edgec_pool.lock);
+      pthread_mutex_unlock(&edgec_pool.lock);
+    }
+    seen = gen;
+    edgec_claim_tasks();
+  }
+  return NULL;
+}
+
+static void edgec_pool_start(void) {
+  static pthread_t workers[EDGEC_THREADS - 1];
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  for (int i = 1; i < EDGEC_THREADS; ++i) {  /* fewer threads if one fails: same results */
+    if (pthread_create(&workers[i - 1], &attr, edgec_worker, (void *)(intptr_t)i) != 0) break;
+    edgec_pool.size = i + 1;
+  }
+  pthread_attr_destroy(&attr);
+}
+
+static int edgec_parallel_launch(edgec_parallel_lambda fn, void *closure, int num_task) {
+  pthread_once(&edgec_pool_once, edgec_pool_start);
+  if (num_task <= 0) num_task = edgec_pool.size;
+  if (edgec_tid != 0 || edgec_pool.size == 1 || edgec_pool.busy || num_task > 0xFFFFF) {
+    edgec_parallel_env env = {NULL, num_task};  /* nested, or no workers: run them here */
+    for (int t = 0; t < num_task; ++t)
+      if (fn(t, &env, closure) != 0) return -1;
+    return 0;
+  }
+  /* The previous launch is complete: a thread that still reads fn holds a stale ticket, and
+   * its claim will fail. */
+  edgec_pool.busy = 1;
+  __atomic_store_n(&edgec_pool.fn, fn, __ATOMIC_RELAXED);
+  __atomic_store_n(&edgec_pool.closure, closure, __ATOMIC_RELAXED);
+  edgec_pool.failed = 0;
+  __atomic_store_n(&edgec_pool.done, 0, __ATOMIC_RELAXED);
+  uint64_t gen = (EDGEC_GEN(edgec_pool.ticket) + 1) & 0xFFFFFF;
+  pthread_mutex_lock(&edgec_pool.lock);
+  __atomic_store_n(&edgec_pool.ticket, gen << 40 | (uint64_t)num_task << 20, __ATOMIC_RELEASE);
+  pthread_cond_broadcast(&edgec_pool.wake);
+  pthread_mutex_unlock(&edgec_pool.lock);
+  edgec_claim_tasks();
+  for (int i = 0; i < EDGEC_SPIN && __atomic_load_n(&edgec_pool.done, __ATOMIC_ACQUIRE) < num_task; ++i) {
+  }
+  if (__atomic_load_n(&edgec_pool.done, __ATOMIC_ACQUIRE) < num_task) {
+    pthread_mutex_lock(&edgec_pool.lock);
+    while (__atomic_load_n(&edgec_pool.done, __ATOMIC_ACQUIRE) < num_task)
+      pthread_cond_wait(&edgec_pool.finished, &edgec_pool.lock);
+    pthread_mutex_unlock(&edgec_pool.lock);
+  }
+  edgec_pool.busy = 0;
+  return __atomic_load_n(&edgec_pool.failed, __ATOMIC_RELAXED) ? -1 : 0;
+}
+
+/* No TVMBackendParallelBarrier: tasks are claimed, not pinned to threads, so a barrier could
+ * wait for a task that runs later on the same thread; edgec's schedules never emit one. */
+int (*__TVMBackendParallelLaunch)(edgec_parallel_lambda, void *, int) = edgec_parallel_launch;
 """
 
 
+def workspace_total(workspace_bytes: int, threads: int = 1) -> int:
+    """Static workspace: one stack per thread when kernels run in parallel."""
+    if threads <= 1:
+        return workspace_bytes
+    return threads * (-(-max(workspace_bytes, ALIGN) // ALIGN) * ALIGN)
+
+
 def model_c(plan: KernelPlan, mem: MemoryPlan, weights: WeightLayout,
-            workspace_bytes: int) -> str:
-    """The plan as C: static tensors, argument lists, and the run loop."""
+            workspace_bytes: int, threads: int = 1) -> str:
+    """The plan as C: static tensors, argument lists, and the run loop.
+
+    ``workspace_bytes`` bounds one kernel call's scratch on one thread."""
+    total = workspace_total(workspace_bytes, threads)
     out = ["/* model.c: generated by edgec. The static execution plan; see model.h for the API. */",
-           "#include <stddef.h>", "#include <stdint.h>", f"#define EDGEC_ALIGN {ALIGN}",
-           f"static uint8_t edgec_arena[{max(mem.arena_bytes, ALIGN)}] "
-           f"__attribute__((aligned({ALIGN})));",
-           f"static uint8_t edgec_workspace[{max(workspace_bytes, ALIGN)}] "
-           f"__attribute__((aligned({ALIGN})));",
-           _PRELUDE,
-           f"const size_t edgec_model_arena_bytes = {mem.arena_bytes};",
-           f"const size_t edgec_model_workspace_bytes = {workspace_bytes};",
+           "#include <stddef.h>", "#include <stdint.h>", f"#define EDGEC_ALIGN {ALIGN}"]
+    if threads > 1:
+        out += [f"#define EDGEC_THREADS {threads}",
+                f"#define EDGEC_WS_SLOT {total // threads}u"]
+    out += [f"static uint8_t edgec_arena[{max(mem.arena_bytes, ALIGN)}] "
+            f"__attribute__((aligned({ALIGN})));",
+            f"static uint8_t edgec_workspace[{max(total, ALIGN)}] "
+            f"__attribute__((aligned({ALIGN})));",
+            _PRELUDE.replace("@RUNTIME@", _THREADED_RUNTIME if threads > 1 else _SERIAL_RUNTIME),
+            f"const size_t edgec_model_arena_bytes = {mem.arena_bytes};",
+            f"const size_t edgec_model_workspace_bytes = {total};",
            f"const size_t edgec_model_weight_bytes = {weights.total};",
            ""]
     for k in plan.kernels():
@@ -250,7 +441,7 @@ def model_c(plan: KernelPlan, mem: MemoryPlan, weights: WeightLayout,
     out.append("  edgec_error[0] = 0;")
     out.append("  for (int i = 0; i < edgec_num_calls; ++i) {")
     out.append("    edgec_ffi_any result = {0, 0, {0}};")
-    out.append("    edgec_ws_top = 0;")
+    out.append("    edgec_ws_reset();" if threads > 1 else "    edgec_ws_top = 0;")
     out.append("    if (edgec_calls[i].fn(NULL, edgec_calls[i].args, edgec_calls[i].n, &result) != 0) {")
     out.append("      if (!edgec_error[0]) strncpy(edgec_error, edgec_calls[i].name, sizeof(edgec_error) - 1);")
     out.append("      return -1;")

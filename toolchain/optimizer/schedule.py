@@ -12,6 +12,10 @@ everything scalar. After, per kernel:
    memory, the tile is vectorized and unrolled, and the elementwise epilogue (bias, ReLU, ...)
    is computed per tile so the full-size intermediate shrinks to one tile.
 3. Elementwise kernels get their innermost loop vectorized.
+4. With ``threads`` > 1, an outer loop of each heavy kernel (conv, matmul, large elementwise)
+   becomes a parallel loop over output tiles; TVM's LLVM codegen turns it into a call of
+   ``TVMBackendParallelLaunch``, which the generated driver provides. Each output is still
+   computed by one thread in the serial reduction order, so results do not change.
 
 Every rule works on a copy of the schedule and is dropped if a primitive refuses, so a kernel
 the rules do not fit keeps its plain (correct) loops. Results are identical up to float
@@ -27,6 +31,9 @@ import tvm
 log = logging.getLogger(__name__)
 
 DATA_PAR, COMM_REDUCE = 0, 2
+# Below these sizes a kernel runs serially: waking the pool would cost more than it saves.
+PARALLEL_MIN_WORK = 1 << 15  # multiply-adds (loop iterations) of a reduction block
+PARALLEL_MIN_ELEMENTS = 1 << 16  # elements of an elementwise block
 
 
 def _vector_lanes(target) -> int:
@@ -67,6 +74,34 @@ def _row_block(extent: int, vx: int, lanes: int) -> int:
         if extent % f == 0 and regs * f <= 8:
             return f
     return 1
+
+
+def _enough_tasks(extent: int, threads: int) -> bool:
+    """A parallel loop of ``extent`` iterations balances well enough over ``threads``."""
+    return extent >= 4 * threads or (extent >= threads and extent % threads == 0)
+
+
+def _work(sch, block) -> int:
+    n = 1
+    for loop in sch.get_loops(block):
+        n *= int(sch.get(loop).extent)
+    return n
+
+
+def _parallelize(sch, loops, threads: int) -> bool:
+    """Fuse the adjacent ``loops`` (outermost first) and make the result parallel."""
+    extent = 1
+    for loop in loops:
+        extent *= int(sch.get(loop).extent)
+    if threads <= 1 or not loops or not _enough_tasks(extent, threads):
+        return False
+    try:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        sch.parallel(fused)
+        return True
+    except Exception as exc:  # noqa: BLE001  (the kernel stays serial)
+        log.debug("parallel refused: %s", str(exc).splitlines()[0])
+        return False
 
 
 def _iter_types(sch, block) -> list[int]:
@@ -116,7 +151,7 @@ def _inline_injective(sch) -> None:
                 continue
 
 
-def _tile_reduction(sch, block, lanes: int) -> bool:
+def _tile_reduction(sch, block, lanes: int, threads: int = 1) -> bool:
     loops = sch.get_loops(block)
     types = _iter_types(sch, block)
     if len(loops) != len(types) or COMM_REDUCE not in types:
@@ -135,6 +170,7 @@ def _tile_reduction(sch, block, lanes: int) -> bool:
 
     x_o, x_i = sch.split(loops[xi], [None, vx])
     outer, inner = [], [x_i]
+    heavy = _work(sch, block) >= PARALLEL_MIN_WORK
     if fi is not None and vf > 1:
         f_o, f_i = sch.split(loops[fi], [None, vf])
         inner = [f_i, x_i]
@@ -163,19 +199,27 @@ def _tile_reduction(sch, block, lanes: int) -> bool:
     if len(inner) == 2:
         sch.unroll(inner[0])
     sch.vectorize(inner[-1])
-    # Last: a block with its init split off is no longer a reduction, and cannot be vectorized.
+    if heavy:
+        # The tile loops are perfectly nested (the epilogue sits under the innermost).
+        _parallelize(sch, outer, threads)
+    # Last: a block with its init split off is no longer a reduction, and can be neither
+    # vectorized nor parallelized.
     init = sch.decompose_reduction(block, red_loops[0])
     _vectorize_innermost(sch, init)
     return True
 
 
-def _tile_conv_channels(sch, block, lanes: int) -> bool:
+def _tile_conv_channels(sch, block, lanes: int, threads: int = 1) -> bool:
     """NCHW conv2d: vectorize over output channels with weights packed per channel tile.
 
     Loop nest: n, f_o, [pack W[f_o tile] as W'[c, r, s, f_i]], y, x_o, c, r, s, x_i (unrolled),
     f_i (vector). Each step of the reduction does one contiguous vector load of packed weights
     per ``lanes`` channels and one scalar (broadcast) load of the input per pixel: the GEMM
     micro-kernel shape, independent of the image width and of the stride.
+
+    Parallel (``threads`` > 1): over channel tiles (n, f_o) when there are enough of them,
+    each thread packing its own tile's weights; otherwise over output rows (y, x_o) inside
+    each channel tile, after one packing.
     """
     if not sch.get(block).name_hint.startswith("conv2d_nchw"):
         return False
@@ -184,6 +228,7 @@ def _tile_conv_channels(sch, block, lanes: int) -> bool:
     if len(loops) != 7 or types != [DATA_PAR] * 4 + [COMM_REDUCE] * 3:
         return False
     ext = [int(sch.get(l).extent) for l in loops]
+    heavy = _work(sch, block) >= PARALLEL_MIN_WORK
     # Pick the (channel vector, pixel count) tile with the most multiply-adds per reduction
     # step whose accumulators fit in registers (NEON: 32, AVX2: 16, keeping two spare).
     budget = 28 if lanes == 4 else 14
@@ -230,6 +275,12 @@ def _tile_conv_channels(sch, block, lanes: int) -> bool:
             pass
     sch.unroll(x_i)
     sch.vectorize(f_i)
+    if heavy and threads > 1:
+        tiles = ext[0] * (ext[1] // vf)
+        if _enough_tasks(tiles, threads):
+            _parallelize(sch, [n, f_o], threads)
+        else:
+            _parallelize(sch, [y, x_o], threads)
     sch.decompose_reduction(block, c)
     return True
 
@@ -243,19 +294,26 @@ def _vectorize_innermost(sch, block) -> None:
         sch.vectorize(loops[-1])
 
 
-def _vectorize_elementwise(sch, block, lanes: int) -> None:
+def _vectorize_elementwise(sch, block, lanes: int, threads: int = 1) -> None:
     loops = sch.get_loops(block)
     if not loops or any(t != DATA_PAR for t in _iter_types(sch, block)):
         return
+    # Only a loop nest of its own may go parallel (not an epilogue inside a tiled kernel).
+    parallel = (threads > 1 and _work(sch, block) >= PARALLEL_MIN_ELEMENTS
+                and len(sch.get_child_blocks(loops[0])) == 1)
     ext = int(sch.get(loops[-1]).extent)
     v = _largest_divisor(ext, (2 * lanes, lanes))
     if v > 1:
-        _, inner = sch.split(loops[-1], [None, v])
+        outer, inner = sch.split(loops[-1], [None, v])
         sch.vectorize(inner)
+        loops = [*loops[:-1], outer]
+    if parallel:
+        _parallelize(sch, loops, threads)
 
 
-def schedule_func(func, target):
-    """Return ``func`` with the CPU rules applied (or unchanged where they do not fit)."""
+def schedule_func(func, target, threads: int = 1):
+    """Return ``func`` with the CPU rules applied (or unchanged where they do not fit);
+    ``threads`` > 1 also makes an outer loop of each heavy kernel parallel."""
     from tvm.s_tir import Schedule
 
     lanes = _vector_lanes(target)
@@ -273,15 +331,16 @@ def schedule_func(func, target):
             if COMM_REDUCE in types:
                 conv_trial = trial.copy()
                 try:
-                    if _tile_conv_channels(conv_trial, conv_trial.get_sblock(name), lanes):
+                    if _tile_conv_channels(conv_trial, conv_trial.get_sblock(name), lanes,
+                                           threads):
                         sch = conv_trial
                         continue
                 except Exception as exc:  # noqa: BLE001
                     log.debug("conv rule skipped block %s: %s", name, str(exc).splitlines()[0])
-                if not _tile_reduction(trial, block, lanes):
+                if not _tile_reduction(trial, block, lanes, threads):
                     continue
             else:
-                _vectorize_elementwise(trial, block, lanes)
+                _vectorize_elementwise(trial, block, lanes, threads)
         except Exception as exc:  # noqa: BLE001  (keep the kernel's plain loops)
             log.debug("schedule rule skipped block %s: %s", name, str(exc).splitlines()[0])
             continue
@@ -291,10 +350,11 @@ def schedule_func(func, target):
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleForCPU")
 class ScheduleForCPU:
-    """Apply ``schedule_func`` to every PrimFunc of the module."""
+    """Apply ``schedule_func`` to every PrimFunc of the module (``threads``: see module doc)."""
 
-    def __init__(self, target):
+    def __init__(self, target, threads: int = 1):
         self.target = target
+        self.threads = threads
 
     def transform_module(self, mod, ctx):
         from tvm import tirx
@@ -302,6 +362,6 @@ class ScheduleForCPU:
         out = mod
         for gv, func in list(mod.functions.items()):
             if isinstance(func, tirx.PrimFunc):
-                out.update_func(gv, schedule_func(func, self.target).with_attrs(func.attrs)
-                                if func.attrs is not None else schedule_func(func, self.target))
+                new = schedule_func(func, self.target, self.threads)
+                out.update_func(gv, new.with_attrs(func.attrs) if func.attrs is not None else new)
         return out
