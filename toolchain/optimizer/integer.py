@@ -47,8 +47,9 @@ def _shape(expr) -> list[int]:
 
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod=None):
+    def __init__(self, mod=None, dot_product: bool = False):
         super().__init__(mod)
+        self.dot_product = dot_product
         self.rewritten = 0
 
     # -- matching ---------------------------------------------------------------------------
@@ -121,8 +122,17 @@ class _Lowerer(relax.PyExprMutator):
             return None
         q, s_x, z_x = act
         x8, zero = self._to_int8(q, z_x)
-        acc = self.builder_.emit(relax.op.matmul(x8, relax.const(w), out_dtype="int32"))
         n = w.shape[1]
+        if self.dot_product and _shape(q)[-2:-1] == [1]:
+            # One row (batch 1): W (N, K) times the column x (K, 1), so that both operands run
+            # contiguously along the reduction (what sdot needs), then back to (..., 1, N).
+            # Without sdot the CPU schedule does better on x (1, K) times W (K, N).
+            col = self.builder_.emit(relax.op.reshape(x8, [*_shape(q)[:-2], w.shape[0], 1]))
+            acc = self.builder_.emit(relax.op.matmul(
+                relax.const(np.ascontiguousarray(w.T)), col, out_dtype="int32"))
+            acc = self.builder_.emit(relax.op.reshape(acc, [*_shape(q)[:-2], 1, n]))
+        else:
+            acc = self.builder_.emit(relax.op.matmul(x8, relax.const(w), out_dtype="int32"))
         return self._finish(acc, zero, w.astype(np.int64).sum(axis=0), s_x * np.broadcast_to(
             scale, (n,)), [n])
 
@@ -161,12 +171,19 @@ class _Lowerer(relax.PyExprMutator):
 
 @tvm.transform.module_pass(opt_level=0, name="LowerQDQToInteger")
 class LowerQDQToInteger:
-    """Rewrite QDQ matmul/conv2d into int8 x int8 -> int32 compute (see the module docstring)."""
+    """Rewrite QDQ matmul/conv2d into int8 x int8 -> int32 compute (see the module docstring).
+
+    ``dot_product``: the target has int8 dot-product instructions; one-row matmuls then keep
+    the weight as (N, K) so the reduction is contiguous in both operands.
+    """
+
+    def __init__(self, dot_product: bool = False):
+        self.dot_product = dot_product
 
     def transform_module(self, mod, ctx):
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
-                lowerer = _Lowerer(mod)
+                lowerer = _Lowerer(mod, self.dot_product)
                 mod.update_func(gv, lowerer.visit_expr(func))
                 log.info("%s: %d quantized matmul/conv2d now integer", gv.name_hint,
                          lowerer.rewritten)

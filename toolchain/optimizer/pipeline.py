@@ -42,9 +42,9 @@ def simplify(ctx: PipelineContext) -> list:
 
 def simplify_integer(ctx: PipelineContext) -> list:
     """``simplify``, with quantized matmul/conv2d first lowered to int8 x int8 -> int32."""
-    from toolchain.optimizer.integer import LowerQDQToInteger
+    from toolchain.optimizer.integer import LowerQDQToInteger, has_dot_product
 
-    return [LowerQDQToInteger(), *simplify(ctx)]
+    return [LowerQDQToInteger(dot_product=has_dot_product(ctx.target)), *simplify(ctx)]
 
 
 def legalize(ctx: PipelineContext) -> list:
