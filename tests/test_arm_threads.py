@@ -156,3 +156,16 @@ int main(void) {
 
     ref = run_reference(host_threaded / "model.onnx", [x])[0].reshape(-1)
     np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_pipeline_with_its_own_schedule_stage_is_refused(small_cnn, tmp_path, capsys,
+                                                         monkeypatch):
+    """--threads replaces the plain CPU schedule stage only; another stage is not dropped."""
+    from toolchain.optimizer import pipeline
+
+    custom = tuple((name, (lambda ctx: []) if name == "schedule" else stage)
+                   for name, stage in pipeline.PIPELINES["cpu"])
+    monkeypatch.setitem(pipeline.PIPELINES, "cpu-custom", custom)
+    assert main(["compile", str(small_cnn), "-t", "host", "-o", str(tmp_path / "o"),
+                 "--pipeline", "cpu-custom", "--threads", "2"]) != 0
+    assert "not supported with pipeline 'cpu-custom'" in capsys.readouterr().err

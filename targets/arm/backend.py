@@ -68,6 +68,12 @@ class ArmBackend(Backend):
         dev = CpuDevice.from_device(device)
         cc = find_compiler(dev, getattr(args, "compiler", "auto"))  # fail fast if missing
         threads = _threads(args)
+        pipeline = getattr(args, "pipeline", "cpu")
+        overrides = {}  # checked before the slow steps: a refusal comes at once
+        if threads > 1 and getattr(args, "schedule", "auto") != "none":
+            overrides["schedule"] = _parallel_schedule(pipeline, threads)
+        elif threads > 1:
+            log.warning("--threads %d with --schedule none: plain loops stay serial", threads)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         model = transform(model, cleanup_passes())
@@ -78,12 +84,6 @@ class ArmBackend(Backend):
 
         target = dev.tvm_target()
         ctx = PipelineContext(target=target, schedule=getattr(args, "schedule", "auto"))
-        pipeline = getattr(args, "pipeline", "cpu")
-        overrides = {}
-        if threads > 1 and ctx.schedule != "none":
-            overrides["schedule"] = _parallel_schedule(pipeline, threads)
-        elif threads > 1:
-            log.warning("--threads %d with --schedule none: plain loops stay serial", threads)
         result = run_pipeline(mod, pipeline, ctx, overrides)
         for rec in result.stages:
             timings[f"pipeline.{rec.name}"] = rec.seconds
