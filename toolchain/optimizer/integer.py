@@ -41,8 +41,11 @@ def _dtype(expr) -> str:
     return str(getattr(expr.ty, "dtype", ""))
 
 
-def _shape(expr) -> list[int]:
-    return [int(d) for d in expr.ty.shape]
+def _static_shape(expr) -> list[int] | None:
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or not all(hasattr(d, "value") for d in shape):
+        return None
+    return [int(d.value) for d in shape]
 
 
 @relax.expr_functor.mutator
@@ -122,15 +125,15 @@ class _Lowerer(relax.PyExprMutator):
             return None
         q, s_x, z_x = act
         x8, zero = self._to_int8(q, z_x)
-        n = w.shape[1]
-        if self.dot_product and _shape(q)[-2:-1] == [1]:
+        n, shape = w.shape[1], _static_shape(q)
+        if self.dot_product and shape is not None and shape[-2:-1] == [1]:
             # One row (batch 1): W (N, K) times the column x (K, 1), so that both operands run
             # contiguously along the reduction (what sdot needs), then back to (..., 1, N).
             # Without sdot the CPU schedule does better on x (1, K) times W (K, N).
-            col = self.builder_.emit(relax.op.reshape(x8, [*_shape(q)[:-2], w.shape[0], 1]))
+            col = self.builder_.emit(relax.op.reshape(x8, [*shape[:-2], w.shape[0], 1]))
             acc = self.builder_.emit(relax.op.matmul(
                 relax.const(np.ascontiguousarray(w.T)), col, out_dtype="int32"))
-            acc = self.builder_.emit(relax.op.reshape(acc, [*_shape(q)[:-2], 1, n]))
+            acc = self.builder_.emit(relax.op.reshape(acc, [*shape[:-2], 1, n]))
         else:
             acc = self.builder_.emit(relax.op.matmul(x8, relax.const(w), out_dtype="int32"))
         return self._finish(acc, zero, w.astype(np.int64).sum(axis=0), s_x * np.broadcast_to(
