@@ -239,3 +239,28 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
     if model.ir_version > SAVE_IR_VERSION:
         model.ir_version = SAVE_IR_VERSION
     onnx.save_model(model, str(path))
+
+
+def output_steps(model: onnx.ModelProto) -> dict[str, float]:
+    """Graph outputs produced by a DequantizeLinear with one constant scale: name -> that
+    scale (one quantization step). Such outputs are compared with onnxruntime to one step:
+    a float difference before the final QuantizeLinear can move a value across a rounding
+    boundary (e.g. a fused multiply-add on one side), which is one step, not an error."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in model.graph.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    steps = {}
+    for out in model.graph.output:
+        node = producers.get(out.name)
+        if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 2:
+            continue
+        tensor = inits.get(node.input[1]) or consts.get(node.input[1])
+        if tensor is None:
+            continue
+        scale = numpy_helper.to_array(tensor)
+        if scale.size == 1 and float(scale.reshape(())) > 0:
+            steps[out.name] = float(scale.reshape(()))
+    return steps

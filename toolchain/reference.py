@@ -42,13 +42,18 @@ class Comparison:
     mismatched: int  # elements outside the tolerance
     tolerance: float  # allowed max_rel_error
     ok: bool
+    abs_tolerance: float | None = None  # also allowed: this absolute error (one output step)
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def compare(name: str, got: np.ndarray, ref: np.ndarray, rel_tol: float) -> Comparison:
-    """Compare ``got`` with ``ref``; the error is taken relative to the reference's range."""
+def compare(name: str, got: np.ndarray, ref: np.ndarray, rel_tol: float,
+            abs_tol: float | None = None) -> Comparison:
+    """Compare ``got`` with ``ref``; the error is taken relative to the reference's range.
+
+    ``abs_tol`` (e.g. one quantization step of a quantized output) also accepts any
+    difference up to that absolute amount."""
     if got.shape != ref.shape:
         raise ModelError(f"output '{name}' has shape {got.shape}, reference {ref.shape}")
     g = got.astype(np.float64)
@@ -59,6 +64,7 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray, rel_tol: float) -> Comp
     finite = np.isfinite(g).all() and np.isfinite(r).all()
     max_abs = float(diff.max()) if diff.size else 0.0
     max_rel = max_abs / scale
-    bad = int((diff > rel_tol * scale).sum()) if finite else int(diff.size)
-    ok = finite and max_rel <= rel_tol
-    return Comparison(name, max_abs, max_rel, rng, bad, rel_tol, bool(ok))
+    allowed = max(rel_tol * scale, abs_tol or 0.0)
+    bad = int((diff > allowed).sum()) if finite else int(diff.size)
+    ok = finite and max_abs <= allowed
+    return Comparison(name, max_abs, max_rel, rng, bad, rel_tol, bool(ok), abs_tol)
