@@ -84,20 +84,16 @@ REFERENCES = [
          _baseline("Vivado HLS 2020.1",
                    "test_keras_api_test_conv2d_io_parallel-Vivado-Resource-same-channels_last",
                    latency=52, ii=49, dsp=740, lut=86819, ff=52870, bram18=0)]),
-    Reference(
-        "maxpool2d", "maxpool2d", "latency", 1, "io_parallel",
-        "MaxPooling2D 2x2 (valid) on 18x15x3; test_keras_api.py::test_pooling",
-        [_baseline("Vitis HLS 2024.1", "test_keras_api_test_pooling_Vitis-channels_last-valid-"
-                   "MaxPooling2D", "pool0", latency=0, ii=1, dsp=0, lut=22151),
-         _baseline("Vivado HLS 2020.1", "test_keras_api_test_pooling_Vivado-channels_last-valid-"
-                   "MaxPooling2D", "pool0", latency=0, ii=1, dsp=0, lut=17804)]),
-    Reference(
-        "avgpool2d", "avgpool2d", "latency", 1, "io_parallel",
-        "AveragePooling2D 2x2 (valid) on 18x15x3; test_keras_api.py::test_pooling",
-        [_baseline("Vitis HLS 2024.1", "test_keras_api_test_pooling_Vitis-channels_last-valid-"
-                   "AveragePooling2D", "pool0", latency=0, ii=1, dsp=0, lut=10433),
-         _baseline("Vivado HLS 2020.1", "test_keras_api_test_pooling_Vivado-channels_last-valid-"
-                   "AveragePooling2D", "pool0", latency=0, ii=1, dsp=0, lut=10433)]),
+    *[Reference(
+        kind, kind, "latency", 1, "io_parallel",
+        f"{keras}2D 2x2 (valid) on 18x15x3; test_keras_api.py::test_pooling",
+        [_baseline(tool, f"test_keras_api_test_pooling_{folder}-channels_last-valid-{keras}2D",
+                   "pool0", latency=0, ii=1, dsp=0, lut=lut)
+         for tool, folder, lut in (("Vitis HLS 2024.1", "Vitis", vitis_lut),
+                                   ("Vivado HLS 2020.1", "Vivado", vivado_lut))])
+      for kind, keras, vitis_lut, vivado_lut in (("maxpool2d", "MaxPooling", 22151, 17804),
+                                                  ("avgpool2d", "AveragePooling", 10433,
+                                                   10433))],
     # The tutorial's pruned SVHN CNN (part6_cnns.ipynb), io_stream, Vivado HLS 2020.1, xcu250.
     # Its trained, pruned weights are not published: only the shape-driven per-layer latencies
     # are compared (the layer names are the report's instances).

@@ -84,13 +84,10 @@ def verify(output: str | Path, *, inputs=None, seed: int = 0,
 
     Returns one comparison per output; raises VerificationError if one is outside tolerance.
     """
-    from .commands.build import verify_folder
-    from .errors import VerificationError
+    from .commands.build import raise_if_outside, verify_folder
 
     results = verify_folder(Path(output), [Path(x) for x in inputs or []], seed, tolerance)
-    bad = [c.name for c in results if not c.ok]
-    if bad:
-        raise VerificationError("outputs outside tolerance: " + ", ".join(bad))
+    raise_if_outside(results)
     return [c.to_json() for c in results]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, EdgecError, ModelError
 
 TORCH_SUFFIXES = (".pt", ".pth")
 DEFAULT_INPUT_NAME = "input"
@@ -95,7 +95,7 @@ def export_module(module, path: Path | str, input_shape: tuple[int, ...],
     try:
         export_onnx(module, path, example.astype(np.float32), input_name=input_name,
                     batch=int(input_shape[0]), mode=quantization_of(module))
-    except (ConfigError, ModelError):
+    except EdgecError:  # already one clear line (incl. onnxruntime vs PyTorch mismatches)
         raise
     except Exception as exc:  # torch's tracer raises many kinds; keep one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -249,10 +249,15 @@ def cmd_verify(args) -> int:
               + f") {status}")
     if args.json:
         args.json.write_text(json.dumps([c.to_json() for c in results], indent=2) + "\n")
+    raise_if_outside(results)
+    return 0
+
+
+def raise_if_outside(results: list) -> None:
+    """VerificationError naming the outputs of ``verify_folder`` outside their tolerance."""
     bad = [c.name for c in results if not c.ok]
     if bad:
         raise VerificationError("outputs outside tolerance: " + ", ".join(bad))
-    return 0
 
 
 # ---------------------------------------------------------------- simulate

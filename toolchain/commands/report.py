@@ -87,42 +87,37 @@ def summary(manifest: dict, report: dict, sim: dict | None) -> list[tuple[str, s
     return rows
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, (list, tuple)) and all(not isinstance(v, (dict, list)) for v in value):
-        return html.escape(", ".join(str(v) for v in value))
-    if isinstance(value, (dict, list)):
-        return _html_value(value)
-    return html.escape(str(value))
+def _scalar_or_flat(value) -> bool:
+    return not isinstance(value, (dict, list)) or (
+        isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value))
 
 
 def _html_value(value, depth: int = 0) -> str:
-    """Nested dicts as key/value tables; lists of dicts as one table with a column per key."""
+    """Scalars and flat lists as text; nested dicts as key/value tables; lists of dicts as
+    one table with a column per key."""
+    if _scalar_or_flat(value):
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        if isinstance(value, list):
+            return html.escape(", ".join(str(v) for v in value))
+        return html.escape(str(value))
     if depth > 4:
         return f"<code>{html.escape(json.dumps(value)[:200])}</code>"
     if isinstance(value, dict):
         if not value:
             return "<i>empty</i>"
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_cell_d(v, depth)}</td></tr>"
-                       for k, v in value.items())
+        rows = "".join(f"<tr><th>{html.escape(str(k))}</th>"
+                       f"<td>{_html_value(v, depth + 1)}</td></tr>" for k, v in value.items())
         return f"<table class='kv'>{rows}</table>"
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+    if all(isinstance(v, dict) for v in value):
         keys: list[str] = []
         for v in value:
             keys += [k for k in v if k not in keys]
         head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-        body = "".join("<tr>" + "".join(f"<td>{_cell_d(v.get(k, ''), depth)}</td>"
+        body = "".join("<tr>" + "".join(f"<td>{_html_value(v.get(k, ''), depth + 1)}</td>"
                                         for k in keys) + "</tr>" for v in value)
         return f"<table><tr>{head}</tr>{body}</table>"
-    return _cell(value)
-
-
-def _cell_d(value, depth: int) -> str:
-    if isinstance(value, (dict, list)) and not (
-            isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value)):
-        return _html_value(value, depth + 1)
-    return _cell(value)
+    return "<ul>" + "".join(f"<li>{_html_value(v, depth + 1)}</li>" for v in value) + "</ul>"
 
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;
