@@ -71,6 +71,31 @@ class Backend(abc.ABC):
     def add_simulate_options(self, parser: argparse.ArgumentParser) -> None:
         """Add this family's options to ``edgec simulate``."""
 
+    def check_tools(self, device: Device, workdir: Path) -> list[str]:
+        """Run this family's tools for ``device`` on a one-line program in ``workdir``.
+
+        Returns one line per missing or broken piece, each saying how to install it (empty when
+        everything works). Used by ``edgec doctor`` and by the setup script.
+        """
+        return []
+
+
+def debian_packages(folder: Path | None = None) -> list[str]:
+    """Every Debian package the shipped devices name (``debian_packages``), sorted, unique.
+
+    Reads the TOML files with the standard library only, so the setup script can call it
+    before any dependency is installed (``folder`` defaults to the shipped devices).
+    """
+    if folder is None:
+        entries = list((resources.files("toolchain.targets") / "devices").iterdir())
+    else:
+        entries = list(Path(folder).iterdir())
+    pkgs: set[str] = set()
+    for entry in entries:
+        if entry.name.endswith(".toml"):
+            pkgs.update(str(p) for p in tomllib.loads(entry.read_text()).get("debian_packages", ()))
+    return sorted(pkgs)
+
 
 _BACKENDS: dict[str, Backend] = {}
 

@@ -83,12 +83,15 @@ def have(program: str) -> bool:
 
 
 def needs_target(target: str):
-    """Skip (with the install hint) when the cross compiler or qemu for a target is missing."""
-    need = {"arm-a72": ["aarch64-linux-gnu-gcc", "qemu-aarch64"],
-            "arm-a53": ["aarch64-linux-gnu-gcc", "qemu-aarch64"],
-            "arm-a76": ["aarch64-linux-gnu-gcc", "qemu-aarch64"],
-            "armv7-a7": ["arm-linux-gnueabihf-gcc", "qemu-arm"],
-            "host": ["cc"]}[target]
+    """Skip (with the install hint) when the cross compiler or emulator of a target is missing.
+
+    What a target needs comes from its device file, as ``edgec doctor`` reads it."""
+    from toolchain.targets import device
+
+    facts = device(target).facts
+    prefix = facts.get("cc_prefix", "")
+    need = [f"{prefix}gcc" if prefix else "cc"] + ([facts["qemu"]] if facts.get("qemu") else [])
     missing = [p for p in need if not have(p)]
+    hint = " ".join(facts.get("debian_packages", ()))
     return pytest.mark.skipif(bool(missing), reason=f"missing {', '.join(missing)} "
-                              "(apt-get install gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user)")
+                              f"(apt-get install {hint})")

@@ -38,6 +38,27 @@ class ArmBackend(Backend):
         return (f"triple {d.triple}, cpu {d.cpu}, features {' '.join(d.features) or '-'}"
                 f" ({where})")
 
+    def check_tools(self, device: Device, workdir: Path) -> list[str]:
+        """Compile, link statically and run ``int main(void) { return 0; }`` for the device."""
+        from toolchain.errors import EdgecError
+        from toolchain.targets.arm.runner import clean_env, launcher
+        from toolchain.tools import run_tool
+
+        dev = CpuDevice.from_device(device)
+        hint = f"apt-get install {' '.join(dev.debian_packages)}" if dev.debian_packages else ""
+        src = workdir / "hello.c"
+        src.write_text("int main(void) { return 0; }\n")
+        try:
+            cc = find_compiler(dev)
+            cc.compile(src, workdir / "hello.o", workdir)
+            cc.link([workdir / "hello.o"], workdir / "hello", workdir)
+            run_tool([*launcher(dev), workdir / "hello"], what=f"running a {dev.name} program",
+                     env=clean_env(), timeout=120)
+        except EdgecError as exc:
+            said = "apt-get" in str(exc) or not hint
+            return [f"{device.name}: {exc}" + ("" if said else f"  (install: {hint})")]
+        return []
+
     def add_compile_options(self, parser: argparse.ArgumentParser) -> None:
         from toolchain.optimizer.pipeline import PIPELINES
 

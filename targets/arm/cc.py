@@ -16,12 +16,6 @@ from toolchain.errors import ConfigError, ToolMissingError
 from toolchain.targets.arm.device import CpuDevice
 from toolchain.tools import run_tool
 
-_GNU_PREFIX = {"aarch64-linux-gnu": "aarch64-linux-gnu-",
-               "armv7a-linux-gnueabihf": "arm-linux-gnueabihf-"}
-_DEBIAN_PKG = {"aarch64-linux-gnu": "gcc-aarch64-linux-gnu",
-               "armv7a-linux-gnueabihf": "gcc-arm-linux-gnueabihf"}
-_ZIG_TARGET = {"aarch64-linux-gnu": "aarch64-linux-musl",
-               "armv7a-linux-gnueabihf": "arm-linux-musleabihf"}
 COMPILERS = ("auto", "gcc", "zig")
 # Flags that keep output byte-identical across runs and build folders.
 _REPRO = ["-ffile-prefix-map=.=.", "-fno-ident"]
@@ -74,19 +68,19 @@ def find_compiler(dev: CpuDevice, choice: str = "auto") -> Compiler:
         if cc is None:
             raise ToolMissingError("no C compiler for the host; install one: apt-get install gcc")
         return Compiler("gcc", (cc,), ("ar",), _arch_flags(dev, "gcc"))
-    prefix = _GNU_PREFIX.get(dev.triple)
-    if prefix is None:
-        raise ConfigError(f"no known C toolchain for triple '{dev.triple}'")
-    if choice in ("auto", "gcc") and shutil.which(prefix + "gcc"):
+    prefix = dev.cc_prefix
+    if not prefix and not dev.zig_target:
+        raise ConfigError(f"device '{dev.name}' names no C toolchain (cc_prefix or zig_target)")
+    if choice in ("auto", "gcc") and prefix and shutil.which(prefix + "gcc"):
         # Static glibc calls memcpy & co. through PLT entries whose short form cannot reach
         # past a few hundred MB of weights (VGG-19): GNU ld's long PLT entries can.
         ldflags = ("-Wl,--long-plt",) if dev.is_arm32 else ()
         return Compiler("gcc", (prefix + "gcc",), (prefix + "ar",), _arch_flags(dev, "gcc"),
                         ldflags)
-    if choice in ("auto", "zig") and _zig_available():
+    if choice in ("auto", "zig") and dev.zig_target and _zig_available():
         zig = (sys.executable, "-m", "ziglang")
-        return Compiler("zig", (*zig, "cc", "-target", _ZIG_TARGET[dev.triple]), (*zig, "ar"),
+        return Compiler("zig", (*zig, "cc", "-target", dev.zig_target), (*zig, "ar"),
                         _arch_flags(dev, "zig"))
     raise ToolMissingError(
         f"no C cross compiler for {dev.triple} ({dev.name}); install one: "
-        f"apt-get install {_DEBIAN_PKG[dev.triple]}  (as root), or pip install ziglang")
+        f"apt-get install {' '.join(dev.debian_packages)}  (as root), or pip install ziglang")

@@ -17,6 +17,9 @@ class CpuDevice:
     float_abi: str
     qemu: str  # qemu-user program, "" for native
     qemu_cpu: str
+    cc_prefix: str = ""  # GNU cross tools' prefix, e.g. "aarch64-linux-gnu-"; "" for native
+    zig_target: str = ""  # `zig cc -target` triple, "" when zig is not an option
+    debian_packages: tuple[str, ...] = ()  # what apt-get installs for this device
 
     @property
     def is_native(self) -> bool:
@@ -37,7 +40,9 @@ class CpuDevice:
             return cls(dev.name, str(f["triple"]), str(f["cpu"]),
                        tuple(str(x) for x in f.get("features", ())),
                        str(f.get("float_abi", "")), str(f.get("qemu", "")),
-                       str(f.get("qemu_cpu", "")))
+                       str(f.get("qemu_cpu", "")), str(f.get("cc_prefix", "")),
+                       str(f.get("zig_target", "")),
+                       tuple(str(x) for x in f.get("debian_packages", ())))
         except KeyError as exc:
             raise ConfigError(f"device file for '{dev.name}' lacks the key {exc}") from None
 

@@ -59,6 +59,11 @@ def config_from_report(report: dict) -> fcfg.FpgaConfig:
                            parse_fixed(c["default_precision"]), c["project_name"])
 
 
+_AP_CHECK = """#include "ap_fixed.h"
+int main() { ap_fixed<16, 6> x = 1.5; return (x * 2 == 3) ? 0 : 1; }
+"""
+
+
 @register_backend
 class FpgaBackend(Backend):
     family = "fpga"
@@ -67,6 +72,35 @@ class FpgaBackend(Backend):
         d = fcfg.FpgaDevice.from_device(device)
         return (f"part {d.part}, {1000 / d.clock_period_ns:.0f} MHz, {d.dsp} DSP, {d.lut} LUT, "
                 f"{d.ff} FF, {d.bram36} BRAM36")
+
+    def check_tools(self, device: Device, workdir: Path) -> list[str]:
+        """g++ builds a one-line ap_fixed program with hls4ml's headers; Verilator is usable."""
+        from toolchain.errors import EdgecError
+        from toolchain.tools import require, run_tool
+
+        from . import rtl
+
+        problems = []
+        try:
+            import hls4ml
+        except ImportError:
+            return [f"{device.name}: hls4ml is not installed: pip install hls4ml==1.3.0"]
+        ap_types = Path(hls4ml.__file__).parent / "templates" / "vivado" / "ap_types"
+        (workdir / "ap.cpp").write_text(_AP_CHECK)
+        try:
+            cxx = require("g++", "apt-get install g++")
+            run_tool([cxx, "-std=c++17", f"-I{ap_types}", "ap.cpp", "-o", "ap"], cwd=workdir,
+                     what="compiling an ap_fixed program")
+            run_tool([workdir / "ap"], what="running an ap_fixed program")
+        except EdgecError as exc:
+            problems.append(f"{device.name}: {exc}")
+        try:
+            env = rtl.verilator_env()
+            run_tool([Path(env["VERILATOR_ROOT"]) / "bin" / "verilator", "--version"],
+                     what="running verilator", env={**env, "PATH": env["PATH"]})
+        except EdgecError as exc:
+            problems.append(f"{device.name}: {exc}")
+        return problems
 
     def add_compile_options(self, parser: argparse.ArgumentParser) -> None:
         fcfg.add_options(parser)

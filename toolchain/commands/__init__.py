@@ -1,6 +1,6 @@
 """CLI commands. Each module has ``register(subparsers)`` functions listed in REGISTRY."""
 
-from toolchain.commands import build, compress, report
+from toolchain.commands import build, compress, doctor, report
 
 REGISTRY = [
     build.register_targets,
@@ -11,4 +11,5 @@ REGISTRY = [
     build.register_verify,
     build.register_simulate,
     report.register_report,
+    doctor.register_doctor,
 ]
