@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import copy
 import importlib
 import tomllib
 from dataclasses import dataclass, field
@@ -48,6 +49,25 @@ class Backend(abc.ABC):
 
     def add_compile_options(self, parser: argparse.ArgumentParser) -> None:
         """Add this family's options to ``edgec compile`` (an argument group)."""
+
+    def register_compile_options(self, parser: argparse.ArgumentParser) -> None:
+        """``add_compile_options``, recording each option it added: its dest, its flag and its
+        default as added (before any config file changes the parser's defaults)."""
+        before = set(map(id, parser._actions))
+        self.add_compile_options(parser)
+        self._compile_options = {
+            a.dest: (max(a.option_strings, key=len), copy.deepcopy(a.default))
+            for a in parser._actions if id(a) not in before and a.option_strings}
+
+    def compile_options(self) -> dict[str, tuple[str, Any]]:
+        """This family's compile options, ``dest -> (flag, default)``, as last registered."""
+        return dict(getattr(self, "_compile_options", {}))
+
+    def foreign_options(self, args: argparse.Namespace) -> list[str]:
+        """The flags of this family's compile options that ``args`` sets to a non-default
+        value (for a target of another family, each one is an error)."""
+        return [flag for dest, (flag, default) in self.compile_options().items()
+                if getattr(args, dest, default) != default]
 
     @abc.abstractmethod
     def compile(self, model_path: Path, model: "onnx.ModelProto", device: Device,

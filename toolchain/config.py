@@ -35,24 +35,63 @@ def load_table(path: Path, command: str) -> dict[str, Any]:
 
 
 def apply_defaults(parser: argparse.ArgumentParser, table: dict[str, Any], path: Path) -> None:
-    """Set ``table`` as the parser's defaults, after checking every key is a known option."""
+    """Set ``table`` as the parser's defaults, after checking every key is a known option.
+
+    Each value is checked and converted as its command-line flag would be (``type``, choices, a
+    flag's true/false); a repeatable option takes one value or a list. A wrong value is a
+    one-line ConfigError naming the file and the key.
+    """
     known = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    coerced: dict[str, Any] = {}
     for key, value in table.items():
         if key not in known:
             raise ConfigError(f"config file {path}: unknown key '{key}'; known keys: "
                               + ", ".join(sorted(known)))
-        action = known[key]
-        if action.choices is not None and value not in action.choices:
-            raise ConfigError(f"config file {path}: {key} = {value!r} is not one of "
-                              + ", ".join(map(str, action.choices)))
-        if action.type is not None and isinstance(value, str) and action.nargs is None:
-            try:
-                value = action.type(value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"config file {path}: bad value for {key}: {exc}") from None
-        if isinstance(action, argparse._AppendAction) and not isinstance(value, list):
-            value = [value]
-    parser.set_defaults(**table)
+        coerced[key] = _coerce(known[key], key, value, path)
+    parser.set_defaults(**coerced)
     for action in parser._actions:
-        if action.dest in table:
+        if action.dest in coerced:
             action.required = False
+
+
+def _coerce(action: argparse.Action, key: str, value: Any, path: Path) -> Any:
+    """``value`` from the file as the option's flag would give it, or a ConfigError."""
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"config file {path}: {key} = {value!r} should be {expected}")
+
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    many = isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+")
+    if many:
+        items = value if isinstance(value, list) else [value]
+        return [_coerce_one(action, key, v, path, bad) for v in items]
+    if isinstance(value, (list, dict)):
+        raise bad("a single value")
+    return _coerce_one(action, key, value, path, bad)
+
+
+def _coerce_one(action: argparse.Action, key: str, value: Any, path: Path, bad) -> Any:
+    kind = action.type
+    expected = {int: "an integer", float: "a number"}.get(kind, "a string")
+    if isinstance(value, str):
+        if kind is not None:
+            try:
+                value = kind(value)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                raise ConfigError(f"config file {path}: bad value for {key}: {exc}") from None
+    elif isinstance(value, bool):
+        raise bad(expected)
+    elif kind is int and isinstance(value, int):
+        pass
+    elif kind is float and isinstance(value, (int, float)):
+        value = float(value)
+    elif kind is None and isinstance(value, (int, float)):
+        value = str(value)  # e.g. reuse_factor = 4: what the flag "--reuse-factor 4" gives
+    else:
+        raise bad(expected)
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"config file {path}: {key} = {value!r} is not one of "
+                          + ", ".join(map(str, action.choices)))
+    return value

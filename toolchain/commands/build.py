@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import ConfigError, EdgecError, ModelError, VerificationError
-from toolchain.onnx_io import (TensorSpec, fix_input_shapes, input_specs, load_model,
-                               output_specs, output_steps, parse_input_shapes, random_inputs)
+from toolchain.onnx_io import (TensorSpec, fix_input_shapes, graph_inputs, input_specs,
+                               load_model, output_specs, output_steps, parse_input_shapes,
+                               random_inputs)
 from toolchain.outdir import staged_output
 from toolchain.torch_input import export_module, input_shape_for, is_torch_file, load_module
 from toolchain.targets import backend_for, device, devices
@@ -70,9 +71,9 @@ def register_compile(sub) -> None:
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
                    help="static shape for a dynamic input (repeat per input)")
     p.add_argument("--config", type=Path, help="TOML file with a [compile] table of options")
-    # Every family adds its own group; a backend ignores the other families' options.
+    # Every family adds its own group; another family's option set for a target is an error.
     for backend in _backends():
-        backend.add_compile_options(p)
+        backend.register_compile_options(p)
     p.set_defaults(func=cmd_compile, command_parser=p)
 
 
@@ -91,6 +92,7 @@ def compile_folder(args) -> dict:
             raise ConfigError(f"compile needs {flag} (on the command line or in --config)")
     dev = device(args.target)
     backend = backend_for(dev.family)
+    _refuse_foreign_options(args, dev)
     shapes = parse_input_shapes(args.input_shape)
     if isinstance(args.model, (str, Path)):
         model_path = Path(args.model)
@@ -107,7 +109,9 @@ def compile_folder(args) -> dict:
     if torch_input:
         input_name, input_shape = input_shape_for(shapes, source)
     else:
-        model = fix_input_shapes(load_model(model_path), shapes)
+        model = load_model(model_path)
+        _refuse_contradicting_shapes(model, shapes)
+        model = fix_input_shapes(model, shapes)
     started = time.perf_counter()
     with staged_output(args.output) as stage:
         if torch_input:
@@ -134,6 +138,34 @@ def compile_folder(args) -> dict:
         report["total_seconds"] = round(time.perf_counter() - started, 3)
         (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _refuse_foreign_options(args, dev) -> None:
+    """A compile option of another target family, set to a non-default value, is an error."""
+    for other in _backends():
+        if other.family != dev.family:
+            for flag in other.foreign_options(args):
+                raise ConfigError(f"option {flag} does not apply to target {dev.name} "
+                                  f"(family {dev.family}); it is an option of the "
+                                  f"{other.family} targets")
+
+
+def _refuse_contradicting_shapes(model, shapes: dict[str, tuple[int, ...]]) -> None:
+    """An --input-shape whose dimension differs from a static dimension of the model's input
+    is an error (a symbolic or unknown dimension takes any size)."""
+    for inp in graph_inputs(model):
+        if inp.name not in shapes or not inp.type.tensor_type.HasField("shape"):
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        given = shapes[inp.name]
+        if len(dims) != len(given):
+            continue  # fix_input_shapes says the rank differs
+        if any(d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != g
+               for d, g in zip(dims, given)):
+            shown = ",".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
+                             else (d.dim_param or "?") for d in dims)
+            raise ConfigError(f"--input-shape {inp.name}={','.join(map(str, given))} "
+                              f"contradicts the model's static shape {inp.name}[{shown}]")
 
 
 def _options_json(args) -> dict:
@@ -194,17 +226,33 @@ def register_run(sub) -> None:
 def cmd_run(args) -> int:
     manifest = read_manifest(args.out_dir)
     inputs = load_inputs(manifest, args.input, args.seed)
+    if args.output and len(args.output) != len(manifest["outputs"]):
+        raise ConfigError(f"the model has {len(manifest['outputs'])} output(s); "
+                          f"{len(args.output)} --output given")
+    for dest in args.output:  # before the run, so a typo does not cost a run
+        _check_writable_file(Path(dest), "--output")
     outputs = backend_for(manifest["family"]).run(Path(args.out_dir), inputs)
-    if args.output and len(args.output) != len(outputs):
-        raise ConfigError(f"the model has {len(outputs)} output(s); {len(args.output)} --output given")
     for i, (spec, arr) in enumerate(zip(manifest["outputs"], outputs)):
         if args.output:
-            np.save(args.output[i], arr)
+            try:
+                np.save(args.output[i], arr)
+            except OSError as exc:
+                raise ConfigError(f"cannot write --output {args.output[i]}: "
+                                  f"{exc.strerror or exc}") from None
             print(f"{spec['name']}: shape {list(arr.shape)} -> {args.output[i]}")
         else:
             flat = arr.reshape(-1)
             print(f"{spec['name']}: shape {list(arr.shape)} first values {np.round(flat[:8], 5).tolist()}")
     return 0
+
+
+def _check_writable_file(path: Path, option: str) -> None:
+    """A one-line ConfigError unless ``path`` can be created as a file (its folder exists)."""
+    if path.is_dir():
+        raise ConfigError(f"cannot write {option} {path}: it is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write {option} {path}: the folder {folder} does not exist")
 
 
 # ---------------------------------------------------------------- verify

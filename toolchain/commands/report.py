@@ -146,6 +146,9 @@ def render_html(out_dir: Path, manifest: dict, report: dict, sim: dict | None) -
 
 def cmd_report(args) -> int:
     out_dir = Path(args.out_dir)
+    if args.html and Path(args.html).is_dir():
+        raise ConfigError(f"cannot write --html {args.html}: it is a folder; give a file name, "
+                          f"e.g. {Path(args.html) / 'report.html'}")
     manifest, report, sim = _load(out_dir)
     rows = summary(manifest, report, sim)
     width = max(len(k) for k, _ in rows)
