@@ -158,14 +158,14 @@ int main(void) {
     np.testing.assert_allclose(got, ref, atol=1e-6)
 
 
-def test_pipeline_with_its_own_schedule_stage_is_refused(small_cnn, tmp_path, capsys,
-                                                         monkeypatch):
-    """--threads replaces the plain CPU schedule stage only; another stage is not dropped."""
-    from toolchain.optimizer import pipeline
+def test_integer_model_threaded_verifies(tmp_path):
+    """The threads field reaches the integer pipeline's schedule too (int8 GEMM kernels)."""
+    q = tmp_path / "cnn_q8.onnx"
+    assert main(["compress", "cnn", "--quantize", "int8", "-o", str(q)]) == 0
+    out = tmp_path / "o"
+    assert main(["compile", str(q), "-t", "host", "--threads", "2", "-o", str(out)]) == 0
+    import json
 
-    custom = tuple((name, (lambda ctx: []) if name == "schedule" else stage)
-                   for name, stage in pipeline.PIPELINES["cpu"])
-    monkeypatch.setitem(pipeline.PIPELINES, "cpu-custom", custom)
-    assert main(["compile", str(small_cnn), "-t", "host", "-o", str(tmp_path / "o"),
-                 "--pipeline", "cpu-custom", "--threads", "2"]) != 0
-    assert "not supported with pipeline 'cpu-custom'" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["pipeline"] == "cpu-int" and report["threads"] == 2
+    assert main(["verify", str(out)]) == 0

@@ -1,4 +1,6 @@
-"""LowerQDQToInteger and the ``cpu-int`` pipeline: QDQ matmul/conv2d computed in integers."""
+"""LowerQDQToInteger and the ``cpu-int`` pipeline (the default for QDQ models): int8 GEMM
+kernels that requantize to int8 between layers, the dot instructions each target uses, and
+weights stored as int8."""
 
 from __future__ import annotations
 
@@ -16,8 +18,14 @@ from toolchain.cli import main
 from toolchain.commands.build import verify_folder
 
 MODELS = ["mlp", "cnn"]
-# matmul/conv2d calls by output dtype after the pass (the zoo's int8 QDQ models).
-EXPECTED = {"mlp": {"matmul:int32": 3}, "cnn": {"conv2d:int32": 3, "matmul:int32": 1}}
+# int8 GEMM kernels by output dtype after the pass (the zoo's int8 QDQ models): uint8 where a
+# QuantizeLinear follows (requantized in the kernel), float32 where a float op comes first
+# (the cnn's last conv feeds GlobalAveragePool).
+EXPECTED = {"mlp": {"qgemm_matmul:uint8": 3},
+            "cnn": {"qgemm_conv:uint8": 2, "qgemm_conv:float32": 1, "qgemm_matmul:uint8": 1}}
+# What each target's int8 kernels must be made of (objdump mnemonics).
+INSTRUCTIONS = {"arm-a76": ["sdot"], "arm-a72": ["smull", "sadalp"],
+                "armv7-a7": ["vmlal.s16"]}
 
 
 @pytest.fixture(scope="module")
@@ -118,20 +126,76 @@ def test_int8_activations_with_zero_points(tmp_path):
     from toolchain.optimizer.integer import integer_ops
 
     path = save(_qdq_graph(), tmp_path / "qdq.onnx")
-    assert integer_ops(_lower(_relax(path))) == {"conv2d:int32": 1, "matmul:int32": 1}
+    # The conv feeds a Flatten before its QuantizeLinear: int8 compute, float32 out.
+    assert integer_ops(_lower(_relax(path))) == {"qgemm_conv:float32": 1,
+                                                 "qgemm_matmul:int8": 1}
     _compile_and_verify(path, "host", tmp_path / "out")
 
 
+def _mnemonics(objdump: str, obj: Path) -> set[str]:
+    asm = subprocess.run([objdump, "-d", str(obj)], check=True, capture_output=True,
+                         text=True).stdout
+    return {line.split("\t")[2].split()[0] for line in asm.splitlines() if line.count("\t") >= 2}
+
+
 @pytest.mark.parametrize("target", [pytest.param(t, marks=needs_target(t))
-                                    for t in ("host", "arm-a76", "armv7-a7")])
+                                    for t in ("host", "arm-a76", "arm-a72", "armv7-a7")])
 @pytest.mark.parametrize("name", MODELS)
 def test_cpu_int_pipeline_verifies(zoo, tmp_path, name, target):
-    _compile_and_verify(zoo(name), target, tmp_path / "out", "--keep-build")
-    if target != "arm-a76":
-        return
-    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    import json
+
+    out = tmp_path / "out"
+    _compile_and_verify(zoo(name), target, out, "--keep-build")
+    report = json.loads((out / "report.json").read_text())
+    assert report["pipeline"] == "cpu-int"
+    # Weights are int8 in the binary: within a few percent of the compressed model's bytes
+    # (padding to whole dot-product steps adds some).
+    compressed = json.loads(zoo(name).with_suffix(".json").read_text())
+    assert report["memory"]["weight_bytes"] <= 1.3 * compressed["final"]["bytes"]
+    if target == "host":
+        from toolchain.optimizer.qgemm import VNNI512, dot_instr
+        from toolchain.targets import device
+        from toolchain.targets.arm.device import CpuDevice
+
+        if dot_instr(CpuDevice.from_device(device("host")).tvm_target()) is not VNNI512:
+            return
+        objdump, want = shutil.which("objdump"), ["vpdpbusd"]
+    else:
+        prefix = device_prefix(target)
+        objdump, want = shutil.which(prefix + "objdump"), INSTRUCTIONS[target]
     if objdump is None:
-        pytest.skip("aarch64-linux-gnu-objdump missing (apt-get install binutils-aarch64-linux-gnu)")
-    asm = subprocess.run([objdump, "-d", str(tmp_path / "out" / "build" / "kernels.o")],
-                         check=True, capture_output=True, text=True).stdout
-    assert "\tsdot\t" in asm  # the int8 matmul kernels use the Armv8.2 dot product
+        pytest.skip(f"objdump for {target} missing (binutils)")
+    found = _mnemonics(objdump, out / "build" / "kernels.o")
+    assert set(want) <= found, (want, sorted(found))
+
+
+def device_prefix(target: str) -> str:
+    from toolchain.targets import device
+
+    return device(target).facts["cc_prefix"]
+
+
+def test_auto_pipeline_is_integer_for_qdq_and_float_otherwise(zoo, tmp_path):
+    import json
+
+    for quantized, want in ((True, "cpu-int"), (False, "cpu")):
+        out = tmp_path / f"o{quantized}"
+        assert main(["compile", str(zoo("mlp", quantized)), "-t", "host", "-o", str(out)]) == 0
+        assert json.loads((out / "report.json").read_text())["pipeline"] == want
+
+
+def test_cpu_int_on_a_float_model_is_refused(zoo, tmp_path, capsys):
+    rc = main(["compile", str(zoo("mlp", False)), "-t", "host", "--pipeline", "cpu-int",
+               "-o", str(tmp_path / "o")])
+    assert rc == 2 and "needs a quantized (QDQ) model" in capsys.readouterr().err
+
+
+def test_float_compute_of_a_qdq_model_stays_available(zoo, tmp_path):
+    import json
+
+    out = tmp_path / "o"
+    assert main(["compile", str(zoo("mlp")), "-t", "host", "--pipeline", "cpu",
+                 "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["pipeline"] == "cpu" and not any(k.startswith("qgemm") for k in report["kernels"])
+    assert all(c.ok for c in verify_folder(out))

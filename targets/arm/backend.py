@@ -63,8 +63,10 @@ class ArmBackend(Backend):
         from toolchain.optimizer.pipeline import PIPELINES
 
         g = parser.add_argument_group("ARM and host targets")
-        g.add_argument("--pipeline", default="cpu", choices=sorted(PIPELINES),
-                       help="Relax pass pipeline (default: cpu)")
+        g.add_argument("--pipeline", default="auto", choices=["auto", *sorted(PIPELINES)],
+                       help="Relax pass pipeline: auto (default) is cpu-int for a QDQ model "
+                            "(int8 kernels, int8 activations between layers) and cpu for a "
+                            "float one; cpu on a QDQ model computes it in float32")
         g.add_argument("--schedule", default="auto", choices=("auto", "none"),
                        help="kernel schedules: edgec's CPU rules (auto) or plain loops (none)")
         g.add_argument("--compiler", default="auto", choices=COMPILERS,
@@ -88,12 +90,20 @@ class ArmBackend(Backend):
 
         dev = CpuDevice.from_device(device)
         cc = find_compiler(dev, getattr(args, "compiler", "auto"))  # fail fast if missing
+        from toolchain.optimizer.integer import is_quantized
+        from toolchain.optimizer.pipeline import default_pipeline, get_pipeline
+
         threads = _threads(args)
-        pipeline = getattr(args, "pipeline", "cpu")
-        overrides = {}  # checked before the slow steps: a refusal comes at once
-        if threads > 1 and getattr(args, "schedule", "auto") != "none":
-            overrides["schedule"] = _parallel_schedule(pipeline, threads)
-        elif threads > 1:
+        quantized = is_quantized(model)
+        pipeline = getattr(args, "pipeline", "auto")
+        if pipeline == "auto":
+            pipeline = default_pipeline(quantized)
+        get_pipeline(pipeline)  # an unknown name fails before the slow steps
+        if pipeline == "cpu-int" and not quantized:
+            raise ConfigError(f"option --pipeline cpu-int does not apply to target {device.name} "
+                              "for this model: it needs a quantized (QDQ) model, and this one "
+                              "has no QuantizeLinear/DequantizeLinear nodes (use --pipeline cpu)")
+        if threads > 1 and getattr(args, "schedule", "auto") == "none":
             log.warning("--threads %d with --schedule none: plain loops stay serial", threads)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -104,8 +114,9 @@ class ArmBackend(Backend):
         timings["import"] = time.perf_counter() - t0
 
         target = dev.tvm_target()
-        ctx = PipelineContext(target=target, schedule=getattr(args, "schedule", "auto"))
-        result = run_pipeline(mod, pipeline, ctx, overrides)
+        ctx = PipelineContext(target=target, schedule=getattr(args, "schedule", "auto"),
+                              threads=threads)
+        result = run_pipeline(mod, pipeline, ctx)
         for rec in result.stages:
             timings[f"pipeline.{rec.name}"] = rec.seconds
 
@@ -169,7 +180,7 @@ class ArmBackend(Backend):
             "cpu": dev.cpu,
             "features": list(dev.features),
             "compiler": cc.kind,
-            "pipeline": getattr(args, "pipeline", "cpu"),
+            "pipeline": pipeline,
             "schedule": ctx.schedule,
             "threads": threads,
             "kernel_calls_before_fusion": result.calls_before_fusion,
@@ -202,23 +213,6 @@ def _threads(args) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
         raise ConfigError(f"--threads must be an integer from 1 to {MAX_THREADS}, not {threads!r}")
     return threads
-
-
-def _parallel_schedule(pipeline: str, threads: int):
-    """The ``schedule`` stage of ``pipeline``, with parallel loops for ``threads``."""
-    from toolchain.optimizer.pipeline import cpu_schedule, get_pipeline
-
-    # Only the plain CPU schedule stage is replaced; a pipeline with a stage of its own would
-    # silently lose it.
-    if dict(get_pipeline(pipeline)).get("schedule") is not cpu_schedule:
-        raise ConfigError(f"--threads > 1 is not supported with pipeline '{pipeline}' yet; "
-                          "use --threads 1 or pipeline cpu / cpu-nofuse")
-
-    def stage(ctx) -> list:
-        from toolchain.optimizer.schedule import ScheduleForCPU
-
-        return [ScheduleForCPU(ctx.target, threads)]
-    return stage
 
 
 def _device(name: str) -> Device:

@@ -1,22 +1,25 @@
-"""LowerQDQToInteger: quantized matmul/conv2d computed in integers instead of fake-quant float.
+"""LowerQDQToInteger: a QDQ model's conv2d/matmul computed in integers, int8 from layer to layer.
 
 Before: TVM's ONNX importer keeps a QDQ model's arithmetic in float32::
 
-    xq = quantize(x, s_x, z_x)                    # uint8/int8, per-tensor
-    y  = matmul(dequantize(xq, s_x, z_x),
-                permute_dims(dequantize(W, s_w, 0)))     # W an int8 constant
-    y  = conv2d(dequantize(xq, s_x, z_x), dequantize(W, s_w, 0))
+    y  = conv2d(dequantize(xq, s_x, z_x), dequantize(W, s_w, 0)) + bias
+    yq = quantize(maxpool(relu(y)), s_y, z_y)               # the next layer's input
 
-After: the quantized activation goes in as int8 (uint8 is shifted by -128, an exact change of
-zero point), the product is an int8 x int8 -> int32 ``matmul``/``conv2d`` (what LLVM turns into
-``sdot`` on +dotprod, smull/sadalp without it), the activation zero point is removed exactly by
-subtracting ``z * sum(W)`` per output channel (a constant), and one float multiply by
-``s_x * s_w[channel]`` gives back float32, so the rest of the graph is unchanged. Padding of a
-conv is made explicit with the zero point's value, so the correction holds at the borders too.
+After: one int8 GEMM kernel (``qgemm.py``) per conv/matmul, whose epilogue adds an int32 bias
+(the float bias over ``s_x * s_w``, minus the zero-point correction ``z_x * sum(W)``),
+requantizes with one float scale ``s_x * s_w / s_y`` per output channel, applies ReLU/Clip as
+an integer clamp and writes ``yq`` directly. Max pooling commutes with the (monotone)
+requantization, so it runs on the int8 result. Convs work channels-last inside (NHWC, so
+im2col and the reduction are contiguous along channels); an NCHW int8 tensor that only
+feeds other lowered convs never exists: the layout transposes sit at the borders of the
+integer region. Weights become packed int8 constants.
 
-Only matches where the weight is a constant with zero point 0 (per-tensor or per output
-channel) and the activation has a constant per-tensor scale and zero point; everything else is
-left as it was. Run it before FoldConstant, which would fold the weight's dequantize away.
+Where no quantize follows (a conv feeding GlobalAveragePool, the last Gemm of a float-output
+model), the same kernel scales the int32 sum back to float32 and the float ops stay. Grouped
+and depthwise convs, weights that are not constant int8 with zero point 0, and activations
+without a constant per-tensor scale are left as they were (float compute).
+
+Run it before FoldConstant, which would fold the weight's dequantize away.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import GenericConst
 
+from toolchain.optimizer import qgemm
+
 log = logging.getLogger(__name__)
 
 _INT8 = ("int8", "uint8")
+_QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 
 
 def _const(expr) -> np.ndarray | None:
@@ -48,19 +54,83 @@ def _static_shape(expr) -> list[int] | None:
     return [int(d.value) for d in shape]
 
 
+def _op(call) -> str:
+    return getattr(getattr(call, "op", None), "name", "") if isinstance(call, relax.Call) else ""
+
+
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod=None, dot_product: bool = False):
+    """``fuse_requant``: rewrite at each quantize (conv/matmul + bias + clamp + pool + quantize);
+    otherwise rewrite each remaining float conv/matmul on int8 inputs with a float epilogue."""
+
+    def __init__(self, mod, instr: qgemm.DotInstr, fuse_requant: bool, nhwc: dict):
         super().__init__(mod)
-        self.dot_product = dot_product
+        self.instr = instr
+        self.fuse_requant = fuse_requant
         self.rewritten = 0
+        self.nhwc = nhwc  # NCHW int8 var -> the NHWC var it was transposed from (shared)
 
     # -- matching ---------------------------------------------------------------------------
+    def _value(self, expr):
+        """What ``expr`` is bound to, following var-to-var aliases (None for a parameter)."""
+        seen = 0
+        while isinstance(expr, relax.Var) and seen < 64:
+            try:
+                value = self.lookup_binding(expr)
+            except Exception:  # noqa: BLE001
+                return None
+            if value is None:
+                return None
+            if not isinstance(value, relax.Var):
+                return value
+            expr, seen = value, seen + 1
+        return expr if not isinstance(expr, relax.Var) else None
+
+    def _root(self, expr):
+        """``expr`` with var-to-var aliases followed to the var that holds a real value."""
+        for _ in range(64):
+            if not isinstance(expr, relax.Var):
+                return expr
+            try:
+                value = self.lookup_binding(expr)
+            except Exception:  # noqa: BLE001  (a parameter)
+                return expr
+            if not isinstance(value, relax.Var):
+                return expr
+            expr = value
+        return expr
+
     def _bound(self, expr, op: str):
-        """The call ``op(...)`` bound to ``expr`` (a var), or None."""
-        value = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None  # None: a param
-        if isinstance(value, relax.Call) and getattr(value.op, "name", "") == op:
+        value = self._value(expr)
+        return value if _op(value) == op else None
+
+    def _eval_const(self, expr) -> np.ndarray | None:
+        """A constant, or a dequantize/reshape/permute of constants, evaluated in numpy."""
+        value = _const(expr)
+        if value is not None:
             return value
+        call = self._value(expr)
+        name = _op(call)
+        if name == "relax.dequantize":
+            q, s, z = (self._eval_const(a) for a in call.args)
+            if q is None or s is None or z is None:
+                return None
+            axis = int(call.attrs.axis) % max(q.ndim, 1)
+            shape = [1] * q.ndim
+            if q.ndim:
+                shape[axis] = -1
+            s = s.reshape(shape) if s.size > 1 else s.reshape(())
+            z = z.reshape(shape) if z.size > 1 else z.reshape(())
+            return ((q.astype(np.float64) - z) * s).astype(np.float32)
+        if name == "relax.reshape":
+            arg = self._eval_const(call.args[0])
+            shape = _static_shape(call)
+            return None if arg is None or shape is None else arg.reshape(shape)
+        if name == "relax.permute_dims":
+            arg = self._eval_const(call.args[0])
+            axes = call.attrs.axes
+            return None if arg is None else np.transpose(
+                arg, None if axes is None else [int(a) for a in axes])
         return None
 
     def _activation(self, expr):
@@ -86,167 +156,247 @@ class _Lowerer(relax.PyExprMutator):
             return None
         return w, scale.astype(np.float64).reshape(-1), axis
 
-    # -- rewriting --------------------------------------------------------------------------
-    def _to_int8(self, q, zero: int):
-        """The activation as int8 and its zero point there (uint8 shifts by -128, exactly)."""
-        if _dtype(q) == "int8":
-            return q, zero
-        wide = self.builder_.emit(relax.op.astype(q, "int16"))
-        shifted = self.builder_.emit(relax.op.subtract(wide, relax.const(128, "int16")))
-        return self.builder_.emit(relax.op.astype(shifted, "int8")), zero - 128
+    def _core(self, expr):
+        """A float conv2d/matmul on int8 operands -> a description of the GEMM, or None."""
+        call = self._value(expr)
+        name = _op(call)
+        if name == "relax.nn.conv2d" and _dtype(call) == "float32":
+            return self._conv_core(call)
+        if name == "relax.matmul" and _dtype(call) == "float32":
+            return self._matmul_core(call)
+        return None
 
-    def _finish(self, acc, zero: int, wsum: np.ndarray, scale: np.ndarray, shape: list[int]):
-        """int32 accumulator -> exact zero-point correction -> float32 times s_x * s_w."""
-        if zero != 0:
-            corr = (zero * wsum.astype(np.int64)).astype(np.int32).reshape(shape)
-            acc = self.builder_.emit(relax.op.subtract(acc, relax.const(corr)))
-        out = self.builder_.emit(relax.op.astype(acc, "float32"))
-        self.rewritten += 1
-        return relax.op.multiply(out, relax.const(scale.astype(np.float32).reshape(shape)))
-
-    def _matmul(self, call):
-        act, wt = self._activation(call.args[0]), None
-        rhs = call.args[1]
-        perm = self._bound(rhs, "relax.permute_dims")
-        if perm is not None:
-            axes = perm.attrs.axes
-            if axes is not None and [int(a) for a in axes] != [1, 0]:
-                return None
-            wt = self._weight(perm.args[0])
-            if wt is not None:
-                w, scale, axis = wt
-                wt = (np.ascontiguousarray(w.T), scale, 1 - axis)
-        else:
-            wt = self._weight(rhs)
-        if act is None or wt is None or wt[0].ndim != 2:
-            return None
-        w, scale, axis = wt  # w is (K, N)
-        if scale.size > 1 and axis != 1:  # per-row scales would not factor out of the sum
-            return None
-        q, s_x, z_x = act
-        x8, zero = self._to_int8(q, z_x)
-        n, shape = w.shape[1], _static_shape(q)
-        if self.dot_product and shape is not None and shape[-2:-1] == [1]:
-            # One row (batch 1): W (N, K) times the column x (K, 1), so that both operands run
-            # contiguously along the reduction (what sdot needs), then back to (..., 1, N).
-            # Without sdot the CPU schedule does better on x (1, K) times W (K, N).
-            col = self.builder_.emit(relax.op.reshape(x8, [*shape[:-2], w.shape[0], 1]))
-            acc = self.builder_.emit(relax.op.matmul(
-                relax.const(np.ascontiguousarray(w.T)), col, out_dtype="int32"))
-            acc = self.builder_.emit(relax.op.reshape(acc, [*shape[:-2], 1, n]))
-        else:
-            acc = self.builder_.emit(relax.op.matmul(x8, relax.const(w), out_dtype="int32"))
-        return self._finish(acc, zero, w.astype(np.int64).sum(axis=0), s_x * np.broadcast_to(
-            scale, (n,)), [n])
-
-    def _conv2d(self, call):
+    def _conv_core(self, call):
         a = call.attrs
-        if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or (
+        if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or int(a.groups) != 1 or (
                 a.out_layout not in (None, "", "NCHW")):
             return None
         act, wt = self._activation(call.args[0]), self._weight(call.args[1])
         if act is None or wt is None or (wt[1].size > 1 and wt[2] != 0):
             return None
+        if _static_shape(act[0]) is None or _static_shape(call) is None:
+            return None
         w, scale, _ = wt
-        q, s_x, z_x = act
-        x8, zero = self._to_int8(q, z_x)
-        pad = [int(p) for p in a.padding]  # top, left, bottom, right
-        if zero != 0 and any(pad):
-            # conv2d pads with 0; the zero point's value is what the float model padded with.
-            x8 = self.builder_.emit(relax.op.nn.pad(
-                x8, [0, 0, 0, 0, pad[0], pad[2], pad[1], pad[3]], pad_value=float(zero)))
-            pad = [0, 0, 0, 0]
-        acc = self.builder_.emit(relax.op.nn.conv2d(
-            x8, relax.const(w), strides=a.strides, padding=pad, dilation=a.dilation,
-            groups=a.groups, data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32"))
         o = w.shape[0]
-        return self._finish(acc, zero, w.astype(np.int64).reshape(o, -1).sum(axis=1),
-                            s_x * np.broadcast_to(scale, (o,)), [1, o, 1, 1])
+        geom = qgemm.ConvGeometry(tuple(int(k) for k in w.shape[2:]),
+                                  tuple(int(v) for v in a.strides),
+                                  tuple(int(v) for v in a.dilation),
+                                  tuple(int(v) for v in a.padding))
+        return {"kind": "conv", "act": act, "w_ohwi": np.ascontiguousarray(w.transpose(0, 2, 3, 1)),
+                "w_scale": np.broadcast_to(scale, (o,)), "geom": geom, "out_shape": _static_shape(call)}
+
+    def _matmul_core(self, call):
+        act = self._activation(call.args[0])
+        rhs = call.args[1]
+        perm = self._bound(rhs, "relax.permute_dims")
+        if perm is not None:
+            axes = perm.attrs.axes
+            if axes is not None and [int(x) for x in axes] != [1, 0]:
+                return None
+            wt = self._weight(perm.args[0])
+            if wt is None:
+                return None
+            w_nk, scale, axis = wt[0], wt[1], wt[2]  # W is (N, K); per-channel axis 0
+            if scale.size > 1 and axis != 0:
+                return None
+        else:
+            wt = self._weight(rhs)
+            if wt is None or wt[0].ndim != 2:
+                return None
+            w_nk, scale, axis = np.ascontiguousarray(wt[0].T), wt[1], wt[2]
+            if scale.size > 1 and axis != 1:
+                return None
+        if act is None or w_nk.ndim != 2:
+            return None
+        shape = _static_shape(act[0])
+        if shape is None or len(shape) < 2 or _static_shape(call) is None:
+            return None
+        n = w_nk.shape[0]
+        return {"kind": "matmul", "act": act, "w_ohwi": w_nk.reshape(n, 1, 1, -1),
+                "w_scale": np.broadcast_to(scale, (n,)), "geom": qgemm.ConvGeometry(),
+                "out_shape": _static_shape(call)}
+
+    # -- rewriting --------------------------------------------------------------------------
+    def _input_nhwc(self, core):
+        """The activation as [N, H, W, C] for the kernel (reusing an NHWC producer)."""
+        q = self._root(core["act"][0])
+        shape = _static_shape(q)
+        if core["kind"] == "matmul":
+            rows = int(np.prod(shape[:-1]))
+            return self.builder_.emit(relax.op.reshape(q, [1, 1, rows, shape[-1]]))
+        if q in self.nhwc:
+            return self.nhwc[q]
+        return self.builder_.emit(relax.op.permute_dims(q, [0, 2, 3, 1]))
+
+    def _emit_gemm(self, core, bias: np.ndarray | None, out_dtype: str, s_y: float = 1.0,
+                   z_y: int = 0, clamp=None):
+        q, s_x, z_x = core["act"]
+        w_ohwi, w_scale = core["w_ohwi"], core["w_scale"].astype(np.float64)
+        o = w_ohwi.shape[0]
+        instr = self.instr
+        wp = qgemm.pack_weight(w_ohwi, instr)
+        o_pad = wp.shape[0]
+        zp8 = z_x - 128 if _dtype(q) == "uint8" else z_x  # zero point in int8 terms
+        zp_a = zp8 + (128 if instr.act_dtype == "uint8" else 0)  # as the kernel stores A
+        wsum = wp.astype(np.int64).sum(axis=1)
+        b = np.zeros(o_pad, np.float64)
+        real = s_x * w_scale
+        if bias is not None:
+            b[:o] = np.round(bias.astype(np.float64) / np.where(real == 0, 1, real))
+        b -= zp_a * wsum
+        if np.abs(b).max(initial=0) >= 2 ** 31:
+            return None
+        scale = np.zeros(o_pad, np.float32)
+        scale[:o] = (real / s_y) if out_dtype != "float32" else real
+        x = self._input_nhwc(core)
+        rows = int(np.prod(_static_shape(x)[1:3]))
+        tp, _ = qgemm.tile_for(instr, 1 if rows == 1 else 2)
+
+        def kernel(xt, wt, bt, st):
+            return qgemm.gemm_te(xt, wt, bt, st, geom=core["geom"], in_zero=z_x, instr=instr,
+                                 tp=tp, out_channels=o, out_dtype=out_dtype, out_zero=z_y,
+                                 clamp=clamp)
+
+        out = self.builder_.emit(self.builder_.call_te(
+            kernel, x, relax.const(wp), relax.const(b.astype(np.int32)), relax.const(scale),
+            primfunc_name_hint="qgemm_" + core["kind"],
+            primfunc_attrs={"op_pattern": 8, "edgec.qgemm": 1}))
+        self.rewritten += 1
+        return out
+
+    def _finish_layout(self, core, out_nhwc, pools=()):
+        """NHWC kernel output (+ pools) -> the layout the graph expects, remembering NHWC."""
+        if core["kind"] == "matmul":
+            return relax.op.reshape(out_nhwc, core["out_shape"][:-1] + [_static_shape(out_nhwc)[-1]])
+        for attrs in pools:
+            out_nhwc = self.builder_.emit(relax.op.nn.max_pool2d(
+                out_nhwc, pool_size=attrs.pool_size, strides=attrs.strides,
+                padding=attrs.padding, dilation=attrs.dilation, ceil_mode=attrs.ceil_mode,
+                layout="NHWC"))
+        nchw = self.builder_.emit(relax.op.permute_dims(out_nhwc, [0, 3, 1, 2]))
+        self.nhwc[nchw] = out_nhwc
+        return nchw
+
+    def _fused(self, call):
+        """quantize(pool*(relu|clip*(add(core, bias)))) -> one kernel with int8 output."""
+        s_y, z_y = _const(call.args[1]), _const(call.args[2])
+        out_dtype = _dtype(call)
+        if s_y is None or z_y is None or s_y.size != 1 or z_y.size != 1 or out_dtype not in _INT8:
+            return None
+        s_y, z_y = float(s_y.reshape(())), int(z_y.reshape(()))
+        lo, hi = _QRANGE[out_dtype]
+
+        def q(v: float) -> int:
+            return int(np.clip(np.round(v / s_y) + z_y, *_QRANGE[out_dtype]))
+
+        pools, expr = [], call.args[0]
+        for _ in range(16):
+            value = self._value(expr)
+            name = _op(value)
+            if name == "relax.nn.relu":
+                lo = max(lo, q(0.0))
+            elif name == "relax.clip":
+                a_min, a_max = (float(v.value) for v in value.args[1:3])
+                lo, hi = max(lo, q(a_min)), min(hi, q(a_max))
+            elif name == "relax.nn.max_pool2d" and value.attrs.layout == "NCHW" and (
+                    value.attrs.out_layout in (None, "", "NCHW")):
+                pools.append(value.attrs)
+            else:
+                break
+            expr = value.args[0]
+        bias = None
+        value = self._value(expr)
+        if _op(value) == "relax.add":
+            for core_arg, bias_arg in ((value.args[0], value.args[1]),
+                                       (value.args[1], value.args[0])):
+                core = self._core(core_arg)
+                bias = self._eval_const(bias_arg) if core is not None else None
+                if bias is not None:
+                    break
+            else:
+                return None
+        else:
+            core = self._core(expr)
+        if core is None or (pools and core["kind"] != "conv"):
+            return None
+        o = core["w_ohwi"].shape[0]
+        if bias is not None:
+            if bias.size != o or bias.reshape(-1).shape[0] != o:
+                return None
+            want = [1, o, 1, 1] if core["kind"] == "conv" else [o]
+            if list(bias.shape) not in (want, [o], [1, o]):
+                return None
+            bias = bias.reshape(-1)
+        if lo > hi:
+            return None
+        out = self._emit_gemm(core, bias, out_dtype, s_y, z_y, (lo, hi))
+        return None if out is None else self._finish_layout(core, out, pools[::-1])
+
+    def _plain(self, call):
+        """A float conv/matmul on int8 operands -> the kernel with a float32 epilogue."""
+        core = self._core(call)
+        if core is None:
+            return None
+        out = self._emit_gemm(core, None, "float32")
+        if out is None:
+            return None
+        if core["kind"] == "matmul":
+            return self._finish_layout(core, out)
+        return relax.op.permute_dims(out, [0, 3, 1, 2])
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        name = getattr(call.op, "name", "")
-        if name not in ("relax.matmul", "relax.nn.conv2d") or _dtype(call) != "float32":
-            return call
-        new = self._matmul(call) if name == "relax.matmul" else self._conv2d(call)
+        name = _op(call)
+        new = None
+        if self.fuse_requant and name == "relax.quantize":
+            new = self._fused(call)
+        elif not self.fuse_requant and name in ("relax.matmul", "relax.nn.conv2d"):
+            new = self._plain(call)
         return call if new is None else new
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowerQDQToInteger")
 class LowerQDQToInteger:
-    """Rewrite QDQ matmul/conv2d into int8 x int8 -> int32 compute (see the module docstring).
+    """Rewrite QDQ conv2d/matmul into int8 GEMM kernels (see the module docstring).
 
-    ``dot_product``: the target has int8 dot-product instructions; one-row matmuls then keep
-    the weight as (N, K) so the reduction is contiguous in both operands.
+    ``target``: the tvm Target, which picks the dot instruction (and so the weight packing).
     """
 
-    def __init__(self, dot_product: bool = False):
-        self.dot_product = dot_product
+    def __init__(self, target=None, instr: qgemm.DotInstr | None = None):
+        self.instr = instr or (qgemm.dot_instr(target) if target is not None else qgemm.GENERIC)
 
     def transform_module(self, mod, ctx):
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                lowerer = _Lowerer(mod, self.dot_product)
-                mod.update_func(gv, lowerer.visit_expr(func))
-                log.info("%s: %d quantized matmul/conv2d now integer", gv.name_hint,
-                         lowerer.rewritten)
+        nhwc: dict = {}
+        for fuse in (True, False):
+            for gv, func in list(mod.functions.items()):
+                if isinstance(func, relax.Function):
+                    lowerer = _Lowerer(mod, self.instr, fuse, nhwc)
+                    new = lowerer.visit_expr(func)
+                    mod = lowerer.builder_.get()
+                    mod[gv] = new
+                    log.info("%s: %d quantized conv/matmul now integer (%s)", gv.name_hint,
+                             lowerer.rewritten, "requantized" if fuse else "float output")
+            mod = relax.transform.DeadCodeElimination(["main"])(mod)
         return mod
 
 
-def has_dot_product(target) -> bool:
-    """Whether the target's features include the int8 dot-product instructions (Armv8.2 sdot)."""
-    return any("dotprod" in str(a) for a in (target.attrs.get("mattr") or []))
-
-
-def is_int8_matmul(func) -> bool:
-    """A kernel whose ``matmul`` block multiplies two int8 buffers."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        b = sch.get(block)
-        if b.name_hint == "matmul":
-            # TVM 0.27 calls a read region's buffer "source".
-            buffers = [r.source if hasattr(r, "source") else r.buffer for r in b.reads]
-            return {str(buf.dtype) for buf in buffers} == {"int8"}
-    return False
-
-
-@tvm.transform.module_pass(opt_level=0, name="ScheduleExceptDotKernels")
-class ScheduleExceptDotKernels:
-    """Apply the schedule ``passes`` to every kernel but the int8 x int8 matmuls.
-
-    Those stay plain loops with the reduction innermost, which LLVM's loop vectorizer turns
-    into ``sdot`` on a +dotprod target; the CPU schedule vectorizes the output axis instead,
-    which gives smull/saddw (4x fewer multiply-accumulates per instruction than sdot).
-    """
-
-    def __init__(self, passes):
-        self.passes = list(passes)
-
-    def transform_module(self, mod, ctx):
-        from tvm import tirx
-
-        kept = {gv: f for gv, f in mod.functions.items()
-                if isinstance(f, tirx.PrimFunc) and is_int8_matmul(f)}
-        for gv in kept:
-            del mod[gv]
-        for p in self.passes:
-            mod = p(mod)
-        for gv, func in kept.items():
-            mod[gv] = func
-        log.info("left %d int8 matmul kernel(s) to LLVM's vectorizer", len(kept))
-        return mod
+def is_quantized(model) -> bool:
+    """Whether an ONNX model holds QuantizeLinear/DequantizeLinear nodes."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
 def integer_ops(mod) -> dict[str, int]:
-    """Count matmul/conv2d calls in ``main`` by output dtype, e.g. {"matmul:int32": 3}."""
+    """Count matmul/conv2d calls in ``main`` by output dtype (e.g. {"conv2d:float32": 1}) and
+    the int8 GEMM kernels (``qgemm``)."""
     counts: dict[str, int] = {}
 
     def visit(expr):
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") in (
-                "relax.matmul", "relax.nn.conv2d"):
-            key = f"{expr.op.name.split('.')[-1]}:{_dtype(expr)}"
+        name = _op(expr)
+        if name in ("relax.matmul", "relax.nn.conv2d"):
+            key = f"{name.split('.')[-1]}:{_dtype(expr)}"
+            counts[key] = counts.get(key, 0) + 1
+        elif name == "relax.call_tir" and expr.args[0].name_hint.startswith("qgemm"):
+            key = f"{expr.args[0].name_hint.rstrip('0123456789_')}:{_dtype(expr)}"
             counts[key] = counts.get(key, 0) + 1
 
     relax.analysis.post_order_visit(mod["main"].body, visit)

@@ -24,6 +24,7 @@ class PipelineContext:
 
     target: object  # tvm.target.Target
     schedule: str = "auto"  # "auto" (edgec's CPU rules) or "none" (TVM's plain loops)
+    threads: int = 1  # > 1: schedule stages make the heavy kernels' outer loops parallel
 
 
 Stage = Callable[[PipelineContext], list]
@@ -41,10 +42,11 @@ def simplify(ctx: PipelineContext) -> list:
 
 
 def simplify_integer(ctx: PipelineContext) -> list:
-    """``simplify``, with quantized matmul/conv2d first lowered to int8 x int8 -> int32."""
-    from toolchain.optimizer.integer import LowerQDQToInteger, has_dot_product
+    """``simplify``, with quantized conv2d/matmul first lowered to int8 GEMM kernels that
+    requantize to the next layer's int8 activation (toolchain/optimizer/integer.py)."""
+    from toolchain.optimizer.integer import LowerQDQToInteger
 
-    return [LowerQDQToInteger(dot_product=has_dot_product(ctx.target)), *simplify(ctx)]
+    return [LowerQDQToInteger(ctx.target), *simplify(ctx)]
 
 
 def legalize(ctx: PipelineContext) -> list:
@@ -70,29 +72,27 @@ def fuse_tir(ctx: PipelineContext) -> list:
 
 
 def cpu_schedule(ctx: PipelineContext) -> list:
-    """Give every kernel a CPU schedule (inlining, tiling, vectorization) for the target."""
+    """Give every kernel a CPU schedule (inlining, tiling, vectorization; the int8 GEMM
+    kernels their register tiles and dot instructions) for the target and thread count."""
     if ctx.schedule == "none":
         return []
     from toolchain.optimizer.schedule import ScheduleForCPU
 
-    return [ScheduleForCPU(ctx.target)]
-
-
-def cpu_int_schedule(ctx: PipelineContext) -> list:
-    """``schedule``; on a dot-product target int8 matmuls are left for LLVM to make sdot."""
-    from toolchain.optimizer.integer import ScheduleExceptDotKernels, has_dot_product
-
-    passes = cpu_schedule(ctx)
-    return [ScheduleExceptDotKernels(passes)] if passes and has_dot_product(ctx.target) else passes
+    return [ScheduleForCPU(ctx.target, ctx.threads)]
 
 
 PIPELINES: dict[str, tuple[tuple[str, Stage], ...]] = {
     "cpu": (("simplify", simplify), ("legalize", legalize), ("fuse_ops", fuse_ops),
             ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
     "cpu-int": (("simplify", simplify_integer), ("legalize", legalize), ("fuse_ops", fuse_ops),
-                ("fuse_tir", fuse_tir), ("schedule", cpu_int_schedule)),
+                ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
     "cpu-nofuse": (("simplify", simplify), ("legalize", legalize), ("schedule", cpu_schedule)),
 }
+
+
+def default_pipeline(quantized: bool) -> str:
+    """What ``--pipeline auto`` means: integer compute for a QDQ model, float otherwise."""
+    return "cpu-int" if quantized else "cpu"
 
 
 def get_pipeline(name: str) -> tuple[tuple[str, Stage], ...]:

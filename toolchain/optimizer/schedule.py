@@ -359,9 +359,14 @@ class ScheduleForCPU:
     def transform_module(self, mod, ctx):
         from tvm import tirx
 
+        from toolchain.optimizer.qgemm import schedule_qgemm
+
         out = mod
         for gv, func in list(mod.functions.items()):
             if isinstance(func, tirx.PrimFunc):
-                new = schedule_func(func, self.target, self.threads)
+                if func.attrs is not None and "edgec.qgemm" in func.attrs:
+                    new = schedule_qgemm(func, self.target, self.threads)
+                else:
+                    new = schedule_func(func, self.target, self.threads)
                 out.update_func(gv, new.with_attrs(func.attrs) if func.attrs is not None else new)
         return out

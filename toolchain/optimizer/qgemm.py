@@ -1,0 +1,348 @@
+"""The int8 GEMM kernel behind every integer conv2d and matmul, and its CPU schedule.
+
+One kernel shape serves them all: ``acc[n, p, o] = sum_k A[n, p, k] * W[o, k]`` with both
+operands contiguous along the reduction ``k``, an int32 accumulator, and an epilogue that adds
+the bias (with the zero-point corrections folded in) and either requantizes to the next layer's
+int8/uint8 activation or scales back to float32. For a conv, ``A`` is the im2col view of a
+channels-last (NHWC) input, ``k = (r, s, c)``, and ``W`` the weight packed as ``[O, R*S*C]``;
+for a matmul ``A`` is the activation itself. ``K`` is padded with zero weights to a multiple of
+the instruction's step, ``O`` and the pixel count to the register tile.
+
+The reduction is written with an explicit lane axis, ``acc4[n, p, o, j] = sum_{ko, t}
+A[.., ko*S + j*g + t] * W[.., ko*S + j*g + t]``, so that one step ``(j, t)`` is exactly one
+instruction and can be tensorized:
+
+- ``sdot`` (Armv8.2 dot product, arm-a76): 4 lanes x 4 bytes, 16 multiply-adds;
+- ``smull``/``smull2`` + ``sadalp`` (plain NEON, arm-a72/a53): 8 lanes x 2 bytes;
+- ``vpdpbusd`` (AVX-512 VNNI, host): 16 lanes x 4 bytes, uint8 x int8 (the activation is
+  stored shifted by +128 and the bias corrects for it);
+- elsewhere (armv7, x86 without VNNI) the same 8 x 2 step in plain vector ops, for LLVM to
+  lower (vmull/vmlal on armv7).
+
+Requantization multiplies the int32 sum by one float32 scale per output channel and rounds to
+nearest-even, as onnxruntime's QLinearConv and XNNPACK's fp32 requantization do (exact match
+with onnxruntime in almost all cases; a fixed-point multiplier would differ from it by one step
+more often and is not faster on cores with a float unit).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DotInstr:
+    """One reduction step: ``lanes`` int32 accumulators, each summing ``group`` products."""
+
+    name: str  # the TensorIntrin registered for one step
+    lanes: int
+    group: int
+    act_dtype: str  # what A holds: "int8", or "uint8" (value + 128) for u8 x s8 instructions
+
+    @property
+    def step(self) -> int:
+        return self.lanes * self.group
+
+
+GENERIC = DotInstr("edgec_widen_8x2_i8", 8, 2, "int8")
+SDOT = DotInstr("edgec_sdot_4x4_i8", 4, 4, "int8")
+NEON_SMULL = DotInstr("edgec_smull_8x2_i8", 8, 2, "int8")
+VNNI512 = DotInstr("edgec_vpdpbusd_16x4_u8i8", 16, 4, "uint8")
+
+
+def _mattr(target) -> list[str]:
+    return [str(a) for a in (target.attrs.get("mattr") or [])]
+
+
+def dot_instr(target) -> DotInstr:
+    """The int8 dot instruction the target has (see the module docstring)."""
+    triple = str(target.attrs.get("mtriple", ""))
+    attrs = _mattr(target)
+    if triple.startswith("aarch64"):
+        return SDOT if any("dotprod" in a for a in attrs) else NEON_SMULL
+    if triple.startswith("x86_64"):
+        from tvm.target import codegen
+
+        cpu = str(target.attrs.get("mcpu", ""))
+        if any("avx512vnni" in a for a in attrs) or _cpu_has(cpu, "avx512vnni"):
+            return VNNI512
+    return GENERIC
+
+
+def _cpu_has(cpu: str, feature: str) -> bool:
+    from tvm.target import codegen
+
+    try:
+        return bool(codegen.llvm_cpu_has_features([feature], tvm_target(cpu)))
+    except Exception:  # noqa: BLE001  (older TVM: no feature query)
+        return cpu in ("cascadelake", "icelake-server", "icelake-client", "tigerlake",
+                       "sapphirerapids", "znver4", "znver5", "cooperlake", "alderlake",
+                       "graniterapids", "emeraldrapids")
+
+
+def tvm_target(cpu: str):
+    import tvm
+    from tvm.target import codegen
+
+    return tvm.target.Target({"kind": "llvm", "mtriple": codegen.llvm_get_system_triple(),
+                              "mcpu": cpu})
+
+
+# ------------------------------------------------------------------------ tensor intrinsics
+_REGISTERED: set[str] = set()
+
+
+def _register(instr: DotInstr) -> None:
+    if instr.name in _REGISTERED:
+        return
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    lanes, group, step = instr.lanes, instr.group, instr.step
+    adt = instr.act_dtype
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (step,), adt, offset_factor=1)
+        B = T.match_buffer(b, (step,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:step], B[0:step])
+            T.writes(C[0:lanes])
+            for j, t in T.grid(lanes, group):
+                with T.sblock("update"):
+                    vj, vt = T.axis.remap("SR", [j, t])
+                    C[vj] = C[vj] + T.cast(A[vj * group + vt], "int32") * T.cast(
+                        B[vj * group + vt], "int32")
+
+    if instr is SDOT:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (16,), "int8", offset_factor=1)
+            B = T.match_buffer(b, (16,), "int8", offset_factor=1)
+            C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:4], A[0:16], B[0:16])
+                T.writes(C[0:4])
+                C[T.ramp(0, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                    C.vload([0], "int32x4"), A.vload([0], "int8x16"), B.vload([0], "int8x16"),
+                    dtype="int32x4")
+    elif instr is NEON_SMULL:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (16,), "int8", offset_factor=1)
+            B = T.match_buffer(b, (16,), "int8", offset_factor=1)
+            C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:8], A[0:16], B[0:16])
+                T.writes(C[0:8])
+                # smull: 8 int16 products; saddlp: pairs into 4 int32 (LLVM folds the add
+                # into sadalp). Lanes 0-3 hold bytes 0-7, lanes 4-7 bytes 8-15.
+                C[T.ramp(0, 1, 4)] = C.vload([0], "int32x4") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                        A.vload([0], "int8x8"), B.vload([0], "int8x8"), dtype="int16x8"),
+                    dtype="int32x4")
+                C[T.ramp(4, 1, 4)] = C.vload([4], "int32x4") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                        A.vload([8], "int8x8"), B.vload([8], "int8x8"), dtype="int16x8"),
+                    dtype="int32x4")
+    elif instr is VNNI512:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (64,), "uint8", offset_factor=1)
+            B = T.match_buffer(b, (64,), "int8", offset_factor=1)
+            C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:16], A[0:64], B[0:64])
+                T.writes(C[0:16])
+                C[T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                    C.vload([0], "int32x16"),
+                    # LLVM 20 takes the bytes as <64 x i8> (older ones as <16 x i32>).
+                    A.vload([0], "uint8x64"), B.vload([0], "int8x64"),
+                    dtype="int32x16")
+    elif instr is GENERIC:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (16,), "int8", offset_factor=1)
+            B = T.match_buffer(b, (16,), "int8", offset_factor=1)
+            C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:8], A[0:16], B[0:16])
+                T.writes(C[0:8])
+                # Widening multiply-adds of the even and the odd bytes in plain vector ops
+                # (LLVM picks the instructions: vld2 + vmull/vmlal on armv7).
+                C[T.ramp(0, 1, 8)] = (
+                    C.vload([0], "int32x8")
+                    + T.Cast("int32x8", A[T.ramp(0, 2, 8)]) * T.Cast("int32x8", B[T.ramp(0, 2, 8)])
+                    + T.Cast("int32x8", A[T.ramp(1, 2, 8)]) * T.Cast("int32x8", B[T.ramp(1, 2, 8)]))
+    else:  # pragma: no cover
+        raise ValueError(instr)
+    TensorIntrin.register(instr.name, desc, impl, override=True)
+    _REGISTERED.add(instr.name)
+
+
+# ------------------------------------------------------------------------ the kernel (TE)
+@dataclass(frozen=True)
+class ConvGeometry:
+    """An NHWC conv (or, with all ones, a matmul over rows): what im2col needs."""
+
+    kernel: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+
+
+# Output channels are padded to a multiple of this (every tile width divides it).
+O_ALIGN = 8
+
+
+def tile_for(instr: DotInstr, rows: int) -> tuple[int, int]:
+    """(pixels, channels) of one register tile. Accumulators take ``tp * to * lanes`` int32:
+    16 NEON/AVX-512 registers for the tensorized forms, leaving room for the operands. A single
+    row (batch-1 matmul) spends the registers on more channels instead."""
+    to = {SDOT.name: 4, VNNI512.name: 4}.get(instr.name, 2)
+    if rows == 1:
+        return 1, 2 * to
+    return 4, to
+
+
+def pack_weight(w_ohwi: np.ndarray, instr: DotInstr) -> np.ndarray:
+    """[O, R, S, C] int8 -> [O_pad, K_pad] int8, zero-padded (zero weights add nothing)."""
+    o = w_ohwi.shape[0]
+    k = int(np.prod(w_ohwi.shape[1:]))
+    kp = -(-k // instr.step) * instr.step
+    op = -(-o // O_ALIGN) * O_ALIGN
+    out = np.zeros((op, kp), np.int8)
+    out[:o, :k] = w_ohwi.reshape(o, k)
+    return out
+
+
+def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotInstr,
+            tp: int, out_channels: int, out_dtype: str, out_zero: int = 0,
+            clamp: tuple[int, int] | None = None):
+    """TE compute for ``x`` NHWC ``[N, H, W, C]`` (int8, or uint8 holding int8 + 128 ... see
+    ``in_zero``) -> ``[N, OH, OW, O]`` (requantized ``out_dtype`` or float32).
+
+    ``in_zero`` is the input's zero point in the dtype of ``x``; padded pixels take it. ``w`` is
+    ``[O_pad, K_pad]`` int8, ``bias`` int32 ``[O_pad]`` with every correction folded in,
+    ``scale`` float32 ``[O_pad]``: ``s_x * s_w / s_y`` when requantizing, ``s_x * s_w`` for float.
+    """
+    from tvm import te, tirx
+
+    n, h, wd, c = (int(d) for d in x.shape)
+    (r, s), (sh, sw), (dh, dw) = geom.kernel, geom.strides, geom.dilation
+    pt, pl, pb, pr = geom.padding
+    oh = (h + pt + pb - dh * (r - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (s - 1) - 1) // sw + 1
+    o_pad, k_pad = (int(d) for d in w.shape)
+    k_real = r * s * c
+    p_real = oh * ow
+    p_pad = -(-p_real // tp) * tp
+    adt = instr.act_dtype
+    xdt = str(x.dtype)
+
+    def load(nn, p, k):
+        y, xx = p // ow, p % ow
+        rr, ss, cc = k // (s * c), (k // c) % s, k % c
+        iy, ix = y * sh + rr * dh - pt, xx * sw + ss * dw - pl
+        inside = tirx.all(k < k_real, p < p_real, iy >= 0, iy < h, ix >= 0, ix < wd)
+        v = tirx.if_then_else(inside, x[nn, tirx.max(tirx.min(iy, h - 1), 0),
+                                        tirx.max(tirx.min(ix, wd - 1), 0), cc],
+                              tirx.const(in_zero, xdt))
+        if xdt == adt:
+            return v
+        # int8 <-> uint8 holding int8 + 128: flip the sign bit, exactly.
+        return (v.astype("int16") + (128 if adt == "uint8" else -128)).astype(adt)
+
+    a = te.compute((n, p_pad, k_pad), load, name="im2col")
+    lanes, group, step = instr.lanes, instr.group, instr.step
+    ko = te.reduce_axis((0, k_pad // step), name="ko")
+    t = te.reduce_axis((0, group), name="t")
+    acc4 = te.compute(
+        (n, p_pad, o_pad, lanes),
+        lambda nn, p, o, j: te.sum(
+            a[nn, p, ko * step + j * group + t].astype("int32")
+            * w[o, ko * step + j * group + t].astype("int32"), axis=[ko, t]),
+        name="qgemm_acc")
+    jj = te.reduce_axis((0, lanes), name="j")
+    acc = te.compute((n, p_pad, o_pad), lambda nn, p, o: te.sum(acc4[nn, p, o, jj], axis=jj),
+                     name="qgemm_sum")
+
+    def epilogue(nn, y, xx, o):
+        v = (acc[nn, y * ow + xx, o] + bias[o]).astype("float32") * scale[o]
+        if out_dtype == "float32":
+            return v
+        q = tirx.round(v).astype("int32") + out_zero
+        lo, hi = clamp if clamp is not None else ((-128, 127) if out_dtype == "int8" else (0, 255))
+        return tirx.max(tirx.min(q, hi), lo).astype(out_dtype)
+
+    return te.compute((n, oh, ow, out_channels), epilogue, name="qgemm_out")
+
+
+# ------------------------------------------------------------------------ schedule
+def is_qgemm(func) -> bool:
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        sch.get_sblock("qgemm_acc")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def schedule_qgemm(func, target, threads: int = 1):
+    """Register-tile and tensorize an int8 GEMM kernel made by ``gemm_te`` (plain loops, which
+    are correct but slow, if a primitive refuses)."""
+    try:
+        return _schedule_qgemm(func, target, threads)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("int8 GEMM kernel left unscheduled: %s", str(exc).strip().splitlines()[-1])
+        return func
+
+
+def _schedule_qgemm(func, target, threads: int):
+    from tvm import s_tir
+
+    instr = dot_instr(target)
+    sch = s_tir.Schedule(func)
+    acc4 = sch.get_sblock("qgemm_acc")
+    sumb = sch.get_sblock("qgemm_sum")
+    out = sch.get_sblock("qgemm_out")
+    im2col = sch.get_sblock("im2col")
+    n, p, o, j, ko, t = sch.get_loops(acc4)
+    ext = [int(sch.get(l).extent) for l in (n, p, o, j, ko, t)]
+    lanes = ext[3]
+    if lanes != instr.lanes or ext[5] != instr.group:
+        raise ValueError(f"qgemm kernel built for {lanes}x{ext[5]} lanes, target has {instr}")
+    tp, to = tile_for(instr, 1 if ext[1] == 1 else 2)
+    p_o, p_i = sch.split(p, [None, tp])
+    o_o, o_i = sch.split(o, [None, to])
+    sch.reorder(n, p_o, o_o, ko, p_i, o_i, j, t)
+    cache = sch.cache_write(acc4, 0, "local")
+    sch.reverse_compute_at(cache, o_o, preserve_unit_loops=True)
+    sch.reverse_compute_at(sumb, o_o, preserve_unit_loops=True)
+    try:
+        sch.reverse_compute_at(out, o_o, preserve_unit_loops=True)
+    except Exception as exc:  # noqa: BLE001  (epilogue as its own loop nest)
+        log.debug("qgemm epilogue not tiled: %s", str(exc).splitlines()[0])
+    init = sch.decompose_reduction(acc4, ko)
+    _register(instr)
+    sch.tensorize(j, instr.name)
+    sch.unroll(o_i)
+    sch.unroll(p_i)
+    if threads > 1:
+        fused = sch.fuse(n, p_o)
+        sch.parallel(fused)
+    return sch.mod["main"]
