@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -11,6 +12,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from toolchain.errors import ConfigError, DynamicShapeError, ModelError
+from toolchain.passes.upgrade_model import UpgradeModel
+
+log = logging.getLogger(__name__)
 
 # onnxruntime and qonnx reject IR versions newer than they know; files edgec writes use this one.
 SAVE_IR_VERSION = 10
@@ -71,11 +75,25 @@ def load_model(path: Path) -> onnx.ModelProto:
                          f"{type(exc).__name__}") from None
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"{path} is not a valid ONNX file: it holds no graph")
+    model = _upgrade(model, path)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} failed the ONNX checker: {first}") from None
+    return model
+
+
+def _upgrade(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """What onnxruntime's tools write, made checkable: an old IR version whose initializers
+    are not inputs, nodes newer than the opset (toolchain/passes/upgrade_model.py)."""
+    try:
+        model, changed = UpgradeModel().apply(model)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    if changed:
+        log.info("%s upgraded to IR version %d, opset %s", path.name, model.ir_version,
+                 ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import))
     return model
 
 

@@ -38,5 +38,6 @@ def cleanup_passes() -> list[Pass]:
     from toolchain.passes.fold_batchnorm import FoldBatchNorm
     from toolchain.passes.fold_constants import FoldConstants
     from toolchain.passes.pretranspose_gemm import PretransposeGemm
+    from toolchain.passes.remove_dropout import RemoveDropout
 
-    return [FoldConstants(), FoldBatchNorm(), PretransposeGemm()]
+    return [RemoveDropout(), FoldConstants(), FoldBatchNorm(), PretransposeGemm()]
