@@ -63,9 +63,9 @@ class _Lowerer(relax.PyExprMutator):
     """``fuse_requant``: rewrite at each quantize (conv/matmul + bias + clamp + pool + quantize);
     otherwise rewrite each remaining float conv/matmul on int8 inputs with a float epilogue."""
 
-    def __init__(self, mod, instr: qgemm.DotInstr, fuse_requant: bool, nhwc: dict):
+    def __init__(self, mod, target, fuse_requant: bool, nhwc: dict):
         super().__init__(mod)
-        self.instr = instr
+        self.target = target
         self.fuse_requant = fuse_requant
         self.rewritten = 0
         self.nhwc = nhwc  # NCHW int8 var -> the NHWC var it was transposed from (shared)
@@ -233,7 +233,8 @@ class _Lowerer(relax.PyExprMutator):
         q, s_x, z_x = core["act"]
         w_ohwi, w_scale = core["w_ohwi"], core["w_scale"].astype(np.float64)
         o = w_ohwi.shape[0]
-        instr = self.instr
+        instr = (qgemm.dot_instr(self.target, bool(w_ohwi.min(initial=0) > -128))
+                 if self.target is not None else qgemm.GENERIC)
         wp = qgemm.pack_weight(w_ohwi, instr)
         o_pad = wp.shape[0]
         zp8 = z_x - 128 if _dtype(q) == "uint8" else z_x  # zero point in int8 terms
@@ -260,7 +261,7 @@ class _Lowerer(relax.PyExprMutator):
         out = self.builder_.emit(self.builder_.call_te(
             kernel, x, relax.const(wp), relax.const(b.astype(np.int32)), relax.const(scale),
             primfunc_name_hint="qgemm_" + core["kind"],
-            primfunc_attrs={"op_pattern": 8, "edgec.qgemm": 1}))
+            primfunc_attrs={"op_pattern": 8, "edgec.qgemm": instr.name}))
         self.rewritten += 1
         return out
 
@@ -359,18 +360,19 @@ class _Lowerer(relax.PyExprMutator):
 class LowerQDQToInteger:
     """Rewrite QDQ conv2d/matmul into int8 GEMM kernels (see the module docstring).
 
-    ``target``: the tvm Target, which picks the dot instruction (and so the weight packing).
+    ``target``: the tvm Target, which picks the dot instruction (and so the weight packing);
+    None builds the portable form.
     """
 
-    def __init__(self, target=None, instr: qgemm.DotInstr | None = None):
-        self.instr = instr or (qgemm.dot_instr(target) if target is not None else qgemm.GENERIC)
+    def __init__(self, target=None):
+        self.target = target
 
     def transform_module(self, mod, ctx):
         nhwc: dict = {}
         for fuse in (True, False):
             for gv, func in list(mod.functions.items()):
                 if isinstance(func, relax.Function):
-                    lowerer = _Lowerer(mod, self.instr, fuse, nhwc)
+                    lowerer = _Lowerer(mod, self.target, fuse, nhwc)
                     new = lowerer.visit_expr(func)
                     mod = lowerer.builder_.get()
                     mod[gv] = new

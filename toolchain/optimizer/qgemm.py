@@ -13,7 +13,9 @@ A[.., ko*S + j*g + t] * W[.., ko*S + j*g + t]``, so that one step ``(j, t)`` is 
 instruction and can be tensorized:
 
 - ``sdot`` (Armv8.2 dot product, arm-a76): 4 lanes x 4 bytes, 16 multiply-adds;
-- ``smull``/``smull2`` + ``sadalp`` (plain NEON, arm-a72/a53): 8 lanes x 2 bytes;
+- ``smull`` + ``smlal2`` + ``sadalp`` (plain NEON, arm-a72/a53) when the weights lie in
+  [-127, 127] (two products summed in int16 cannot overflow): 4 lanes x 4 bytes; otherwise
+  ``smull``/``smull2`` + ``sadalp``, 8 lanes x 2 bytes;
 - ``vpdpbusd`` (AVX-512 VNNI, host): 16 lanes x 4 bytes, uint8 x int8 (the activation is
   stored shifted by +128 and the bias corrects for it);
 - elsewhere (armv7, x86 without VNNI) the same 8 x 2 step in plain vector ops, for LLVM to
@@ -43,15 +45,29 @@ class DotInstr:
     lanes: int
     group: int
     act_dtype: str  # what A holds: "int8", or "uint8" (value + 128) for u8 x s8 instructions
+    # Lane j sums bytes {2j, 2j+1, 2j+8, 2j+9} (smull + smlal2 + sadalp) instead of
+    # {g*j .. g*j+g-1}.
+    split_halves: bool = False
+    # Pairs of products are summed in int16 first: needs weights in [-127, 127].
+    needs_symmetric_weights: bool = False
 
     @property
     def step(self) -> int:
         return self.lanes * self.group
 
+    def index(self, j, t):
+        """The byte of a step that product t of lane j reads."""
+        if self.split_halves:
+            return j * 2 + t % 2 + t // 2 * 8
+        return j * self.group + t
+
 
 GENERIC = DotInstr("edgec_widen_8x2_i8", 8, 2, "int8")
 SDOT = DotInstr("edgec_sdot_4x4_i8", 4, 4, "int8")
 NEON_SMULL = DotInstr("edgec_smull_8x2_i8", 8, 2, "int8")
+NEON_SMLAL = DotInstr("edgec_smlal_4x4_i8", 4, 4, "int8", split_halves=True,
+                      needs_symmetric_weights=True)
+BY_NAME = {}  # filled below
 VNNI512 = DotInstr("edgec_vpdpbusd_16x4_u8i8", 16, 4, "uint8")
 
 
@@ -59,12 +75,16 @@ def _mattr(target) -> list[str]:
     return [str(a) for a in (target.attrs.get("mattr") or [])]
 
 
-def dot_instr(target) -> DotInstr:
-    """The int8 dot instruction the target has (see the module docstring)."""
+def dot_instr(target, symmetric_weights: bool = False) -> DotInstr:
+    """The int8 dot instruction the target has (see the module docstring); with weights in
+    [-127, 127] plain NEON sums pairs of products in int16 (3 instructions per 16 products
+    instead of 4)."""
     triple = str(target.attrs.get("mtriple", ""))
     attrs = _mattr(target)
     if triple.startswith("aarch64"):
-        return SDOT if any("dotprod" in a for a in attrs) else NEON_SMULL
+        if any("dotprod" in a for a in attrs):
+            return SDOT
+        return NEON_SMLAL if symmetric_weights else NEON_SMULL
     if triple.startswith("x86_64"):
         from tvm.target import codegen
 
@@ -93,6 +113,9 @@ def tvm_target(cpu: str):
                               "mcpu": cpu})
 
 
+BY_NAME.update({i.name: i for i in (GENERIC, SDOT, NEON_SMULL, NEON_SMLAL, VNNI512)})
+
+
 # ------------------------------------------------------------------------ tensor intrinsics
 _REGISTERED: set[str] = set()
 
@@ -117,8 +140,8 @@ def _register(instr: DotInstr) -> None:
             for j, t in T.grid(lanes, group):
                 with T.sblock("update"):
                     vj, vt = T.axis.remap("SR", [j, t])
-                    C[vj] = C[vj] + T.cast(A[vj * group + vt], "int32") * T.cast(
-                        B[vj * group + vt], "int32")
+                    C[vj] = C[vj] + T.cast(A[instr.index(vj, vt)], "int32") * T.cast(
+                        B[instr.index(vj, vt)], "int32")
 
     if instr is SDOT:
         @T.prim_func(s_tir=True)
@@ -153,6 +176,26 @@ def _register(instr: DotInstr) -> None:
                 C[T.ramp(4, 1, 4)] = C.vload([4], "int32x4") + T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
                     T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                        A.vload([8], "int8x8"), B.vload([8], "int8x8"), dtype="int16x8"),
+                    dtype="int32x4")
+    elif instr is NEON_SMLAL:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (16,), "int8", offset_factor=1)
+            B = T.match_buffer(b, (16,), "int8", offset_factor=1)
+            C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:4], A[0:16], B[0:16])
+                T.writes(C[0:4])
+                # smull (bytes 0-7) + smlal2 (bytes 8-15) in int16, then sadalp: lane j gets
+                # bytes 2j, 2j+1, 2j+8, 2j+9. |a*w| <= 128*127, so two fit in int16.
+                C[T.ramp(0, 1, 4)] = C.vload([0], "int32x4") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                        A.vload([0], "int8x8"), B.vload([0], "int8x8"), dtype="int16x8")
+                    + T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
                         A.vload([8], "int8x8"), B.vload([8], "int8x8"), dtype="int16x8"),
                     dtype="int32x4")
@@ -211,7 +254,7 @@ def tile_for(instr: DotInstr, rows: int) -> tuple[int, int]:
     """(pixels, channels) of one register tile. Accumulators take ``tp * to * lanes`` int32:
     16 NEON/AVX-512 registers for the tensorized forms, leaving room for the operands. A single
     row (batch-1 matmul) spends the registers on more channels instead."""
-    to = {SDOT.name: 4, VNNI512.name: 4}.get(instr.name, 2)
+    to = {SDOT.name: 4, VNNI512.name: 4, NEON_SMLAL.name: 4}.get(instr.name, 2)
     if rows == 1:
         return 1, 2 * to
     return 4, to
@@ -272,8 +315,8 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
     acc4 = te.compute(
         (n, p_pad, o_pad, lanes),
         lambda nn, p, o, j: te.sum(
-            a[nn, p, ko * step + j * group + t].astype("int32")
-            * w[o, ko * step + j * group + t].astype("int32"), axis=[ko, t]),
+            a[nn, p, ko * step + instr.index(j, t)].astype("int32")
+            * w[o, ko * step + instr.index(j, t)].astype("int32"), axis=[ko, t]),
         name="qgemm_acc")
     jj = te.reduce_axis((0, lanes), name="j")
     acc = te.compute((n, p_pad, o_pad), lambda nn, p, o: te.sum(acc4[nn, p, o, jj], axis=jj),
@@ -315,7 +358,8 @@ def schedule_qgemm(func, target, threads: int = 1):
 def _schedule_qgemm(func, target, threads: int):
     from tvm import s_tir
 
-    instr = dot_instr(target)
+    name = str(func.attrs["edgec.qgemm"]) if func.attrs is not None and "edgec.qgemm" in func.attrs else ""
+    instr = BY_NAME.get(name) or dot_instr(target)
     sch = s_tir.Schedule(func)
     acc4 = sch.get_sblock("qgemm_acc")
     sumb = sch.get_sblock("qgemm_sum")
@@ -330,14 +374,19 @@ def _schedule_qgemm(func, target, threads: int):
     p_o, p_i = sch.split(p, [None, tp])
     o_o, o_i = sch.split(o, [None, to])
     sch.reorder(n, p_o, o_o, ko, p_i, o_i, j, t)
-    cache = sch.cache_write(acc4, 0, "local")
-    sch.reverse_compute_at(cache, o_o, preserve_unit_loops=True)
+    # im2col per row tile, just before the tile's first use: A shrinks to [tp, K] (in L1),
+    # reused across all channel tiles of the row.
+    sch.compute_at(im2col, p_o, preserve_unit_loops=True)
+    _schedule_im2col(sch, im2col, int(sch.get(sch.get_loops(im2col)[-1]).extent))
+    # The accumulators live in registers: only the tile's are ever live (compacted to it).
+    sch.set_scope(acc4, 0, "local")
     sch.reverse_compute_at(sumb, o_o, preserve_unit_loops=True)
     try:
         sch.reverse_compute_at(out, o_o, preserve_unit_loops=True)
+        _vectorize_inner(sch, out, to)
     except Exception as exc:  # noqa: BLE001  (epilogue as its own loop nest)
         log.debug("qgemm epilogue not tiled: %s", str(exc).splitlines()[0])
-    init = sch.decompose_reduction(acc4, ko)
+    sch.decompose_reduction(acc4, ko)
     _register(instr)
     sch.tensorize(j, instr.name)
     sch.unroll(o_i)
@@ -346,3 +395,37 @@ def _schedule_qgemm(func, target, threads: int):
         fused = sch.fuse(n, p_o)
         sch.parallel(fused)
     return sch.mod["main"]
+
+
+def _vectorize_inner(sch, block, width: int) -> None:
+    loops = sch.get_loops(block)
+    if loops and int(sch.get(loops[-1]).extent) == width and width > 1:
+        sch.vectorize(loops[-1])
+
+
+def _schedule_im2col(sch, block, k_pad: int) -> None:
+    """Split the reduction axis of the copy into (kernel position, channel) where it has no
+    padding, so the channel loop is a plain contiguous (vectorized) copy."""
+    from tvm import tirx
+
+    channels = _im2col_channels(sch.get(block))
+    loops = sch.get_loops(block)
+    k = loops[-1]
+    if channels and k_pad % channels == 0 and k_pad > channels:
+        _, c = sch.split(k, [None, channels])
+        if channels % 8 == 0:
+            inner = 16 if channels % 16 == 0 else 8
+            _, ci = sch.split(c, [None, inner])
+            sch.vectorize(ci)
+    elif k_pad <= 64:
+        sch.unroll(k)
+    del tirx
+
+
+def _im2col_channels(block) -> int:
+    """C of the input [N, H, W, C] that the im2col block reads (0 if not found)."""
+    for region in block.reads:
+        buf = getattr(region, "buffer", None) or region.source
+        if len(buf.shape) == 4:
+            return int(buf.shape[3])
+    return 0
