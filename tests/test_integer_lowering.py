@@ -24,7 +24,7 @@ MODELS = ["mlp", "cnn"]
 EXPECTED = {"mlp": {"qgemm_matmul:uint8": 3},
             "cnn": {"qgemm_conv:uint8": 2, "qgemm_conv:float32": 1, "qgemm_matmul:uint8": 1}}
 # What each target's int8 kernels must be made of (objdump mnemonics).
-INSTRUCTIONS = {"arm-a76": ["sdot"], "arm-a72": ["smull", "smlal2", "sadalp"],
+INSTRUCTIONS = {"arm-a76": ["sdot"], "arm-a72": ["smull", "smlal", "sadalp"],
                 "armv7-a7": ["vmlal.s16"]}
 
 
