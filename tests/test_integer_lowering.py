@@ -199,3 +199,54 @@ def test_float_compute_of_a_qdq_model_stays_available(zoo, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["pipeline"] == "cpu" and not any(k.startswith("qgemm") for k in report["kernels"])
     assert all(c.ok for c in verify_folder(out))
+
+
+def _conv_qdq(size: int, pads: list[int], strides: list[int], cin: int, cout: int,
+              relu: bool) -> onnx.ModelProto:
+    """One QDQ conv (+ ReLU) whose output is quantized again: the fused requantization path."""
+    rng = np.random.default_rng(size + cin)
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 128, (cout, cin, 3, 3), dtype=np.int8), "w"),
+        numpy_helper.from_array(rng.uniform(0.005, 0.02, cout).astype(np.float32), "w_s"),
+        numpy_helper.from_array(np.zeros(cout, np.int8), "w_z"),
+        numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "x_s"),
+        numpy_helper.from_array(np.array(131, np.uint8), "x_z"),
+        numpy_helper.from_array(np.array(0.15, np.float32), "y_s"),
+        numpy_helper.from_array(np.array(-3, np.int8), "y_z"),
+    ]
+    n = helper.make_node
+    nodes = [n("QuantizeLinear", ["input", "x_s", "x_z"], ["xq"]),
+             n("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"]),
+             n("DequantizeLinear", ["w", "w_s", "w_z"], ["wd"], axis=0),
+             n("Conv", ["xd", "wd", "b"], ["c"], pads=pads, strides=strides)]
+    last = "c"
+    if relu:
+        nodes.append(n("Relu", ["c"], ["r"]))
+        last = "r"
+    nodes += [n("QuantizeLinear", [last, "y_s", "y_z"], ["yq"]),
+              n("DequantizeLinear", ["yq", "y_s", "y_z"], ["out"])]
+    graph = helper.make_graph(
+        nodes, "conv_qdq", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                          [1, cin, size, size])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+# Output widths that 4 divides, that only 2 or 3 divide, and a prime one (tiles of one pixel);
+# no padding, padding, stride 2; channel counts with and without padded dot-product steps.
+CONV_CASES = [(16, [0, 0, 0, 0], [1, 1], 4, 8, False), (13, [0, 0, 0, 0], [1, 1], 16, 12, True),
+              (15, [1, 1, 1, 1], [2, 2], 3, 16, True), (8, [1, 1, 1, 1], [1, 1], 16, 32, True)]
+
+
+@pytest.mark.parametrize("target", [pytest.param(t, marks=needs_target(t))
+                                    for t in ("host", "arm-a76", "arm-a72")])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}px-p{c[1][0]}-s{c[2][0]}")
+def test_requantized_conv_matches_onnxruntime(tmp_path, target, case):
+    from toolchain.optimizer.integer import integer_ops
+
+    path = save(_conv_qdq(*case), tmp_path / "conv.onnx")
+    assert integer_ops(_lower(_relax(path))) == {"qgemm_conv:int8": 1}
+    _compile_and_verify(path, target, tmp_path / "out")

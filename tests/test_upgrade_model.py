@@ -25,9 +25,9 @@ from toolchain.passes.upgrade_model import UpgradeModel
 from toolchain.reference import run_reference
 
 SIDE = 64  # squeezenet's input side: 224 in the file; 64 keeps compiles short
-# These tests are about loading the files; the QDQ models compute in float32 here, whatever
-# the default pipeline is (integer lowering has its own tests).
-FLOAT_QDQ = ("--pipeline", "cpu")
+# These tests are about loading the files; the QDQ models compile with the default pipeline
+# (integer compute; the lowering has its own tests in test_integer_lowering.py).
+FLOAT_QDQ: tuple[str, ...] = ()  # the default pipeline: integer compute
 
 
 def check_fails(model: onnx.ModelProto, needle: str) -> None:

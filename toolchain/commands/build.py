@@ -109,15 +109,21 @@ def compile_folder(args) -> dict:
     if torch_input:
         input_name, input_shape = input_shape_for(shapes, source)
     else:
-        model = load_model(model_path)
-        _refuse_contradicting_shapes(model, shapes)
-        model = fix_input_shapes(model, shapes)
+        loaded = load_model(model_path)
+        _refuse_contradicting_shapes(loaded, shapes)
+        model = fix_input_shapes(loaded, shapes)
     started = time.perf_counter()
     with staged_output(args.output) as stage:
         if torch_input:
             # exported (and checked against PyTorch) into the folder as its model.onnx
             export_module(module, stage / "model.onnx", input_shape, input_name)
             model = fix_input_shapes(load_model(stage / "model.onnx"), {})
+        elif _upgraded(model_path, loaded):
+            # The file needed UpgradeModel (an old IR/opset that onnxruntime may refuse too):
+            # the folder keeps the upgraded model, which verify runs onnxruntime on.
+            from toolchain.onnx_io import save_model
+
+            save_model(loaded, stage / "model.onnx")
         else:
             shutil.copyfile(model_path, stage / "model.onnx")
         report = backend.compile(model_path, model, dev, args, stage)
@@ -148,6 +154,15 @@ def _refuse_foreign_options(args, dev) -> None:
                 raise ConfigError(f"option {flag} does not apply to target {dev.name} "
                                   f"(family {dev.family}); it is an option of the "
                                   f"{other.family} targets")
+
+
+def _upgraded(path: Path, loaded) -> bool:
+    """Whether loading upgraded the file's IR version or opsets."""
+    import onnx
+
+    raw = onnx.load(str(path), load_external_data=False)
+    opsets = lambda m: sorted((o.domain, o.version) for o in m.opset_import)  # noqa: E731
+    return raw.ir_version != loaded.ir_version or opsets(raw) != opsets(loaded)
 
 
 def _refuse_contradicting_shapes(model, shapes: dict[str, tuple[int, ...]]) -> None:

@@ -250,8 +250,7 @@ class _Lowerer(relax.PyExprMutator):
         scale = np.zeros(o_pad, np.float32)
         scale[:o] = (real / s_y) if out_dtype != "float32" else real
         x = self._input_nhwc(core)
-        rows = int(np.prod(_static_shape(x)[1:3]))
-        tp, _ = qgemm.tile_for(instr, 1 if rows == 1 else 2)
+        tp = qgemm.row_tile(instr, *self._out_hw(core, _static_shape(x)))
 
         def kernel(xt, wt, bt, st):
             return qgemm.gemm_te(xt, wt, bt, st, geom=core["geom"], in_zero=z_x, instr=instr,
@@ -261,9 +260,17 @@ class _Lowerer(relax.PyExprMutator):
         out = self.builder_.emit(self.builder_.call_te(
             kernel, x, relax.const(wp), relax.const(b.astype(np.int32)), relax.const(scale),
             primfunc_name_hint="qgemm_" + core["kind"],
-            primfunc_attrs={"op_pattern": 8, "edgec.qgemm": instr.name}))
+            primfunc_attrs={"op_pattern": 8, "edgec.qgemm": instr.name,
+                            "edgec.qgemm_rows": tp}))
         self.rewritten += 1
         return out
+
+    @staticmethod
+    def _out_hw(core, x_shape) -> tuple[int, int]:
+        """(OH, OW) of the kernel's [N, OH, OW, O] output."""
+        if core["kind"] == "matmul":
+            return 1, int(x_shape[2])
+        return int(core["out_shape"][2]), int(core["out_shape"][3])
 
     def _finish_layout(self, core, out_nhwc, pools=()):
         """NHWC kernel output (+ pools) -> the layout the graph expects, remembering NHWC."""

@@ -260,6 +260,17 @@ def tile_for(instr: DotInstr, rows: int) -> tuple[int, int]:
     return 4, to
 
 
+def row_tile(instr: DotInstr, out_h: int, out_w: int) -> int:
+    """Output pixels per register tile. A tile must not cross an output row (the epilogue
+    writes [N, OH, OW, O] per tile), so on images it divides OW; a single row (a matmul) is
+    padded to whole tiles instead."""
+    if out_h * out_w == 1:
+        return 1
+    if out_h == 1:
+        return tile_for(instr, 2)[0]
+    return next(d for d in (4, 3, 2, 1) if out_w % d == 0)
+
+
 def pack_weight(w_ohwi: np.ndarray, instr: DotInstr) -> np.ndarray:
     """[O, R, S, C] int8 -> [O_pad, K_pad] int8, zero-padded (zero weights add nothing)."""
     o = w_ohwi.shape[0]
@@ -370,7 +381,8 @@ def _schedule_qgemm(func, target, threads: int):
     lanes = ext[3]
     if lanes != instr.lanes or ext[5] != instr.group:
         raise ValueError(f"qgemm kernel built for {lanes}x{ext[5]} lanes, target has {instr}")
-    tp, to = tile_for(instr, 1 if ext[1] == 1 else 2)
+    _, to = tile_for(instr, 1 if ext[1] == 1 else 2)
+    tp = int(func.attrs["edgec.qgemm_rows"]) if "edgec.qgemm_rows" in func.attrs else 1
     p_o, p_i = sch.split(p, [None, tp])
     o_o, o_i = sch.split(o, [None, to])
     sch.reorder(n, p_o, o_o, ko, p_i, o_i, j, t)
