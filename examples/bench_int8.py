@@ -39,7 +39,12 @@ def ort_qdq(name: str, folder: Path) -> tuple[Path, Path]:
                                           quantize_static)
 
     fp = folder / f"{name}_fp32.onnx"
+    # onnxruntime's quantizer keeps opset 9 -> 11, where its per-channel DequantizeLinear is
+    # invalid (onnxruntime itself refuses the file): quantize an opset-13 copy instead.
+    from onnx import version_converter
+
     model = randomize_weights(onnx.load(str(LIGHT / f"light_{name}.onnx")))
+    model = version_converter.convert_version(model, 13)
     save_model(model, fp)
     inits = {i.name for i in model.graph.initializer}
     inp = next(i for i in model.graph.input if i.name not in inits)

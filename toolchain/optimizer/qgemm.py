@@ -69,6 +69,7 @@ NEON_SMLAL = DotInstr("edgec_smlal_4x4_i8", 4, 4, "int8", split_halves=True,
                       needs_symmetric_weights=True)
 BY_NAME = {}  # filled below
 VNNI512 = DotInstr("edgec_vpdpbusd_16x4_u8i8", 16, 4, "uint8")
+VNNI256 = DotInstr("edgec_vpdpbusd_8x4_u8i8", 8, 4, "uint8")
 
 
 def _mattr(target) -> list[str]:
@@ -90,7 +91,9 @@ def dot_instr(target, symmetric_weights: bool = False) -> DotInstr:
 
         cpu = str(target.attrs.get("mcpu", ""))
         if any("avx512vnni" in a for a in attrs) or _cpu_has(cpu, "avx512vnni"):
-            return VNNI512
+            # 8 lanes (ymm): half the horizontal sum per output and of the K padding of the
+            # 16-lane form, which cost more than they saved on squeezenet.
+            return VNNI256
     return GENERIC
 
 
@@ -113,7 +116,7 @@ def tvm_target(cpu: str):
                               "mcpu": cpu})
 
 
-BY_NAME.update({i.name: i for i in (GENERIC, SDOT, NEON_SMULL, NEON_SMLAL, VNNI512)})
+BY_NAME.update({i.name: i for i in (GENERIC, SDOT, NEON_SMULL, NEON_SMLAL, VNNI512, VNNI256)})
 
 
 # ------------------------------------------------------------------------ tensor intrinsics
@@ -199,21 +202,23 @@ def _register(instr: DotInstr) -> None:
                         T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
                         A.vload([8], "int8x8"), B.vload([8], "int8x8"), dtype="int16x8"),
                     dtype="int32x4")
-    elif instr is VNNI512:
+    elif instr in (VNNI512, VNNI256):
+        bits = 32 * lanes
+
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-            A = T.match_buffer(a, (64,), "uint8", offset_factor=1)
-            B = T.match_buffer(b, (64,), "int8", offset_factor=1)
-            C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
+            A = T.match_buffer(a, (step,), "uint8", offset_factor=1)
+            B = T.match_buffer(b, (step,), "int8", offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
             with T.sblock("root"):
-                T.reads(C[0:16], A[0:64], B[0:64])
-                T.writes(C[0:16])
-                C[T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                    C.vload([0], "int32x16"),
-                    # LLVM 20 takes the bytes as <64 x i8> (older ones as <16 x i32>).
-                    A.vload([0], "uint8x64"), B.vload([0], "int8x64"),
-                    dtype="int32x16")
+                T.reads(C[0:lanes], A[0:step], B[0:step])
+                T.writes(C[0:lanes])
+                C[T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{bits}"),
+                    C.vload([0], f"int32x{lanes}"),
+                    # LLVM 20 takes the bytes as <N x i8> (older ones as <N/4 x i32>).
+                    A.vload([0], f"uint8x{step}"), B.vload([0], f"int8x{step}"),
+                    dtype=f"int32x{lanes}")
     elif instr is GENERIC:
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -254,7 +259,7 @@ def tile_for(instr: DotInstr, rows: int) -> tuple[int, int]:
     """(pixels, channels) of one register tile. Accumulators take ``tp * to * lanes`` int32:
     16 NEON/AVX-512 registers for the tensorized forms, leaving room for the operands. A single
     row (batch-1 matmul) spends the registers on more channels instead."""
-    to = {SDOT.name: 4, VNNI512.name: 4, NEON_SMLAL.name: 4}.get(instr.name, 2)
+    to = {SDOT.name: 4, VNNI512.name: 4, VNNI256.name: 4, NEON_SMLAL.name: 4}.get(instr.name, 2)
     if rows == 1:
         return 1, 2 * to
     return 4, to
