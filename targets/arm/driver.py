@@ -21,7 +21,8 @@ import numpy as np
 
 from toolchain.optimizer.memplan import ALIGN, MemoryPlan
 from toolchain.optimizer.plan import CONST, KernelPlan
-from toolchain.targets.arm.driver_runtime import SERIAL_RUNTIME, THREADED_RUNTIME
+from toolchain.targets.arm.driver_runtime import (ARM_EABI_CONVERSIONS, SERIAL_RUNTIME,
+                                                   THREADED_RUNTIME)
 
 # DLPack type codes (dlpack.h): int, uint, float, bfloat, bool.
 _DL_CODES = {"i": 0, "u": 1, "f": 2, "b": 6}
@@ -175,6 +176,7 @@ typedef int32_t (*edgec_kernel)(void *, const edgec_ffi_any *, int32_t, edgec_ff
 extern const uint8_t edgec_weights[];
 
 @RUNTIME@
+@CONVERSIONS@
 void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **parts, int32_t n) {
   size_t len = 0;
   edgec_error[0] = 0;
@@ -213,7 +215,8 @@ def model_c(plan: KernelPlan, mem: MemoryPlan, weights: WeightLayout,
             f"__attribute__((aligned({ALIGN})));",
             f"static uint8_t edgec_workspace[{max(total, ALIGN)}] "
             f"__attribute__((aligned({ALIGN})));",
-            _PRELUDE.replace("@RUNTIME@", THREADED_RUNTIME if threads > 1 else SERIAL_RUNTIME),
+            _PRELUDE.replace("@RUNTIME@", THREADED_RUNTIME if threads > 1 else SERIAL_RUNTIME)
+            .replace("@CONVERSIONS@", ARM_EABI_CONVERSIONS),
             f"const size_t edgec_model_arena_bytes = {mem.arena_bytes};",
             f"const size_t edgec_model_workspace_bytes = {total};",
            f"const size_t edgec_model_weight_bytes = {weights.total};",

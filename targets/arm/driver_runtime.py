@@ -4,7 +4,69 @@ SERIAL_RUNTIME: the kernels' workspace allocator (a bump allocator over a static
 reset before every kernel call) and the error buffer. THREADED_RUNTIME (``--threads`` > 1):
 per-thread workspace stacks and ``__TVMBackendParallelLaunch`` over a static pthread pool.
 Both expect EDGEC_ALIGN and edgec_workspace defined before them; the threaded one also
-EDGEC_THREADS and EDGEC_WS_SLOT (see driver.model_c).
+EDGEC_THREADS and EDGEC_WS_SLOT (see driver.model_c). ARM_EABI_CONVERSIONS: the 64-bit
+integer <-> float helpers for 32-bit hard-float ARM builds linked against GNU libgcc.
+"""
+
+# LLVM (which compiles the kernels) calls the 64-bit integer <-> float helpers of 32-bit ARM
+# by their generic names (__fixsfdi, __floatundisf, ...) with the hard-float convention:
+# the float in s0/d0. GNU libgcc defines those names as aliases of the __aeabi_* helpers,
+# which take and return floats in core registers (the base AAPCS, always). Linked against
+# libgcc, a kernel read its conversions' results from the wrong registers: bilinear Resize,
+# whose source index is Cast(int64, floor(x)) and whose weight is Cast(float32, int64 i),
+# gave 4081 of 4096 outputs wrong on armv7-a7. So model.c defines both names of each helper
+# (the generic one hard-float, the __aeabi_ one base PCS) with no libcall inside, and
+# libgcc's members are never linked. clang-built drivers (zig cc) get compiler-rt, whose
+# generic names are hard-float like LLVM's calls, and need none of this.
+ARM_EABI_CONVERSIONS = """\
+#if defined(__arm__) && defined(__ARM_PCS_VFP) && !defined(__clang__)
+#define EDGEC_SOFT_PCS __attribute__((pcs("aapcs")))
+static uint64_t edgec_d2ul(double a) {  /* truncates; saturates; NaN and negatives give 0 */
+  if (!(a > 0.0)) return 0;
+  if (a >= 18446744073709551616.0) return UINT64_MAX;
+  uint32_t hi = (uint32_t)(a * (1.0 / 4294967296.0));
+  double lo = a - (double)hi * 4294967296.0;  /* exact: both are multiples of a's ulp */
+  return (uint64_t)hi << 32 | (uint32_t)lo;
+}
+static int64_t edgec_d2l(double a) {
+  if (a != a) return 0;
+  if (a >= 9223372036854775808.0) return INT64_MAX;
+  if (a <= -9223372036854775808.0) return INT64_MIN;
+  return a < 0 ? -(int64_t)edgec_d2ul(-a) : (int64_t)edgec_d2ul(a);
+}
+/* Rounded once: the product is exact and the sum is rounded to nearest by the FPU. */
+static double edgec_ul2d(uint64_t v) {
+  return (double)(uint32_t)(v >> 32) * 4294967296.0 + (double)(uint32_t)v;
+}
+static double edgec_l2d(int64_t v) {
+  return (double)(int32_t)(v >> 32) * 4294967296.0 + (double)(uint32_t)v;
+}
+static float edgec_ul2f(uint64_t v) {
+  /* Below 2^53 the double is exact; above, the 11 bits the double drops fold into a sticky
+   * bit, so rounding to float happens once, as a direct conversion would. */
+  if (v >> 53) return (float)(edgec_ul2d(v >> 11 | ((v & 0x7FF) != 0)) * 2048.0);
+  return (float)edgec_ul2d(v);
+}
+static float edgec_l2f(int64_t v) {
+  return v < 0 ? -edgec_ul2f(-(uint64_t)v) : edgec_ul2f((uint64_t)v);
+}
+int64_t __fixsfdi(float a) { return edgec_d2l(a); }
+uint64_t __fixunssfdi(float a) { return edgec_d2ul(a); }
+int64_t __fixdfdi(double a) { return edgec_d2l(a); }
+uint64_t __fixunsdfdi(double a) { return edgec_d2ul(a); }
+float __floatdisf(int64_t v) { return edgec_l2f(v); }
+float __floatundisf(uint64_t v) { return edgec_ul2f(v); }
+double __floatdidf(int64_t v) { return edgec_l2d(v); }
+double __floatundidf(uint64_t v) { return edgec_ul2d(v); }
+EDGEC_SOFT_PCS int64_t __aeabi_f2lz(float a) { return edgec_d2l(a); }
+EDGEC_SOFT_PCS uint64_t __aeabi_f2ulz(float a) { return edgec_d2ul(a); }
+EDGEC_SOFT_PCS int64_t __aeabi_d2lz(double a) { return edgec_d2l(a); }
+EDGEC_SOFT_PCS uint64_t __aeabi_d2ulz(double a) { return edgec_d2ul(a); }
+EDGEC_SOFT_PCS float __aeabi_l2f(int64_t v) { return edgec_l2f(v); }
+EDGEC_SOFT_PCS float __aeabi_ul2f(uint64_t v) { return edgec_ul2f(v); }
+EDGEC_SOFT_PCS double __aeabi_l2d(int64_t v) { return edgec_l2d(v); }
+EDGEC_SOFT_PCS double __aeabi_ul2d(uint64_t v) { return edgec_ul2d(v); }
+#endif
 """
 
 SERIAL_RUNTIME = """\
