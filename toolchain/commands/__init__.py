@@ -1,6 +1,6 @@
 """CLI commands. Each module has ``register(subparsers)`` functions listed in REGISTRY."""
 
-from toolchain.commands import build, compress, doctor, report
+from toolchain.commands import build, compress, doctor, flow, report
 
 REGISTRY = [
     build.register_targets,
@@ -12,4 +12,5 @@ REGISTRY = [
     build.register_simulate,
     report.register_report,
     doctor.register_doctor,
+    flow.register_build,
 ]
