@@ -12,7 +12,7 @@ Library (import with sys.path.insert(0, ".../armcount")):
 Command line:
     count.py selftest
     count.py run [--qemu Q] [--cpu C] -- CMD ...
-    count.py edgec OUTDIR --input X.bin [--bench-diff] [--mix]
+    count.py edgec OUTDIR --input X.bin [--bench-diff] [--mix] [--per-kernel]
     count.py ort MODEL.onnx INPUT.npy [--cpu C] [--runs N] [--call run|binding|ortvalue] [--diff] [--mix]
     count.py macs MODEL.onnx
 Counts are exact and repeatable only with a fixed environment (ENV below: `env -i` style) and a
@@ -207,7 +207,30 @@ def edgec_symbols(outdir) -> dict:
     enter = syms["edgec_model_run"][0]
     lo, size = syms["main"]
     return {"enter": enter, "back": (lo, lo + size), "triple": triple, "cpu": cpu,
-            "threads": rep.get("threads", 1)}
+            "threads": rep.get("threads", 1), "symbols": syms}
+
+
+def edgec_kernel_profile(outdir, input_bin, cpu=None, timeout=None) -> dict[str, dict]:
+    """Instructions per kernel of one inference: for each kernel (``__tvm_ffi_<name>``), a
+    window from its entry back to its caller (edgec_model_run_multi), summed over its calls. One qemu run per
+    kernel; kernels that call each other are not separated (edgec's never do)."""
+    s = edgec_symbols(outdir)
+    if s["threads"] > 1:
+        raise RuntimeError("window counts need a single-threaded model (--threads 1)")
+    syms = s["symbols"]
+    run_lo, run_size = syms.get("edgec_model_run_multi", syms["edgec_model_run"])
+    out = {}
+    with tempfile.TemporaryDirectory() as td:
+        for name, (addr, _) in sorted(syms.items()):
+            if not name.startswith("__tvm_ffi_"):
+                continue
+            c = count([Path(outdir).resolve() / "model", Path(input_bin).resolve(),
+                       Path(td) / "out.bin"], qemu=qemu_for(s["triple"]), cpu=cpu or s["cpu"],
+                      cwd=td, timeout=timeout,
+                      plugin=[f"enter={addr:x}", f"back={run_lo:x}-{run_lo + run_size:x}"])
+            if c.calls:
+                out[name[len("__tvm_ffi_"):]] = {"calls": len(c.calls), "instructions": sum(c.calls)}
+    return out
 
 
 def edgec_inference(outdir, input_bin, cpu=None, timeout=None, mix=False) -> dict:
@@ -354,6 +377,8 @@ def main(argv=None):
     e = sub.add_parser("edgec"); e.add_argument("outdir"); e.add_argument("--input", required=True)
     e.add_argument("--cpu"); e.add_argument("--bench-diff", action="store_true")
     e.add_argument("--mix", action="store_true", help=MIX_HELP)
+    e.add_argument("--per-kernel", action="store_true",
+                   help="also instructions per kernel (one qemu run per kernel)")
     o = sub.add_parser("ort"); o.add_argument("model"); o.add_argument("input")
     o.add_argument("--cpu", default="cortex-a72"); o.add_argument("--runs", type=int, default=5)
     o.add_argument("--diff", action="store_true")
@@ -372,6 +397,8 @@ def main(argv=None):
         r.pop("output")
         if a.bench_diff:
             r["bench_diff"] = edgec_bench_diff(a.outdir, a.cpu)
+        if a.per_kernel:
+            r["kernels"] = edgec_kernel_profile(a.outdir, a.input, a.cpu)
         print(json.dumps(r))
     elif a.cmd == "ort":
         r = (ort_diff(a.model, a.input, a.cpu, call=a.call) if a.diff

@@ -236,10 +236,11 @@ class _Lowerer(relax.PyExprMutator):
         instr = (qgemm.dot_instr(self.target, bool(w_ohwi.min(initial=0) > -128))
                  if self.target is not None else qgemm.GENERIC)
         wp = qgemm.pack_weight(w_ohwi, instr)
-        o_pad = wp.shape[0]
+        o_pad = qgemm.padded_channels(wp, instr)
         zp8 = z_x - 128 if _dtype(q) == "uint8" else z_x  # zero point in int8 terms
         zp_a = zp8 + (128 if instr.act_dtype == "uint8" else 0)  # as the kernel stores A
-        wsum = wp.astype(np.int64).sum(axis=1)
+        wsum = np.zeros(o_pad, np.int64)
+        wsum[:o] = w_ohwi.astype(np.int64).reshape(o, -1).sum(axis=1)
         b = np.zeros(o_pad, np.float64)
         real = s_x * w_scale
         if bias is not None:
@@ -281,9 +282,7 @@ class _Lowerer(relax.PyExprMutator):
                 out_nhwc, pool_size=attrs.pool_size, strides=attrs.strides,
                 padding=attrs.padding, dilation=attrs.dilation, ceil_mode=attrs.ceil_mode,
                 layout="NHWC"))
-        nchw = self.builder_.emit(relax.op.permute_dims(out_nhwc, [0, 3, 1, 2]))
-        self.nhwc[nchw] = out_nhwc
-        return nchw
+        return self._register_nchw(out_nhwc)
 
     def _fused(self, call):
         """quantize(pool*(relu|clip*(add(core, bias)))) -> one kernel with int8 output."""
@@ -352,12 +351,94 @@ class _Lowerer(relax.PyExprMutator):
             return self._finish_layout(core, out)
         return relax.op.permute_dims(out, [0, 3, 1, 2])
 
+    # -- ops that move int8 values unchanged -----------------------------------------------
+    def _same_grid(self, expr, s_y: float, z_y: int, dtype: str):
+        """The int8 tensor q when ``expr`` is ``dequantize(q)`` on exactly the grid (s_y, z_y)."""
+        act = self._activation(expr)
+        if act is None or _dtype(act[0]) != dtype:
+            return None
+        q, s, z = act
+        return self._root(q) if (np.float32(s) == np.float32(s_y) and z == z_y) else None
+
+    def _nhwc_of(self, q):
+        return self.nhwc.get(q) if _static_shape(q) is not None and len(_static_shape(q)) == 4 else None
+
+    def _passthrough(self, call):
+        """quantize(f(dequantize(q...))) on one unchanged grid -> f(q...) in int8, exactly:
+        concat, max pooling, reshape, ReLU, and the quantize-dequantize pair itself."""
+        s_y, z_y = _const(call.args[1]), _const(call.args[2])
+        dtype = _dtype(call)
+        if s_y is None or z_y is None or s_y.size != 1 or z_y.size != 1 or dtype not in _INT8:
+            return None
+        s_y, z_y = float(s_y.reshape(())), int(z_y.reshape(()))
+        value = self._value(call.args[0])
+        name = _op(value)
+        if name == "relax.dequantize":
+            return self._same_grid(call.args[0], s_y, z_y, dtype)
+        if name == "relax.concat":
+            fields = value.args[0]
+            if isinstance(fields, relax.Var):
+                fields = self._value(fields)
+            if not isinstance(fields, relax.Tuple):
+                return None
+            acts = [self._activation(f) for f in fields.fields]
+            if any(a is None or _dtype(a[0]) not in _INT8 for a in acts):
+                return None
+            axis = int(value.attrs.axis) if value.attrs.axis is not None else 0
+            srcs = [self._root(a[0]) for a in acts]
+            nhwc = [self._nhwc_of(q) for q in srcs]
+            channels_last = axis == 1 and all(v is not None for v in nhwc)
+            parts = [self._rescale(v if channels_last else q, a[1], a[2], s_y, z_y, dtype)
+                     for v, q, a in zip(nhwc, srcs, acts)]
+            if channels_last:
+                return self._register_nchw(self.builder_.emit(relax.op.concat(parts, axis=3)))
+            return relax.op.concat(parts, axis=axis)
+        if name in ("relax.nn.max_pool2d", "relax.nn.relu", "relax.reshape"):
+            q = self._same_grid(value.args[0], s_y, z_y, dtype)
+            if q is None:
+                return None
+            if name == "relax.reshape":
+                return relax.op.reshape(q, _static_shape(value))
+            if name == "relax.nn.relu":
+                return relax.op.maximum(q, relax.const(z_y, dtype))
+            a = value.attrs
+            if a.layout != "NCHW" or a.out_layout not in (None, "", "NCHW"):
+                return None
+            src = self._nhwc_of(q)
+            pool = dict(pool_size=a.pool_size, strides=a.strides, padding=a.padding,
+                        dilation=a.dilation, ceil_mode=a.ceil_mode)
+            if src is None:
+                return relax.op.nn.max_pool2d(q, **pool)
+            return self._register_nchw(self.builder_.emit(
+                relax.op.nn.max_pool2d(src, **pool, layout="NHWC")))
+        return None
+
+    def _rescale(self, q, s: float, z: int, s_y: float, z_y: int, dtype: str):
+        """int8 ``q`` on grid (s, z) moved to the grid (s_y, z_y): itself when they agree, else
+        round((q - z) * s / s_y) + z_y, clamped (an elementwise kernel, fused by FuseOps)."""
+        if np.float32(s) == np.float32(s_y) and z == z_y and _dtype(q) == dtype:
+            return q
+        f = self.builder_.emit(relax.op.astype(q, "float32"))
+        f = self.builder_.emit(relax.op.multiply(
+            relax.op.subtract(f, relax.const(float(z), "float32")),
+            relax.const(np.float32(s / s_y), "float32")))
+        r = self.builder_.emit(relax.op.add(relax.op.round(f), relax.const(float(z_y), "float32")))
+        lo, hi = _QRANGE[dtype]
+        return self.builder_.emit(relax.op.astype(relax.op.clip(r, lo, hi), dtype))
+
+    def _register_nchw(self, nhwc):
+        nchw = self.builder_.emit(relax.op.permute_dims(nhwc, [0, 3, 1, 2]))
+        self.nhwc[nchw] = nhwc
+        return nchw
+
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         name = _op(call)
         new = None
         if self.fuse_requant and name == "relax.quantize":
             new = self._fused(call)
+            if new is None:
+                new = self._passthrough(call)
         elif not self.fuse_requant and name in ("relax.matmul", "relax.nn.conv2d"):
             new = self._plain(call)
         return call if new is None else new

@@ -12,7 +12,10 @@ The reduction is written with an explicit lane axis, ``acc4[n, p, o, j] = sum_{k
 A[.., ko*S + j*g + t] * W[.., ko*S + j*g + t]``, so that one step ``(j, t)`` is exactly one
 instruction and can be tensorized:
 
-- ``sdot`` (Armv8.2 dot product, arm-a76): 4 lanes x 4 bytes, 16 multiply-adds;
+- ``sdot`` by element (Armv8.2 dot product, arm-a76), the packed form: each lane is one
+  output channel, the weights are packed [O/4, K/4, 4, 4], 16 bytes of a pixel's activation
+  are loaded once and each 4-byte group is picked by lane; a 4 pixel x 16 channel tile keeps
+  16 accumulators and needs no horizontal sum;
 - ``smull`` + ``smlal2`` + ``sadalp`` (plain NEON, arm-a72/a53) when the weights lie in
   [-127, 127] (two products summed in int16 cannot overflow): 4 lanes x 4 bytes; otherwise
   ``smull``/``smull2`` + ``sadalp``, 8 lanes x 2 bytes;
@@ -50,10 +53,21 @@ class DotInstr:
     split_halves: bool = False
     # Pairs of products are summed in int16 first: needs weights in [-127, 127].
     needs_symmetric_weights: bool = False
+    # Each lane is one output channel (weights packed [O/lanes, K/group, lanes, group], the
+    # activation's ``group`` bytes broadcast): no horizontal sum, one load of A per step.
+    packed: bool = False
+    # Packed: weight groups one instruction call covers (the activation is loaded once as
+    # ``groups_per_call * group`` bytes and each group picked by lane: sdot by element).
+    groups_per_call: int = 1
 
     @property
     def step(self) -> int:
         return self.lanes * self.group
+
+    @property
+    def kblock(self) -> int:
+        """The reduction length one call covers (K is padded to a multiple of it)."""
+        return self.group * self.groups_per_call if self.packed else self.step
 
     def index(self, j, t):
         """The byte of a step that product t of lane j reads."""
@@ -63,7 +77,7 @@ class DotInstr:
 
 
 GENERIC = DotInstr("edgec_widen_8x2_i8", 8, 2, "int8")
-SDOT = DotInstr("edgec_sdot_4x4_i8", 4, 4, "int8")
+SDOT = DotInstr("edgec_sdot_idx_4x16_i8", 4, 4, "int8", packed=True, groups_per_call=4)
 NEON_SMULL = DotInstr("edgec_smull_8x2_i8", 8, 2, "int8")
 NEON_SMLAL = DotInstr("edgec_smlal_4x4_i8", 4, 4, "int8", split_halves=True,
                       needs_symmetric_weights=True)
@@ -120,6 +134,17 @@ BY_NAME.update({i.name: i for i in (GENERIC, SDOT, NEON_SMULL, NEON_SMLAL, VNNI5
 
 
 # ------------------------------------------------------------------------ tensor intrinsics
+def _sdot_by_lane(acc, a16, b, T):
+    """acc + sum over the 4 groups g of sdot(b[g], lane g of a16 in every lane)."""
+    words = T.reinterpret(a16, dtype="int32x4")
+    for g in range(4):
+        lane = T.reinterpret(T.Shuffle([words], [g, g, g, g]), dtype="int8x16")
+        acc = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), acc,
+            b.vload([g, 0, 0], "int8x16"), lane, dtype="int32x4")
+    return acc
+
+
 _REGISTERED: set[str] = set()
 
 
@@ -132,33 +157,50 @@ def _register(instr: DotInstr) -> None:
     lanes, group, step = instr.lanes, instr.group, instr.step
     adt = instr.act_dtype
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (step,), adt, offset_factor=1)
-        B = T.match_buffer(b, (step,), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:step], B[0:step])
-            T.writes(C[0:lanes])
-            for j, t in T.grid(lanes, group):
-                with T.sblock("update"):
-                    vj, vt = T.axis.remap("SR", [j, t])
-                    C[vj] = C[vj] + T.cast(A[instr.index(vj, vt)], "int32") * T.cast(
-                        B[instr.index(vj, vt)], "int32")
+    if instr.packed:
+        kb, gpc = instr.kblock, instr.groups_per_call
+
+        @T.prim_func(s_tir=True)
+        def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (kb,), adt, offset_factor=1)
+            B = T.match_buffer(b, (gpc, lanes, group), "int8", offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:kb], B[0:gpc, 0:lanes, 0:group])
+                T.writes(C[0:lanes])
+                for i, k in T.grid(lanes, kb):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(
+                            B[vk // group, vi, vk % group], "int32")
+    else:
+        @T.prim_func(s_tir=True)
+        def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (step,), adt, offset_factor=1)
+            B = T.match_buffer(b, (step,), "int8", offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:step], B[0:step])
+                T.writes(C[0:lanes])
+                for j, t in T.grid(lanes, group):
+                    with T.sblock("update"):
+                        vj, vt = T.axis.remap("SR", [j, t])
+                        C[vj] = C[vj] + T.cast(A[instr.index(vj, vt)], "int32") * T.cast(
+                            B[instr.index(vj, vt)], "int32")
 
     if instr is SDOT:
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
             A = T.match_buffer(a, (16,), "int8", offset_factor=1)
-            B = T.match_buffer(b, (16,), "int8", offset_factor=1)
+            B = T.match_buffer(b, (4, 4, 4), "int8", offset_factor=1)
             C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
             with T.sblock("root"):
-                T.reads(C[0:4], A[0:16], B[0:16])
+                T.reads(C[0:4], A[0:16], B[0:4, 0:4, 0:4])
                 T.writes(C[0:4])
-                C[T.ramp(0, 1, 4)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                    C.vload([0], "int32x4"), A.vload([0], "int8x16"), B.vload([0], "int8x16"),
-                    dtype="int32x4")
+                # 16 activation bytes loaded once; group g (4 bytes) picked by 32-bit lane
+                # (LLVM: sdot by element), against 4 channels x 4 bytes of weights each.
+                C[T.ramp(0, 1, 4)] = _sdot_by_lane(C.vload([0], "int32x4"),
+                                                   A.vload([0], "int8x16"), B, T)
     elif instr is NEON_SMULL:
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -255,36 +297,56 @@ class ConvGeometry:
 O_ALIGN = 8
 
 
+def packed_cols(instr: DotInstr, out_channels: int) -> int:
+    """Channels per register tile of a packed kernel: 16 (4 registers per pixel), or fewer
+    when that divides the channel count exactly, so the last tile needs no predicate and the
+    epilogue stays vectorized."""
+    for cols in (4 * instr.lanes, 2 * instr.lanes, instr.lanes):
+        if out_channels % cols == 0:
+            return cols
+    return 4 * instr.lanes
+
+
 def tile_for(instr: DotInstr, rows: int) -> tuple[int, int]:
     """(pixels, channels) of one register tile. Accumulators take ``tp * to * lanes`` int32:
     16 NEON/AVX-512 registers for the tensorized forms, leaving room for the operands. A single
     row (batch-1 matmul) spends the registers on more channels instead."""
-    to = {SDOT.name: 4, VNNI512.name: 4, VNNI256.name: 4, NEON_SMLAL.name: 4}.get(instr.name, 2)
+    if instr.packed:  # to channels = to / lanes registers per pixel
+        return (1 if rows == 1 else 4), 4 * instr.lanes
+    to = {VNNI512.name: 4, VNNI256.name: 4, NEON_SMLAL.name: 4}.get(instr.name, 2)
     if rows == 1:
         return 1, 2 * to
     return 4, to
 
 
 def row_tile(instr: DotInstr, out_h: int, out_w: int) -> int:
-    """Output pixels per register tile. A tile must not cross an output row (the epilogue
-    writes [N, OH, OW, O] per tile), so on images it divides OW; a single row (a matmul) is
-    padded to whole tiles instead."""
-    if out_h * out_w == 1:
-        return 1
-    if out_h == 1:
-        return tile_for(instr, 2)[0]
-    return next(d for d in (4, 3, 2, 1) if out_w % d == 0)
+    """Output pixels per register tile. Each output row is padded to whole tiles (the GEMM
+    runs over [OH, ceil(OW / tp) * tp] pixels), so a tile never crosses a row and its
+    epilogue writes a plain rectangle of the [N, OH, OW, O] output."""
+    return 1 if out_h * out_w == 1 else tile_for(instr, 2)[0]
 
 
 def pack_weight(w_ohwi: np.ndarray, instr: DotInstr) -> np.ndarray:
-    """[O, R, S, C] int8 -> [O_pad, K_pad] int8, zero-padded (zero weights add nothing)."""
+    """[O, R, S, C] int8 -> [O_pad, K_pad] int8, zero-padded (zero weights add nothing); for a
+    packed instruction [O_pad / lanes, K_pad / group, lanes, group]."""
     o = w_ohwi.shape[0]
     k = int(np.prod(w_ohwi.shape[1:]))
-    kp = -(-k // instr.step) * instr.step
-    op = -(-o // O_ALIGN) * O_ALIGN
+    kstep = instr.kblock
+    align = packed_cols(instr, o) if instr.packed else O_ALIGN
+    kp = -(-k // kstep) * kstep
+    op = -(-o // align) * align
     out = np.zeros((op, kp), np.int8)
     out[:o, :k] = w_ohwi.reshape(o, k)
+    if instr.packed:
+        lanes, group = instr.lanes, instr.group
+        out = np.ascontiguousarray(
+            out.reshape(op // lanes, lanes, kp // group, group).transpose(0, 2, 1, 3))
     return out
+
+
+def padded_channels(w_packed: np.ndarray, instr: DotInstr) -> int:
+    """O_pad of a packed weight."""
+    return int(w_packed.shape[0] * (instr.lanes if instr.packed else 1))
 
 
 def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotInstr,
@@ -304,18 +366,21 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
     pt, pl, pb, pr = geom.padding
     oh = (h + pt + pb - dh * (r - 1) - 1) // sh + 1
     ow = (wd + pl + pr - dw * (s - 1) - 1) // sw + 1
-    o_pad, k_pad = (int(d) for d in w.shape)
+    if instr.packed:
+        o_pad, k_pad = int(w.shape[0]) * int(w.shape[2]), int(w.shape[1]) * int(w.shape[3])
+    else:
+        o_pad, k_pad = (int(d) for d in w.shape)
     k_real = r * s * c
-    p_real = oh * ow
-    p_pad = -(-p_real // tp) * tp
+    ow_pad = -(-ow // tp) * tp
+    p_pad = oh * ow_pad
     adt = instr.act_dtype
     xdt = str(x.dtype)
 
     def load(nn, p, k):
-        y, xx = p // ow, p % ow
+        y, xx = p // ow_pad, p % ow_pad
         rr, ss, cc = k // (s * c), (k // c) % s, k % c
         iy, ix = y * sh + rr * dh - pt, xx * sw + ss * dw - pl
-        inside = tirx.all(k < k_real, p < p_real, iy >= 0, iy < h, ix >= 0, ix < wd)
+        inside = tirx.all(k < k_real, xx < ow, iy >= 0, iy < h, ix >= 0, ix < wd)
         v = tirx.if_then_else(inside, x[nn, tirx.max(tirx.min(iy, h - 1), 0),
                                         tirx.max(tirx.min(ix, wd - 1), 0), cc],
                               tirx.const(in_zero, xdt))
@@ -324,22 +389,36 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
         # int8 <-> uint8 holding int8 + 128: flip the sign bit, exactly.
         return (v.astype("int16") + (128 if adt == "uint8" else -128)).astype(adt)
 
-    a = te.compute((n, p_pad, k_pad), load, name="im2col")
     lanes, group, step = instr.lanes, instr.group, instr.step
-    ko = te.reduce_axis((0, k_pad // step), name="ko")
-    t = te.reduce_axis((0, group), name="t")
-    acc4 = te.compute(
-        (n, p_pad, o_pad, lanes),
-        lambda nn, p, o, j: te.sum(
-            a[nn, p, ko * step + instr.index(j, t)].astype("int32")
-            * w[o, ko * step + instr.index(j, t)].astype("int32"), axis=[ko, t]),
-        name="qgemm_acc")
-    jj = te.reduce_axis((0, lanes), name="j")
-    acc = te.compute((n, p_pad, o_pad), lambda nn, p, o: te.sum(acc4[nn, p, o, jj], axis=jj),
-                     name="qgemm_sum")
+    if instr.packed:
+        # 4-D (pixels as [OH, OW_pad]): a tile's epilogue region is a plain rectangle.
+        a = te.compute((n, oh, ow_pad, k_pad), lambda nn, y, xx, k: load(nn, y * ow_pad + xx, k),
+                       name="im2col")
+        k = te.reduce_axis((0, k_pad), name="k")
+        acc = te.compute(
+            (n, oh, ow_pad, o_pad),
+            lambda nn, y, xx, o: te.sum(
+                a[nn, y, xx, k].astype("int32")
+                * w[o // lanes, k // group, o % lanes, k % group].astype("int32"), axis=k),
+            name="qgemm_acc")
+        read_acc = lambda nn, y, xx, o: acc[nn, y, xx, o]  # noqa: E731
+    else:
+        a = te.compute((n, p_pad, k_pad), load, name="im2col")
+        ko = te.reduce_axis((0, k_pad // step), name="ko")
+        t = te.reduce_axis((0, group), name="t")
+        acc4 = te.compute(
+            (n, p_pad, o_pad, lanes),
+            lambda nn, p, o, j: te.sum(
+                a[nn, p, ko * step + instr.index(j, t)].astype("int32")
+                * w[o, ko * step + instr.index(j, t)].astype("int32"), axis=[ko, t]),
+            name="qgemm_acc")
+        jj = te.reduce_axis((0, lanes), name="j")
+        acc = te.compute((n, p_pad, o_pad), lambda nn, p, o: te.sum(acc4[nn, p, o, jj], axis=jj),
+                         name="qgemm_sum")
+        read_acc = lambda nn, y, xx, o: acc[nn, y * ow_pad + xx, o]  # noqa: E731
 
     def epilogue(nn, y, xx, o):
-        v = (acc[nn, y * ow + xx, o] + bias[o]).astype("float32") * scale[o]
+        v = (read_acc(nn, y, xx, o) + bias[o]).astype("float32") * scale[o]
         if out_dtype == "float32":
             return v
         q = tirx.round(v).astype("int32") + out_zero
@@ -376,6 +455,9 @@ def _schedule_qgemm(func, target, threads: int):
 
     name = str(func.attrs["edgec.qgemm"]) if func.attrs is not None and "edgec.qgemm" in func.attrs else ""
     instr = BY_NAME.get(name) or dot_instr(target)
+    tp = int(func.attrs["edgec.qgemm_rows"]) if "edgec.qgemm_rows" in func.attrs else 1
+    if instr.packed:
+        return _schedule_packed(func, instr, tp, threads)
     sch = s_tir.Schedule(func)
     acc4 = sch.get_sblock("qgemm_acc")
     sumb = sch.get_sblock("qgemm_sum")
@@ -387,30 +469,61 @@ def _schedule_qgemm(func, target, threads: int):
     if lanes != instr.lanes or ext[5] != instr.group:
         raise ValueError(f"qgemm kernel built for {lanes}x{ext[5]} lanes, target has {instr}")
     _, to = tile_for(instr, 1 if ext[1] == 1 else 2)
-    tp = int(func.attrs["edgec.qgemm_rows"]) if "edgec.qgemm_rows" in func.attrs else 1
     p_o, p_i = sch.split(p, [None, tp])
     o_o, o_i = sch.split(o, [None, to])
     sch.reorder(n, p_o, o_o, ko, p_i, o_i, j, t)
-    # im2col per row tile, just before the tile's first use: A shrinks to [tp, K] (in L1),
-    # reused across all channel tiles of the row.
-    sch.compute_at(im2col, p_o, preserve_unit_loops=True)
-    _schedule_im2col(sch, im2col, int(sch.get(sch.get_loops(im2col)[-1]).extent))
-    # The accumulators live in registers: only the tile's are ever live (compacted to it).
-    sch.set_scope(acc4, 0, "local")
-    sch.reverse_compute_at(sumb, o_o, preserve_unit_loops=True)
-    try:
-        sch.reverse_compute_at(out, o_o, preserve_unit_loops=True)
-        _vectorize_inner(sch, out, to)
-    except Exception as exc:  # noqa: BLE001  (epilogue as its own loop nest)
-        log.debug("qgemm epilogue not tiled: %s", str(exc).splitlines()[0])
+    _tile_common(sch, im2col, acc4, out, p_o, o_o, to, [sumb])
     sch.decompose_reduction(acc4, ko)
     _register(instr)
     sch.tensorize(j, instr.name)
     sch.unroll(o_i)
     sch.unroll(p_i)
     if threads > 1:
-        fused = sch.fuse(n, p_o)
-        sch.parallel(fused)
+        sch.parallel(sch.fuse(n, p_o))
+    return sch.mod["main"]
+
+
+def _tile_common(sch, im2col, acc, out, rows, cols, to: int, between=()) -> None:
+    """What both kernel forms share. im2col per row tile (loop ``rows``), just before the
+    tile's first use: A shrinks to [tp, K] (in L1), reused across all channel tiles. The
+    accumulators live in registers: only the tile's are ever live (compacted to it). The
+    epilogue runs per tile (loop ``cols``), vectorized over its channels."""
+    sch.compute_at(im2col, rows, preserve_unit_loops=True)
+    _schedule_im2col(sch, im2col, int(sch.get(sch.get_loops(im2col)[-1]).extent))
+    sch.set_scope(acc, 0, "local")
+    for block in between:
+        sch.reverse_compute_at(block, cols, preserve_unit_loops=True)
+    try:
+        sch.reverse_compute_at(out, cols, preserve_unit_loops=True)
+        _vectorize_inner(sch, out, to)
+    except Exception as exc:  # noqa: BLE001  (epilogue as its own loop nest)
+        log.debug("qgemm epilogue not tiled: %s", str(exc).splitlines()[0])
+
+
+def _schedule_packed(func, instr: DotInstr, tp: int, threads: int):
+    """Tile [tp pixels x to channels] with one accumulator register per 4 channels and pixel;
+    each call loads 16 activation bytes of a pixel once and ``groups_per_call`` weight vectors
+    per 4 channels (sdot by element), so no horizontal sum is left for the epilogue."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    acc = sch.get_sblock("qgemm_acc")
+    out = sch.get_sblock("qgemm_out")
+    im2col = sch.get_sblock("im2col")
+    n, y, x, o, k = sch.get_loops(acc)
+    to = packed_cols(instr, int(sch.get(sch.get_loops(out)[-1]).extent))
+    x_o, x_i = sch.split(x, [None, tp])
+    o_o, o_io, o_ii = sch.split(o, [None, to // instr.lanes, instr.lanes])
+    k_o, k_i = sch.split(k, [None, instr.kblock])
+    sch.reorder(n, y, x_o, o_o, k_o, x_i, o_io, o_ii, k_i)
+    _tile_common(sch, im2col, acc, out, x_o, o_o, to)
+    sch.decompose_reduction(acc, k_o)
+    _register(instr)
+    sch.tensorize(o_ii, instr.name)
+    sch.unroll(o_io)
+    sch.unroll(x_i)
+    if threads > 1:
+        sch.parallel(sch.fuse(n, y, x_o))
     return sch.mod["main"]
 
 
