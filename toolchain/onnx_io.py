@@ -122,6 +122,14 @@ def fix_input_shapes(model: onnx.ModelProto,
         if name not in names:
             raise ConfigError(f"--input-shape names '{name}', but the model's inputs are: "
                               + ", ".join(names))
+    for inp in inputs:
+        if not inp.type.HasField("tensor_type"):
+            kind = inp.type.WhichOneof("value") or "untyped"
+            readers = [f"'{n.name or f'#{i}'}' ({n.op_type})" for i, n in enumerate(model.graph.node)
+                       if inp.name in n.input]
+            raise ModelError(f"input '{inp.name}' is a {kind.removesuffix('_type')}, not a tensor"
+                             + (f" (read by node {readers[0]})" if readers else "")
+                             + "; edgec compiles tensor inputs only")
     dynamic = []
     for inp in inputs:
         dims = inp.type.tensor_type.shape.dim

@@ -1,10 +1,23 @@
-"""ONNX -> TVM Relax import, with unsupported ops reported by node before TVM sees them."""
+"""ONNX -> TVM Relax import, with what the targets cannot take reported by node first.
+
+Before TVM sees the model, ``check_model`` refuses (as UnsupportedOpError naming the node and
+the op): ops the importer lacks, custom domains, tensor types the C driver cannot describe
+(bfloat16, float8, int4, strings...), shapes computed from run-time values, and the
+(op, attribute) combinations TVM is known to compute wrongly (``KNOWN_WRONG``). After the
+import, ``LegalizeOps`` runs once on a copy as a probe: an op TVM has no kernel for, or whose
+kernel TVM fails to build, is traced back to its ONNX node. Any other TVM error becomes a
+one-line ModelError. A wrong answer is worse than a refusal, so doubt means refuse.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+from typing import Callable
 
 import onnx
+from onnx import helper
 
 from toolchain.errors import ModelError, UnsupportedOpError
 from toolchain.onnx_io import graph_inputs
@@ -20,6 +33,50 @@ DATA_DEPENDENT_OPS = frozenset({
     "OptionalHasElement",
 })
 
+# Element types the generated C driver (DLPack descriptors) and the kernels handle.
+SUPPORTED_ELEM_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
+    onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL,
+})
+
+# Inputs (by position) that decide an op's output shape: from a run-time value, the shape
+# depends on the data and a static plan cannot hold it.
+SHAPE_INPUTS = {
+    "Slice": (1, 2, 3, 4), "Reshape": (1,), "Expand": (1,), "Tile": (1,),
+    "ConstantOfShape": (0,), "Pad": (1, 3), "TopK": (1,), "OneHot": (1,), "Range": (0, 1, 2),
+    "Squeeze": (1,), "Unsqueeze": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Split": (1,),
+    "CenterCropPad": (1,), "Col2Im": (1, 2),
+}
+# Ops whose output depends only on their input's shape, not its values.
+_SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _used_outputs(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int]:
+    """Positions of ``node``'s outputs that a later node or the graph reads."""
+    read = {n for other in model.graph.node for n in other.input}
+    read |= {o.name for o in model.graph.output}
+    return [i for i, name in enumerate(node.output) if name and name in read]
+
+
+# (op, when, why): TVM 0.27's importer accepts these and computes something else.
+KNOWN_WRONG: list[tuple[str, Callable[[onnx.ModelProto, onnx.NodeProto], bool], str]] = [
+    ("IsInf", lambda m, n: not _attr(n, "detect_positive", 1) and not _attr(n, "detect_negative", 1),
+     "detect_positive=0 with detect_negative=0 (TVM's isinf detects both signs)"),
+    ("LayerNormalization", lambda m, n: any(i > 0 for i in _used_outputs(m, n)),
+     "its Mean and InvStdDev outputs are read (TVM's importer returns 0 for them)"),
+    ("SpaceToDepth", lambda m, n: _attr(n, "mode", b"DCR") not in (b"DCR", "DCR"),
+     "mode CRD (TVM's importer only does DCR)"),
+]
+
 
 def supported_ops() -> frozenset[str]:
     """The ONNX op types the TVM importer converts and a static plan can hold."""
@@ -28,34 +85,230 @@ def supported_ops() -> frozenset[str]:
     return frozenset(onnx_frontend._get_convert_map()) - DATA_DEPENDENT_OPS
 
 
+def node_label(node: onnx.NodeProto, idx: int) -> str:
+    return node.name or f"#{idx}"
+
+
 def check_ops(model: onnx.ModelProto, target: str) -> None:
     """Raise UnsupportedOpError for the first node whose op the importer cannot take."""
     ok = supported_ops()
     for idx, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx"):
-            raise UnsupportedOpError(node.op_type, node.name or f"#{idx}", target,
+            raise UnsupportedOpError(node.op_type, node_label(node, idx), target,
                                      f"custom domain '{node.domain}'")
         if node.op_type not in ok:
             detail = ("its output shape depends on the data" if node.op_type in DATA_DEPENDENT_OPS
                       else "TVM's ONNX importer has no converter for it")
-            raise UnsupportedOpError(node.op_type, node.name or f"#{idx}", target, detail)
+            raise UnsupportedOpError(node.op_type, node_label(node, idx), target, detail)
 
 
-def import_onnx(model: onnx.ModelProto, target: str):
-    """Return a Relax IRModule for ``model`` (static input shapes already set)."""
+def _type_name(elem: int) -> str:
+    return onnx.TensorProto.DataType.Name(elem).lower()
+
+
+def check_dtypes(model: onnx.ModelProto, target: str) -> None:
+    """Refuse tensors whose element type edgec cannot compute with, naming who has them."""
+    g = model.graph
+    types = {t.name: t.data_type for t in g.initializer}
+    for vi in [*graph_inputs(model), *g.value_info, *g.output]:
+        if vi.type.HasField("tensor_type"):
+            types[vi.name] = vi.type.tensor_type.elem_type
+        elif vi.type.WhichOneof("value"):
+            types[vi.name] = -1  # sequence, map, optional
+    for idx, node in enumerate(g.node):
+        found = [(f"input '{n}'", types[n]) for n in node.input if n in types]
+        found += [(f"output '{n}'", types[n]) for n in node.output if n in types]
+        for key in ("to", "output_dtype", "dtype"):
+            to = _attr(node, key)
+            if isinstance(to, int) and to:
+                found.append((f"attribute {key}", to))
+        value = _attr(node, "value")
+        if isinstance(value, onnx.TensorProto):
+            found.append(("value", value.data_type))
+        for what, elem in found:
+            if elem not in SUPPORTED_ELEM_TYPES:
+                kind = "not a tensor" if elem == -1 else f"type {_type_name(elem)}"
+                raise UnsupportedOpError(node.op_type, node_label(node, idx), target,
+                                         f"{what} is {kind}, which edgec's targets do not "
+                                         "support")
+    for vi in [*graph_inputs(model), *g.output]:  # read or written by no node
+        elem = types[vi.name]
+        if elem not in SUPPORTED_ELEM_TYPES:
+            kind = "not a tensor" if elem == -1 else f"type {_type_name(elem)}"
+            raise ModelError(f"graph input or output '{vi.name}' is {kind}, which edgec's "
+                             "targets do not support")
+
+
+def check_static_shapes(model: onnx.ModelProto, target: str) -> None:
+    """Refuse an op whose output shape is computed from a run-time value (a graph input, or
+    anything derived from one other than through Shape/Size)."""
+    runtime = {i.name for i in graph_inputs(model)}
+    for idx, node in enumerate(model.graph.node):
+        for pos in SHAPE_INPUTS.get(node.op_type, ()):
+            if pos < len(node.input) and node.input[pos] in runtime:
+                raise UnsupportedOpError(
+                    node.op_type, node_label(node, idx), target,
+                    f"input {pos} ('{node.input[pos]}') is a run-time value, so the output "
+                    "shape depends on the data")
+        if node.op_type not in _SHAPE_ONLY_OPS and any(i in runtime for i in node.input):
+            runtime.update(o for o in node.output if o)
+
+
+def check_known_wrong(model: onnx.ModelProto, target: str) -> None:
+    for idx, node in enumerate(model.graph.node):
+        for op, when, why in KNOWN_WRONG:
+            if node.op_type == op and when(model, node):
+                raise UnsupportedOpError(op, node_label(node, idx), target,
+                                         f"{why}; refused rather than computed wrongly")
+
+
+def check_model(model: onnx.ModelProto, target: str) -> None:
+    """Everything refused before TVM sees the model (UnsupportedOpError or ModelError)."""
+    check_ops(model, target)
+    check_dtypes(model, target)
+    check_static_shapes(model, target)
+    check_known_wrong(model, target)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """TVM's importer prints to stdout when a converter fails; keep the CLI's one line."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # TVM's errors end with the message after a C++ traceback
+    return next((ln for ln in reversed(lines) if "Error" in ln or "Check failed" in ln),
+                lines[-1])
+
+
+def _failing_node(exc: BaseException) -> onnx.NodeProto | None:
+    """The ONNX node TVM's importer was converting when ``exc`` was raised."""
+    tb = exc.__traceback__
+    found = None
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("node")
+        if tb.tb_frame.f_code.co_name == "_construct_nodes" and isinstance(node, onnx.NodeProto):
+            found = node
+        tb = tb.tb_next
+    return found
+
+
+def _label_of(model: onnx.ModelProto, node: onnx.NodeProto) -> str:
+    for idx, n in enumerate(model.graph.node):
+        if n is node or n == node:
+            return node_label(n, idx)
+    return node.name or "?"
+
+
+def _from_onnx(model: onnx.ModelProto):
     from tvm.relax.frontend.onnx import from_onnx
 
-    check_ops(model, target)
     shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim]
               for i in graph_inputs(model)}
     dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
               for i in graph_inputs(model)}
-    try:
+    with _quiet():
         # sanitize_input_names=False keeps the ONNX input names as the Relax parameter names.
         return from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False,
                          sanitize_input_names=False)
+
+
+def _unlowered_ops(mod) -> list[str]:
+    """Relax operators left in ``main`` after legalization (no kernel for them)."""
+    import tvm
+    from tvm import relax
+
+    left = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            if expr.op.name not in _BUILTIN_OPS:
+                left.append(expr.op.name)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return left
+
+
+# Relax ops that remain after legalization and that the plan handles itself.
+_BUILTIN_OPS = frozenset({"relax.call_tir", "relax.null_value", "relax.shape_of",
+                          "relax.call_pure_packed", "relax.call_tir_inplace"})
+
+
+def _probe(mod) -> str | None:
+    """Legalize a copy of ``mod``: None if every op gets a kernel, else why not."""
+    from tvm import relax
+
+    try:
+        with _quiet():
+            legal = relax.transform.LegalizeOps()(mod)
+    except Exception as exc:  # TVM raises InternalError, AssertionError, TypeError...
+        return f"TVM cannot build its kernel: {_first_line(exc)}"
+    left = _unlowered_ops(legal)
+    return f"TVM has no kernel for {left[0]}" if left else None
+
+
+def _single_node_model(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto | None:
+    """``node`` alone, its inputs graph inputs (or the initializers they are), for a probe."""
+    g = model.graph
+    infos = {v.name: v for v in [*g.input, *g.value_info, *g.output]}
+    inits = {t.name: t for t in g.initializer}
+    ins, init = [], []
+    for name in node.input:
+        if not name:
+            continue
+        if name in inits:
+            init.append(inits[name])
+        elif name in infos and infos[name].type.HasField("tensor_type"):
+            ins.append(infos[name])
+        else:
+            return None
+    outs = [infos[o] for o in node.output if o and o in infos]
+    if len(outs) != len([o for o in node.output if o]):
+        return None
+    sub = helper.make_graph([node], "probe", ins, outs, init)
+    return helper.make_model(sub, opset_imports=list(model.opset_import),
+                             ir_version=model.ir_version)
+
+
+def locate(model: onnx.ModelProto, target: str, failed: str) -> None:
+    """Raise UnsupportedOpError for the first node that fails the probe on its own, else a
+    ModelError with ``failed``."""
+    for idx, node in enumerate(model.graph.node):
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute):
+            continue
+        sub = _single_node_model(model, node)
+        if sub is None:
+            continue
+        try:
+            why = _probe(_from_onnx(sub))
+        except Exception as exc:
+            why = _first_line(exc)
+        if why:
+            raise UnsupportedOpError(node.op_type, node_label(node, idx), target, why)
+    raise ModelError(f"TVM cannot compile the model: {failed}")
+
+
+def import_onnx(model: onnx.ModelProto, target: str):
+    """Return a Relax IRModule for ``model`` (static input shapes already set)."""
+    check_model(model, target)
+    try:
+        mod = _from_onnx(model)
     except UnsupportedOpError:
         raise
     except Exception as exc:  # the importer raises assorted errors for odd attributes
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"TVM could not import the model: {first}") from None
+        node = _failing_node(exc)
+        if node is not None:
+            raise UnsupportedOpError(node.op_type, _label_of(model, node), target,
+                                     f"TVM's importer failed: {_first_line(exc)}") from None
+        raise ModelError(f"TVM could not import the model: {_first_line(exc)}") from None
+    why = _probe(mod)
+    if why:
+        locate(model, target, why)
+    return mod

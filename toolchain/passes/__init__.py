@@ -35,9 +35,12 @@ def transform(model: onnx.ModelProto, passes: Sequence[Pass]) -> onnx.ModelProto
 
 def cleanup_passes() -> list[Pass]:
     """The passes every CPU compile runs before TVM import."""
+    from toolchain.passes.channel_prelu import ChannelPReluSlope
     from toolchain.passes.fold_batchnorm import FoldBatchNorm
     from toolchain.passes.fold_constants import FoldConstants
     from toolchain.passes.pretranspose_gemm import PretransposeGemm
     from toolchain.passes.remove_dropout import RemoveDropout
+    from toolchain.passes.rewrite_isinf import RewriteSignedIsInf
 
-    return [RemoveDropout(), FoldConstants(), FoldBatchNorm(), PretransposeGemm()]
+    return [RemoveDropout(), FoldConstants(), FoldBatchNorm(), PretransposeGemm(),
+            ChannelPReluSlope(), RewriteSignedIsInf()]
