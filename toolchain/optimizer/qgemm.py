@@ -19,8 +19,9 @@ instruction and can be tensorized:
 - ``smull`` + ``smlal2`` + ``sadalp`` (plain NEON, arm-a72/a53) when the weights lie in
   [-127, 127] (two products summed in int16 cannot overflow): 4 lanes x 4 bytes; otherwise
   ``smull``/``smull2`` + ``sadalp``, 8 lanes x 2 bytes;
-- ``vpdpbusd`` (AVX-512 VNNI, host): 16 lanes x 4 bytes, uint8 x int8 (the activation is
-  stored shifted by +128 and the bias corrects for it);
+- ``vpdpbusd`` (AVX-512 VNNI, host), packed like sdot: 16 output channels per zmm, the
+  activation's 4 bytes broadcast, uint8 x int8 (the activation is stored shifted by +128 and
+  the bias corrects for it);
 - elsewhere (armv7, x86 without VNNI) the same 8 x 2 step in plain vector ops, for LLVM to
   lower (vmull/vmlal on armv7).
 
@@ -82,8 +83,7 @@ NEON_SMULL = DotInstr("edgec_smull_8x2_i8", 8, 2, "int8")
 NEON_SMLAL = DotInstr("edgec_smlal_4x4_i8", 4, 4, "int8", split_halves=True,
                       needs_symmetric_weights=True)
 BY_NAME = {}  # filled below
-VNNI512 = DotInstr("edgec_vpdpbusd_16x4_u8i8", 16, 4, "uint8")
-VNNI256 = DotInstr("edgec_vpdpbusd_8x4_u8i8", 8, 4, "uint8")
+VNNI = DotInstr("edgec_vpdpbusd_bcast_16x4_u8i8", 16, 4, "uint8", packed=True)
 
 
 def _mattr(target) -> list[str]:
@@ -105,9 +105,7 @@ def dot_instr(target, symmetric_weights: bool = False) -> DotInstr:
 
         cpu = str(target.attrs.get("mcpu", ""))
         if any("avx512vnni" in a for a in attrs) or _cpu_has(cpu, "avx512vnni"):
-            # 8 lanes (ymm): half the horizontal sum per output and of the K padding of the
-            # 16-lane form, which cost more than they saved on squeezenet.
-            return VNNI256
+            return VNNI
     return GENERIC
 
 
@@ -130,7 +128,7 @@ def tvm_target(cpu: str):
                               "mcpu": cpu})
 
 
-BY_NAME.update({i.name: i for i in (GENERIC, SDOT, NEON_SMULL, NEON_SMLAL, VNNI512, VNNI256)})
+BY_NAME.update({i.name: i for i in (GENERIC, SDOT, NEON_SMULL, NEON_SMLAL, VNNI)})
 
 
 # ------------------------------------------------------------------------ tensor intrinsics
@@ -244,23 +242,23 @@ def _register(instr: DotInstr) -> None:
                         T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
                         A.vload([8], "int8x8"), B.vload([8], "int8x8"), dtype="int16x8"),
                     dtype="int32x4")
-    elif instr in (VNNI512, VNNI256):
-        bits = 32 * lanes
-
+    elif instr is VNNI:
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-            A = T.match_buffer(a, (step,), "uint8", offset_factor=1)
-            B = T.match_buffer(b, (step,), "int8", offset_factor=1)
-            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+            B = T.match_buffer(b, (1, 16, 4), "int8", offset_factor=1)
+            C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
             with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:step], B[0:step])
-                T.writes(C[0:lanes])
-                C[T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{bits}"),
-                    C.vload([0], f"int32x{lanes}"),
-                    # LLVM 20 takes the bytes as <N x i8> (older ones as <N/4 x i32>).
-                    A.vload([0], f"uint8x{step}"), B.vload([0], f"int8x{step}"),
-                    dtype=f"int32x{lanes}")
+                T.reads(C[0:16], A[0:4], B[0:1, 0:16, 0:4])
+                T.writes(C[0:16])
+                # The activation's 4 bytes in every 32-bit lane, 16 channels x 4 bytes of
+                # weights: lane i += dot(A, B[i]) (LLVM 20 takes <64 x i8> operands).
+                C[T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                    C.vload([0], "int32x16"),
+                    T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"),
+                                                            dtype="int32"), 16), dtype="uint8x64"),
+                    B.vload([0, 0, 0], "int8x64"), dtype="int32x16")
     elif instr is GENERIC:
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -313,7 +311,7 @@ def tile_for(instr: DotInstr, rows: int) -> tuple[int, int]:
     row (batch-1 matmul) spends the registers on more channels instead."""
     if instr.packed:  # to channels = to / lanes registers per pixel
         return (1 if rows == 1 else 4), 4 * instr.lanes
-    to = {VNNI512.name: 4, VNNI256.name: 4, NEON_SMLAL.name: 4}.get(instr.name, 2)
+    to = {NEON_SMLAL.name: 4}.get(instr.name, 2)
     if rows == 1:
         return 1, 2 * to
     return 4, to
