@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolchain.errors import ModelError
 from toolchain.optimizer.memplan import ALIGN, MemoryPlan
 from toolchain.optimizer.plan import CONST, KernelPlan
 from toolchain.targets.arm.driver_runtime import (ARM_EABI_CONVERSIONS, SERIAL_RUNTIME,
@@ -34,8 +35,60 @@ FFI_DLTENSOR_PTR = 7  # TVMFFITypeIndex::kTVMFFIDLTensorPtr
 
 def dl_dtype(dtype: str) -> tuple[int, int]:
     dt = np.dtype(dtype)
+    if dt.kind not in _DL_CODES:  # e.g. ml_dtypes' bfloat16/float8/int4 (kind 'V')
+        raise ModelError(f"a tensor has type {dtype}, which the C driver cannot describe")
     bits = 8 if dt == np.bool_ else dt.itemsize * 8
     return _DL_CODES[dt.kind], bits
+
+
+@dataclass(frozen=True)
+class IndexCheck:
+    """A graph input read as Gather indices: each value must lie in [-bound, bound)."""
+
+    input: int  # position among the plan's inputs
+    bound: int
+
+
+def _gather_axis_bound(data: tuple[int, ...], idx: tuple[int, ...],
+                       out: tuple[int, ...]) -> int | None:
+    """The size of the axis a take(data, idx) -> out gathers along (every axis that fits
+    the shapes has the same size), or None if none fits."""
+    fits = [data[a] for a in range(len(data))
+            if out == data[:a] + idx + data[a + 1:]]
+    return min(fits) if fits else None
+
+
+def index_checks(plan: KernelPlan) -> list[IndexCheck]:
+    """Integer graph inputs that feed a Gather (TVM's ``take`` kernel) as its indices,
+    directly or through the importer's negative-index normalization (an elementwise kernel
+    from the input to the indices): an index outside its axis would read out of bounds."""
+    producer = {out: call for call in plan.calls for out in call.outputs}
+    inputs = {b: pos for pos, b in enumerate(plan.inputs)}
+    checks: dict[int, int] = {}
+    for call in plan.calls:
+        if call.kernel.rstrip("0123456789") != "take" or len(call.inputs) != 2:
+            continue
+        data, idx = (plan.buffers[b] for b in call.inputs)
+        out = plan.buffers[call.outputs[0]]
+        if np.dtype(idx.dtype).kind not in "iu":
+            continue
+        bound = _gather_axis_bound(data.shape, idx.shape, out.shape)
+        src = idx.id
+        if src not in inputs and src in producer:  # where(i < 0, i + n, i)
+            src = next((b for b in producer[src].inputs if b in inputs
+                        and plan.buffers[b].shape == idx.shape
+                        and plan.buffers[b].dtype == idx.dtype), src)
+        if bound is not None and src in inputs:
+            pos = inputs[src]
+            checks[pos] = min(bound, checks.get(pos, bound))
+    return [IndexCheck(pos, bound) for pos, bound in sorted(checks.items())]
+
+
+def _out_of_range(value: str, dtype: str, bound: int) -> str:
+    """C condition: ``value`` (of ``dtype``) lies outside [-bound, bound)."""
+    if np.dtype(dtype).kind == "u":  # never negative; and no wrap-around to "negative"
+        return f"{value} >= {bound}u"
+    return f"(int64_t){value} < -{bound}LL || (int64_t){value} >= {bound}LL"
 
 
 def c_ident(name: str) -> str:
@@ -84,7 +137,9 @@ def header(plan: KernelPlan, input_names: list[str], output_names: list[str],
         " *   int edgec_model_run(const void *input, void *output);",
         " *     input:  all inputs back to back, in order (EDGEC_MODEL_INPUT_BYTES in total);",
         " *     output: room for all outputs back to back (EDGEC_MODEL_OUTPUT_BYTES).",
-        " *     Returns 0 on success; otherwise edgec_model_last_error() says why.",
+        " *     Returns 0 on success, EDGEC_MODEL_BAD_INPUT (-2) when an input holds an index",
+        " *     out of its range (Gather indices), -1 when a kernel fails;",
+        " *     edgec_model_last_error() says why.",
         " *   int edgec_model_run_multi(const void *const inputs[], void *const outputs[]);",
         " *     the same with one pointer per input and output.",
         " * Buffers need no particular alignment. Tensors are dense, row-major (C order).",
@@ -98,6 +153,7 @@ def header(plan: KernelPlan, input_names: list[str], output_names: list[str],
         'extern "C" {',
         "#endif",
         "",
+        "#define EDGEC_MODEL_BAD_INPUT (-2)",
         f"#define EDGEC_MODEL_NUM_INPUTS {len(ins)}",
         f"#define EDGEC_MODEL_NUM_OUTPUTS {len(outs)}",
         f"#define EDGEC_MODEL_INPUT_BYTES {sum(b.nbytes for b in ins)}u",
@@ -193,6 +249,38 @@ const char *edgec_model_last_error(void) { return edgec_error; }
 """
 
 
+_INDEX_ERROR_C = """\
+/* An index outside its axis: say which input, element and value, and refuse to run. */
+static char *edgec_put_int(char *p, int64_t v) {
+  char digits[24];
+  int n = 0;
+  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+  do { digits[n++] = (char)('0' + (int)(u % 10)); u /= 10; } while (u);
+  if (v < 0) *p++ = '-';
+  while (n) *p++ = digits[--n];
+  return p;
+}
+
+static int edgec_index_error(const char *input, size_t element, int64_t value, int64_t bound) {
+  char *p = edgec_error, *end = edgec_error + sizeof(edgec_error) - 128;  /* room for the numbers */
+  const char *parts[] = {"input '", input, "' element "};
+  for (int i = 0; i < 3; ++i)
+    for (const char *c = parts[i]; *c && p < end; ++c) *p++ = *c;
+  p = edgec_put_int(p, (int64_t)element);
+  for (const char *c = ": index "; *c; ++c) *p++ = *c;
+  p = edgec_put_int(p, value);
+  for (const char *c = " is outside [-"; *c; ++c) *p++ = *c;
+  p = edgec_put_int(p, bound);
+  *p++ = ',';
+  *p++ = ' ';
+  p = edgec_put_int(p, bound);
+  *p++ = ')';
+  *p = 0;
+  return EDGEC_MODEL_BAD_INPUT;
+}
+"""
+
+
 def workspace_total(workspace_bytes: int, threads: int = 1) -> int:
     """Static workspace: one stack per thread when kernels run in parallel."""
     if threads <= 1:
@@ -260,11 +348,26 @@ def model_c(plan: KernelPlan, mem: MemoryPlan, weights: WeightLayout,
     out.append("")
     # Inputs are copied into the arena (the caller's buffers need no alignment); outputs are
     # copied out of wherever they live (the arena, an input or a weight).
+    checks = index_checks(plan)
+    if checks:
+        out.append(_INDEX_ERROR_C)
     out.append("int edgec_model_run_multi(const void *const inputs[], void *const outputs[]) {")
     for i, b in enumerate(plan.inputs):
         out.append(f"  memcpy(edgec_arena + {mem.offsets[b]}, inputs[{i}], "
                    f"{plan.buffers[b].nbytes});")
     out.append("  edgec_error[0] = 0;")
+    for chk in checks:  # in the arena the values are aligned
+        buf = plan.buffers[plan.inputs[chk.input]]
+        n = int(np.prod(buf.shape, dtype=np.int64))
+        out += [f"  {{  /* input {chk.input} holds Gather indices: each in [-{chk.bound}, "
+                f"{chk.bound}) */",
+                f"    const {_C_TYPES[buf.dtype]} *ix = (const {_C_TYPES[buf.dtype]} *)"
+                f"(edgec_arena + {mem.offsets[plan.inputs[chk.input]]});",
+                f"    for (size_t k = 0; k < {n}u; ++k)",
+                f"      if ({_out_of_range('ix[k]', buf.dtype, chk.bound)})",
+                f"        return edgec_index_error(EDGEC_MODEL_INPUT{chk.input}_NAME, k, "
+                f"(int64_t)ix[k], {chk.bound});",
+                "  }"]
     out.append("  for (int i = 0; i < edgec_num_calls; ++i) {")
     out.append("    edgec_ffi_any result = {0, 0, {0}};")
     out.append("    edgec_ws_reset();" if threads > 1 else "    edgec_ws_top = 0;")
@@ -391,7 +494,12 @@ int main(int argc, char **argv) {
     if (read_file(argv[1 + i], input + off, in_bytes[i]) != 0) return 2;
     off += in_bytes[i];
   }
-  if (edgec_model_run(input, output) != 0) {
+  int rc = edgec_model_run(input, output);
+  if (rc == EDGEC_MODEL_BAD_INPUT) {
+    fprintf(stderr, "model: bad input: %s\\n", edgec_model_last_error());
+    return 2;
+  }
+  if (rc != 0) {
     fprintf(stderr, "model: inference failed: %s\\n", edgec_model_last_error());
     return 1;
   }
