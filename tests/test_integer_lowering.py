@@ -250,3 +250,73 @@ def test_requantized_conv_matches_onnxruntime(tmp_path, target, case):
     path = save(_conv_qdq(*case), tmp_path / "conv.onnx")
     assert integer_ops(_lower(_relax(path))) == {"qgemm_conv:int8": 1}
     _compile_and_verify(path, target, tmp_path / "out")
+
+
+class _Residual(__import__("torch").nn.Module):
+    """conv-relu, a residual add, a concat of two branches, max pooling, a linear head."""
+
+    def __init__(self):
+        import torch.nn as nn
+
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.b1 = nn.Conv2d(16, 8, 1)
+        self.b3 = nn.Conv2d(16, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(16 * 5 * 5, 10)
+
+    def forward(self, x):
+        import torch
+
+        h = torch.relu(self.stem(x))
+        h = torch.relu(h + self.a(h))  # residual
+        h = torch.cat([torch.relu(self.b1(h)), torch.relu(self.b3(h))], 1)
+        return self.head(torch.flatten(self.pool(h), 1))
+
+
+def _ort_quantized(tmp_path: Path, per_channel: bool) -> Path:
+    """The module above, exported and quantized by onnxruntime.quantization (QDQ, uint8
+    activations, int8 weights), calibrated on seeded inputs."""
+    import torch
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    torch.manual_seed(0)
+    fp = tmp_path / "res.onnx"
+    torch.onnx.export(_Residual().eval(), torch.randn(1, 3, 10, 10), str(fp), dynamo=False,
+                      input_names=["x"], output_names=["y"], opset_version=17)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.data = iter([{"x": rng.standard_normal((1, 3, 10, 10)).astype(np.float32)}
+                              for _ in range(8)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    q = tmp_path / "res_q.onnx"
+    quantize_static(str(fp), str(q), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    return q
+
+
+@pytest.mark.parametrize("target", [pytest.param(t, marks=needs_target(t))
+                                    for t in ("host", "arm-a76", "arm-a72", "armv7-a7")])
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
+def test_onnxruntime_quantized_residual_concat_model(tmp_path, target, per_channel):
+    import json
+
+    from toolchain.optimizer.integer import integer_ops
+
+    path = _ort_quantized(tmp_path, per_channel)
+    ops = integer_ops(_lower(_relax(path)))
+    assert not any(k.startswith(("conv2d", "matmul")) for k in ops), ops  # all integer
+    _compile_and_verify(path, target, tmp_path / "out")
+    kernels = json.loads((tmp_path / "out" / "report.json").read_text())["kernels"]
+    # The residual add and the concat run on int8 (no dequantize before them).
+    fused = [v["ops"] for v in kernels.values()]
+    assert not any("dequantize" in ops and ("concatenate" in ops or "add" in ops)
+                   for ops in fused), fused

@@ -364,8 +364,9 @@ class _Lowerer(relax.PyExprMutator):
         return self.nhwc.get(q) if _static_shape(q) is not None and len(_static_shape(q)) == 4 else None
 
     def _passthrough(self, call):
-        """quantize(f(dequantize(q...))) on one unchanged grid -> f(q...) in int8, exactly:
-        concat, max pooling, reshape, ReLU, and the quantize-dequantize pair itself."""
+        """quantize(f(dequantize(q...))) -> f(q...) in int8: exactly on one unchanged grid for
+        max pooling, reshape, ReLU and the quantize-dequantize pair itself; with one rescale
+        per operand for concat and residual add."""
         s_y, z_y = _const(call.args[1]), _const(call.args[2])
         dtype = _dtype(call)
         if s_y is None or z_y is None or s_y.size != 1 or z_y.size != 1 or dtype not in _INT8:
@@ -375,6 +376,9 @@ class _Lowerer(relax.PyExprMutator):
         name = _op(value)
         if name == "relax.dequantize":
             return self._same_grid(call.args[0], s_y, z_y, dtype)
+        if name == "relax.add" or (name == "relax.nn.relu"
+                                   and _op(self._value(value.args[0])) == "relax.add"):
+            return self._residual_add(value, s_y, z_y, dtype)
         if name == "relax.concat":
             fields = value.args[0]
             if isinstance(fields, relax.Var):
@@ -412,6 +416,29 @@ class _Lowerer(relax.PyExprMutator):
             return self._register_nchw(self.builder_.emit(
                 relax.op.nn.max_pool2d(src, **pool, layout="NHWC")))
         return None
+
+    def _residual_add(self, value, s_y: float, z_y: int, dtype: str):
+        """quantize(relu?(dequantize(a) + dequantize(b))) -> one int8 elementwise kernel:
+        round((a - z_a) s_a / s_y + (b - z_b) s_b / s_y) + z_y, clamped (channels-last when
+        both operands are)."""
+        lo = z_y if _op(value) == "relax.nn.relu" else _QRANGE[dtype][0]
+        add = self._value(value.args[0]) if _op(value) == "relax.nn.relu" else value
+        acts = [self._activation(x) for x in add.args]
+        if any(a is None or _dtype(a[0]) not in _INT8 for a in acts):
+            return None
+        srcs = [self._root(a[0]) for a in acts]
+        if _static_shape(srcs[0]) != _static_shape(srcs[1]):
+            return None
+        nhwc = [self._nhwc_of(q) for q in srcs]
+        channels_last = all(v is not None for v in nhwc)
+        terms = []
+        for q, (_, s, z) in zip(nhwc if channels_last else srcs, acts):
+            f = relax.op.subtract(relax.op.astype(q, "float32"), relax.const(float(z), "float32"))
+            terms.append(relax.op.multiply(f, relax.const(np.float32(s / s_y), "float32")))
+        r = relax.op.add(relax.op.round(relax.op.add(*terms)), relax.const(float(z_y), "float32"))
+        out = self.builder_.emit(relax.op.astype(
+            relax.op.clip(r, max(lo, _QRANGE[dtype][0]), _QRANGE[dtype][1]), dtype))
+        return self._register_nchw(out) if channels_last else out
 
     def _rescale(self, q, s: float, z: int, s_y: float, z_y: int, dtype: str):
         """int8 ``q`` on grid (s, z) moved to the grid (s_y, z_y): itself when they agree, else
