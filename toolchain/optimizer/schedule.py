@@ -112,6 +112,13 @@ def _blocks(sch):
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
 
+def _is_plain_copy(sch, block) -> bool:
+    """The block stores a load of another buffer unchanged (no bounds test, no arithmetic)."""
+    body = sch.get(block).body
+    return isinstance(body, tvm.tirx.BufferStore) and type(body.value).__name__ in (
+        "BufferLoad", "TensorLoad")
+
+
 def _inline_injective(sch) -> None:
     """Inline every spatial block that is not an output and feeds others (to a fixpoint)."""
     changed = True
@@ -123,9 +130,11 @@ def _inline_injective(sch) -> None:
             if name in outputs or any(t != DATA_PAR for t in _iter_types(sch, block)):
                 continue
             # Padding stays a separate copy: inlined, every load of a conv's inner loop would
-            # carry a bounds check, which defeats vectorization.
-            if "pad" in name.lower() and any(COMM_REDUCE in _iter_types(sch, c)
-                                             for c in sch.get_consumers(block)):
+            # carry a bounds check, which defeats vectorization. A "pad" with no padding (a
+            # 1x1 or unpadded conv) is a plain copy of the input: inlined, it costs nothing.
+            if ("pad" in name.lower() and not _is_plain_copy(sch, block)
+                    and any(COMM_REDUCE in _iter_types(sch, c)
+                            for c in sch.get_consumers(block))):
                 continue
             try:
                 sch.compute_inline(block)
@@ -209,6 +218,44 @@ def _tile_reduction(sch, block, lanes: int, threads: int = 1) -> bool:
     return True
 
 
+def _conv_register_tile(channels: int, width: int, lanes: int, taps: int = 1,
+                        sliding: bool = False) -> tuple[int, int]:
+    """(channel vector vf, pixel count px) of a conv's register tile: the most multiply-adds
+    per reduction step whose live vectors fit in the registers (NEON and AVX-512: 32, AVX2:
+    16; one spare), px dividing the output width. Live per step: ``px * vf / unit``
+    accumulators, ``vf / unit`` weight vectors, and the inputs: with stride 1 and ``taps``
+    > 1 (``sliding``) LLVM unrolls the taps of a kernel row and keeps the ``px + taps - 1``
+    inputs they share in registers, else about two. Past the registers the accumulators
+    spill (a 3x3 conv at 22 accumulators ran 1.5-2x slower on the AVX-512 host). Ties go to
+    the tile with fewer loads per step. When no whole vector divides the channels, an
+    AVX-512 target uses half (256-bit) vectors (1000 channels: 8). (0, 1): no vector tile."""
+    registers = 16 if lanes == 8 else 32
+    unit = lanes // 2 if lanes == 16 and channels % lanes else lanes
+    best = (0, 0, 1, 0)
+    for vf in (4 * unit, 2 * unit, unit):
+        if channels % vf:
+            continue
+        regs = vf // unit
+
+        def live(p, regs=regs):
+            return regs * p + regs + (p + taps - 1 if sliding and taps > 1 else 2)
+
+        px = max((p for p in range(1, width + 1) if width % p == 0 and live(p) < registers),
+                 default=1)
+        best = max(best, (vf * px, -(px + regs), px, vf))
+    return best[3], best[2]
+
+
+def _buffer_of(region):  # TVM 0.27 calls the region's buffer "source"
+    return getattr(region, "buffer", None) or region.source
+
+
+def _conv_stride(sch, block, width: int, taps: int) -> int:
+    """The horizontal stride of an NCHW conv block, from its input's (padded) width."""
+    in_width = int(_buffer_of(sch.get(block).reads[0]).shape[3])
+    return max(1, (in_width - taps) // (width - 1)) if width > 1 else 1
+
+
 def _tile_conv_channels(sch, block, lanes: int, threads: int = 1) -> bool:
     """NCHW conv2d: vectorize over output channels with weights packed per channel tile.
 
@@ -229,27 +276,13 @@ def _tile_conv_channels(sch, block, lanes: int, threads: int = 1) -> bool:
         return False
     ext = [int(sch.get(l).extent) for l in loops]
     heavy = _work(sch, block) >= PARALLEL_MIN_WORK
-    # Pick the (channel vector, pixel count) tile with the most multiply-adds per reduction
-    # step whose accumulators fit in registers (NEON: 32, AVX2: 16, keeping two spare).
-    budget = 28 if lanes == 4 else 14
-    # Ties go to the tile with fewer loads per step (px broadcasts + vf/lanes vector loads).
-    best = (0, 0, 0, 0)
-    for vf in (4 * lanes, 2 * lanes, lanes):
-        if ext[1] % vf:
-            continue
-        regs = vf // lanes
-        px = max((p for p in range(1, min(ext[3], budget // regs) + 1) if ext[3] % p == 0),
-                 default=1)
-        best = max(best, (vf * px, -(px + regs), px, vf))
-    _, _, px, vf = best
-    if not vf or px * vf < 2 * lanes:
+    stride = _conv_stride(sch, block, ext[3], ext[6])
+    vf, px = _conv_register_tile(ext[1], ext[3], lanes, ext[6], stride == 1)
+    if not vf or px * vf < 2 * min(lanes, vf):
         return False
-    def buffer_of(region):  # TVM 0.27 calls the region's buffer "source"
-        return getattr(region, "buffer", None) or region.source
-
     weights = [i for i, region in enumerate(sch.get(block).reads)
-               if len(buffer_of(region).shape) == 4
-               and int(buffer_of(region).shape[0]) == ext[1] and i > 0]
+               if len(_buffer_of(region).shape) == 4
+               and int(_buffer_of(region).shape[0]) == ext[1] and i > 0]
     if not weights:
         return False
     n, f, y, x, c, r, s = loops

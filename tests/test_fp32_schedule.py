@@ -1,0 +1,131 @@
+"""The fp32 conv schedule rules (toolchain/optimizer/schedule.py): register tiles, the padding
+copy of an unpadded conv, half vectors on AVX-512, and the results against onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_graphs import needs_target, save
+from toolchain.cli import main
+from toolchain.commands.build import verify_folder
+from toolchain.optimizer.schedule import _conv_register_tile
+
+
+def make_conv_mix() -> onnx.ModelProto:
+    """1x1 conv to 24 channels (not a multiple of 16) on a prime width, 3x3 stride 1, 3x3
+    stride 2, with bias and ReLU: the conv shapes the rules tell apart."""
+    rng = np.random.default_rng(3)
+
+    def init(name, shape, scale=0.3):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32),
+                                       name)
+
+    inits = [init("w1", (24, 8, 1, 1)), init("b1", (24,), 0.1),
+             init("w2", (32, 24, 3, 3), 0.1), init("b2", (32,), 0.1),
+             init("w3", (16, 32, 3, 3), 0.1), init("b3", (16,), 0.1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="pw"),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="k3", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["y"], name="k3s2", pads=[1, 1, 1, 1],
+                         strides=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes, "conv_mix", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 13, 13])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 7, 7])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _live(vf, px, lanes, taps, sliding):
+    unit = lanes // 2 if lanes == 16 and vf % lanes else lanes
+    regs = vf // unit
+    return regs * px + regs + (px + taps - 1 if sliding and taps > 1 else 2)
+
+
+@pytest.mark.parametrize("lanes,registers", [(4, 32), (8, 16), (16, 32)])
+@pytest.mark.parametrize("channels,width,taps,sliding", [
+    (64, 55, 3, True), (128, 27, 3, True), (256, 13, 3, True), (1000, 13, 1, False),
+    (16, 55, 1, False), (64, 111, 3, False), (192, 13, 1, False)])
+def test_register_tile_fits(lanes, registers, channels, width, taps, sliding):
+    vf, px = _conv_register_tile(channels, width, lanes, taps, sliding)
+    assert vf and channels % vf == 0 and width % px == 0
+    assert _live(vf, px, lanes, taps, sliding) < registers
+
+
+def test_avx512_half_vectors_when_16_does_not_divide():
+    assert _conv_register_tile(1000, 13, 16) == (8, 13)  # squeezenet's conv10
+    vf, _ = _conv_register_tile(64, 55, 16, 3, True)
+    assert vf % 16 == 0  # whole zmm vectors whenever they divide
+
+
+def test_3x3_tile_leaves_room_for_the_sliding_inputs():
+    # 22 accumulators + 13 inputs spilled on AVX-512 and NEON; the tile is smaller now.
+    vf, px = _conv_register_tile(64, 55, 4, 3, True)
+    assert vf // 4 * px + vf // 4 + px + 2 < 32
+
+
+def _kernels(model_path, target):
+    import tvm
+
+    from toolchain.optimizer.frontend import import_onnx
+    from toolchain.optimizer.pipeline import PipelineContext, run_pipeline
+    from toolchain.passes import cleanup_passes, transform
+    from toolchain.targets import device
+    from toolchain.targets.arm.device import CpuDevice
+
+    dev = device(target)
+    model = transform(onnx.load(str(model_path)), cleanup_passes())
+    ctx = PipelineContext(target=CpuDevice.from_device(dev).tvm_target())
+    res = run_pipeline(import_onnx(model, dev.name), "cpu", ctx)
+    return {gv.name_hint: f for gv, f in res.mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _block_names(func):
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(func)
+    names, stack = [], [sch.get_sblock("root")]
+    while stack:
+        for child in sch.get_child_blocks(stack.pop()):
+            names.append(sch.get(child).name_hint)
+            stack.append(child)
+    return names
+
+
+def test_structure_host(tmp_path):
+    kernels = _kernels(save(make_conv_mix(), tmp_path / "m.onnx"), "host")
+    convs = {n: f for n, f in kernels.items() if "conv2d" in n}
+    assert len(convs) == 3
+    for name, func in convs.items():
+        blocks = _block_names(func)
+        # every conv got the channel-vector rule: packed weights, a split-off init
+        assert any(b.endswith("_global") for b in blocks), (name, blocks)
+        assert "conv2d_nchw_init" in blocks, (name, blocks)
+    # the 1x1 conv has no padding: its copy of the input is inlined
+    pw = [f for f in convs.values() if "T.if_then_else" not in f.script()]
+    assert pw and all("pad_temp" not in _block_names(f) for f in pw)
+    # 24 channels: half (8-lane) vectors on this AVX-512 host, 16 lanes elsewhere
+    from toolchain.optimizer.schedule import _vector_lanes
+    from toolchain.targets import device
+    from toolchain.targets.arm.device import CpuDevice
+
+    if _vector_lanes(CpuDevice.from_device(device("host")).tvm_target()) == 16:
+        assert all("T.vectorized(T.int64(8))" in f.script() for f in pw)
+
+
+@pytest.mark.parametrize("target", [pytest.param(t, marks=needs_target(t))
+                                    for t in ("host", "arm-a72")])
+def test_conv_mix_matches_onnxruntime(tmp_path, target):
+    path = save(make_conv_mix(), tmp_path / "conv_mix.onnx")
+    out = tmp_path / target
+    assert main(["compile", str(path), "-t", target, "-o", str(out)]) == 0
+    for seed in (0, 1):
+        results = verify_folder(out, seed=seed)
+        assert results and all(c.ok for c in results), results
