@@ -253,7 +253,8 @@ def test_requantized_conv_matches_onnxruntime(tmp_path, target, case):
 
 
 class _Residual(__import__("torch").nn.Module):
-    """conv-relu, a residual add, a concat of two branches, max pooling, a linear head."""
+    """conv-relu, a residual add, a depthwise conv, a concat of two branches, max pooling,
+    a linear head."""
 
     def __init__(self):
         import torch.nn as nn
@@ -261,6 +262,7 @@ class _Residual(__import__("torch").nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
         self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
         self.b1 = nn.Conv2d(16, 8, 1)
         self.b3 = nn.Conv2d(16, 8, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
@@ -271,6 +273,7 @@ class _Residual(__import__("torch").nn.Module):
 
         h = torch.relu(self.stem(x))
         h = torch.relu(h + self.a(h))  # residual
+        h = torch.relu(self.dw(h))  # depthwise
         h = torch.cat([torch.relu(self.b1(h)), torch.relu(self.b3(h))], 1)
         return self.head(torch.flatten(self.pool(h), 1))
 
@@ -318,5 +321,6 @@ def test_onnxruntime_quantized_residual_concat_model(tmp_path, target, per_chann
     kernels = json.loads((tmp_path / "out" / "report.json").read_text())["kernels"]
     # The residual add and the concat run on int8 (no dequantize before them).
     fused = [v["ops"] for v in kernels.values()]
+    assert ["qgemm_dwconv"] in fused, fused
     assert not any("dequantize" in ops and ("concatenate" in ops or "add" in ops)
                    for ops in fused), fused

@@ -14,9 +14,10 @@ im2col and the reduction are contiguous along channels); an NCHW int8 tensor tha
 feeds other lowered convs never exists: the layout transposes sit at the borders of the
 integer region. Weights become packed int8 constants.
 
+Depthwise convs get their own kernel (``qdepthwise.py``: the reduction is only the window).
 Where no quantize follows (a conv feeding GlobalAveragePool, the last Gemm of a float-output
 model), the same kernel scales the int32 sum back to float32 and the float ops stay. Grouped
-and depthwise convs, weights that are not constant int8 with zero point 0, and activations
+convs other than depthwise, weights that are not constant int8 with zero point 0, and activations
 without a constant per-tensor scale are left as they were (float compute).
 
 Run it before FoldConstant, which would fold the weight's dequantize away.
@@ -31,7 +32,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import GenericConst
 
-from toolchain.optimizer import qgemm
+from toolchain.optimizer import qdepthwise, qgemm
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +169,16 @@ class _Lowerer(relax.PyExprMutator):
 
     def _conv_core(self, call):
         a = call.attrs
-        if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or int(a.groups) != 1 or (
+        if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or (
                 a.out_layout not in (None, "", "NCHW")):
             return None
         act, wt = self._activation(call.args[0]), self._weight(call.args[1])
+        groups = int(a.groups)
+        # Regular convs, and depthwise ones (one filter per channel); other groupings stay float.
+        depthwise = (groups > 1 and wt is not None and wt[0].shape[1] == 1
+                     and wt[0].shape[0] == groups)
+        if groups != 1 and not depthwise:
+            return None
         if act is None or wt is None or (wt[1].size > 1 and wt[2] != 0):
             return None
         if _static_shape(act[0]) is None or _static_shape(call) is None:
@@ -183,7 +190,8 @@ class _Lowerer(relax.PyExprMutator):
                                   tuple(int(v) for v in a.dilation),
                                   tuple(int(v) for v in a.padding))
         return {"kind": "conv", "act": act, "w_ohwi": np.ascontiguousarray(w.transpose(0, 2, 3, 1)),
-                "w_scale": np.broadcast_to(scale, (o,)), "geom": geom, "out_shape": _static_shape(call)}
+                "w_scale": np.broadcast_to(scale, (o,)), "geom": geom, "out_shape": _static_shape(call),
+                "depthwise": depthwise}
 
     def _matmul_core(self, call):
         act = self._activation(call.args[0])
@@ -233,6 +241,8 @@ class _Lowerer(relax.PyExprMutator):
         q, s_x, z_x = core["act"]
         w_ohwi, w_scale = core["w_ohwi"], core["w_scale"].astype(np.float64)
         o = w_ohwi.shape[0]
+        if core.get("depthwise"):
+            return self._emit_depthwise(core, bias, out_dtype, s_y, z_y, clamp)
         instr = (qgemm.dot_instr(self.target, bool(w_ohwi.min(initial=0) > -128))
                  if self.target is not None else qgemm.GENERIC)
         wp = qgemm.pack_weight(w_ohwi, instr)
@@ -263,6 +273,32 @@ class _Lowerer(relax.PyExprMutator):
             primfunc_name_hint="qgemm_" + core["kind"],
             primfunc_attrs={"op_pattern": 8, "edgec.qgemm": instr.name,
                             "edgec.qgemm_rows": tp}))
+        self.rewritten += 1
+        return out
+
+    def _emit_depthwise(self, core, bias, out_dtype: str, s_y: float, z_y: int, clamp):
+        """The depthwise kernel (qdepthwise.py): weights [R, S, C], int8 arithmetic."""
+        q, s_x, z_x = core["act"]
+        w_ohwi = core["w_ohwi"]  # [C, R, S, 1]
+        c = w_ohwi.shape[0]
+        zp8 = z_x - 128 if _dtype(q) == "uint8" else z_x
+        real = s_x * core["w_scale"].astype(np.float64)
+        b = np.zeros(c, np.float64) if bias is None else np.round(
+            bias.astype(np.float64) / np.where(real == 0, 1, real))
+        b -= zp8 * w_ohwi.astype(np.int64).reshape(c, -1).sum(axis=1)
+        if np.abs(b).max(initial=0) >= 2 ** 31:
+            return None
+        scale = ((real / s_y) if out_dtype != "float32" else real).astype(np.float32)
+        w_rsc = np.ascontiguousarray(w_ohwi[..., 0].transpose(1, 2, 0))
+
+        def kernel(xt, wt, bt, st):
+            return qdepthwise.depthwise_te(xt, wt, bt, st, geom=core["geom"], in_zero=z_x,
+                                           out_dtype=out_dtype, out_zero=z_y, clamp=clamp)
+
+        out = self.builder_.emit(self.builder_.call_te(
+            kernel, self._input_nhwc(core), relax.const(w_rsc), relax.const(b.astype(np.int32)),
+            relax.const(scale), primfunc_name_hint="qgemm_dwconv",
+            primfunc_attrs={"op_pattern": 8, "edgec.qgemm": qdepthwise.KIND}))
         self.rewritten += 1
         return out
 

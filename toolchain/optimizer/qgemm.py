@@ -452,6 +452,10 @@ def _schedule_qgemm(func, target, threads: int):
     from tvm import s_tir
 
     name = str(func.attrs["edgec.qgemm"]) if func.attrs is not None and "edgec.qgemm" in func.attrs else ""
+    from toolchain.optimizer import qdepthwise
+
+    if name == qdepthwise.KIND:
+        return qdepthwise.schedule_depthwise(func, threads)
     instr = BY_NAME.get(name) or dot_instr(target)
     tp = int(func.attrs["edgec.qgemm_rows"]) if "edgec.qgemm_rows" in func.attrs else 1
     if instr.packed:
