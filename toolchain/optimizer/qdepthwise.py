@@ -48,15 +48,10 @@ def depthwise_te(x, w, bias, scale, *, geom, in_zero: int, out_dtype: str, out_z
                 total = term if total is None else total + term
         return total
 
-    def epilogue(nn, y, xx, cc):
-        v = (window(nn, y, xx, cc) + bias[cc]).astype("float32") * scale[cc]
-        if out_dtype == "float32":
-            return v
-        q = tirx.round(v).astype("int32") + out_zero
-        lo, hi = clamp if clamp is not None else ((-128, 127) if out_dtype == "int8" else (0, 255))
-        return tirx.max(tirx.min(q, hi), lo).astype(out_dtype)
+    from toolchain.optimizer.qgemm import requantize
 
-    return te.compute((n, oh, ow, c), epilogue, name="qgemm_out")
+    return te.compute((n, oh, ow, c), lambda nn, y, xx, cc: requantize(
+        window(nn, y, xx, cc), bias[cc], scale[cc], out_dtype, out_zero, clamp), name="qgemm_out")
 
 
 def schedule_depthwise(func, threads: int = 1):

@@ -415,15 +415,24 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
                          name="qgemm_sum")
         read_acc = lambda nn, y, xx, o: acc[nn, y * ow_pad + xx, o]  # noqa: E731
 
-    def epilogue(nn, y, xx, o):
-        v = (read_acc(nn, y, xx, o) + bias[o]).astype("float32") * scale[o]
-        if out_dtype == "float32":
-            return v
-        q = tirx.round(v).astype("int32") + out_zero
-        lo, hi = clamp if clamp is not None else ((-128, 127) if out_dtype == "int8" else (0, 255))
-        return tirx.max(tirx.min(q, hi), lo).astype(out_dtype)
+    return te.compute(
+        (n, oh, ow, out_channels),
+        lambda nn, y, xx, o: requantize(read_acc(nn, y, xx, o), bias[o], scale[o], out_dtype,
+                                        out_zero, clamp),
+        name="qgemm_out")
 
-    return te.compute((n, oh, ow, out_channels), epilogue, name="qgemm_out")
+
+def requantize(acc, bias, scale, out_dtype: str, out_zero: int, clamp):
+    """The epilogue of every integer kernel: (acc + bias) * scale, rounded to nearest-even,
+    shifted by the zero point and clamped (ReLU/Clip folded into ``clamp``); or float32."""
+    from tvm import tirx
+
+    v = (acc + bias).astype("float32") * scale
+    if out_dtype == "float32":
+        return v
+    q = tirx.round(v).astype("int32") + out_zero
+    lo, hi = clamp if clamp is not None else ((-128, 127) if out_dtype == "int8" else (0, 255))
+    return tirx.max(tirx.min(q, hi), lo).astype(out_dtype)
 
 
 # ------------------------------------------------------------------------ schedule
