@@ -129,3 +129,30 @@ def test_conv_mix_matches_onnxruntime(tmp_path, target):
     for seed in (0, 1):
         results = verify_folder(out, seed=seed)
         assert results and all(c.ok for c in results), results
+
+
+def test_aarch64_stride1_convs_load_input_rows(tmp_path):
+    """arm-a72: stride-1 convs copy the tile's input row into a local vector (fmla by
+    element); the stride-2 conv keeps its per-pixel loads; the host never does it."""
+    path = save(make_conv_mix(), tmp_path / "m.onnx")
+    arm = {n: _block_names(f) for n, f in _kernels(path, "arm-a72").items() if "conv2d" in n}
+    rows = {n for n, b in arm.items()
+            if any(x.endswith("_local") and not x.startswith("conv2d") for x in b)}
+    assert len(arm) == 3 and len(rows) == 2, arm
+    strided = (set(arm) - rows).pop()
+    assert "T_add" in arm[strided]  # the last conv (stride 2) is the one without ReLU
+    host = [_block_names(f) for n, f in _kernels(path, "host").items() if "conv2d" in n]
+    assert all(not any(x.endswith("_local") and not x.startswith("conv2d") for x in b)
+               for b in host)
+
+
+@needs_target("arm-a72")
+def test_aarch64_kernels_multiply_by_element(tmp_path):
+    import subprocess
+
+    path = save(make_conv_mix(), tmp_path / "m.onnx")
+    out = tmp_path / "a72"
+    assert main(["compile", str(path), "-t", "arm-a72", "-o", str(out), "--keep-build"]) == 0
+    asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(out / "build" / "kernels.o")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "fmla\tv" in asm and ".s[" in asm  # fmla vD.4s, vN.4s, vM.s[k]
