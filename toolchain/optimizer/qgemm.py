@@ -487,11 +487,62 @@ def _schedule_qgemm(func, target, threads: int):
     sch.decompose_reduction(acc4, ko)
     _register(instr)
     sch.tensorize(j, instr.name)
+    if lanes == 4 and to == 4 and instr.name.startswith("edgec_smlal"):
+        # The 4 partial sums of 4 channels at once: addp(addp(a0, a1), addp(a2, a3)).
+        try:
+            s_loops = sch.get_loops(sumb)
+            sch.decompose_reduction(sumb, s_loops[-2])
+            _register_lane_sum()
+            sch.tensorize(sch.get_loops(sumb)[-2], LANE_SUM)
+        except Exception as exc:  # noqa: BLE001  (the scalar lane sums stay)
+            log.debug("lane sum not tensorized: %s", str(exc).splitlines()[0])
     sch.unroll(o_i)
     sch.unroll(p_i)
     if threads > 1:
         sch.parallel(sch.fuse(n, p_o))
     return sch.mod["main"]
+
+
+LANE_SUM = "edgec_addp_lane_sum_4x4"
+
+
+def _register_lane_sum() -> None:
+    """sum[o] += acc[o, 0] + .. + acc[o, 3] for 4 channels: two levels of addp."""
+    if LANE_SUM in _REGISTERED:
+        return
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4, 4), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4, 0:4])
+            T.writes(C[0:4])
+            for i, j in T.grid(4, 4):
+                with T.sblock("update"):
+                    vi, vj = T.axis.remap("SR", [i, j])
+                    C[vi] = C[vi] + A[vi, vj]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4, 4), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4, 0:4])
+            T.writes(C[0:4])
+            C[T.ramp(0, 1, 4)] = C.vload([0], "int32x4") + _addp(
+                _addp(A.vload([0, 0], "int32x4"), A.vload([1, 0], "int32x4"), T),
+                _addp(A.vload([2, 0], "int32x4"), A.vload([3, 0], "int32x4"), T), T)
+
+    TensorIntrin.register(LANE_SUM, desc, impl, override=True)
+    _REGISTERED.add(LANE_SUM)
+
+
+def _addp(a, b, T):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+                                   a, b, dtype="int32x4")
 
 
 def _tile_common(sch, im2col, acc, out, rows, cols, to: int, between=()) -> None:
