@@ -324,3 +324,50 @@ def test_onnxruntime_quantized_residual_concat_model(tmp_path, target, per_chann
     assert ["qgemm_dwconv"] in fused, fused
     assert not any("dequantize" in ops and ("concatenate" in ops or "add" in ops)
                    for ops in fused), fused
+
+
+class _Attention(__import__("torch").nn.Module):
+    """One self-attention head: Q.K^T and P.V multiply two activations."""
+
+    def __init__(self):
+        import torch.nn as nn
+
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.o = nn.Linear(16, 4)
+
+    def forward(self, x):
+        import torch
+
+        att = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / 4.0, -1)
+        return self.o(att @ self.v(x))
+
+
+@pytest.mark.parametrize("target", [pytest.param(t, marks=needs_target(t))
+                                    for t in ("host", "arm-a76")])
+def test_onnxruntime_quantized_attention_matmuls_are_integer(tmp_path, target):
+    import torch
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    from toolchain.optimizer.integer import integer_ops
+
+    torch.manual_seed(0)
+    fp, q = tmp_path / "attn.onnx", tmp_path / "attn_q.onnx"
+    torch.onnx.export(_Attention().eval(), torch.randn(1, 8, 16), str(fp), dynamo=False,
+                      input_names=["x"], output_names=["y"], opset_version=17)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.data = iter([{"x": rng.standard_normal((1, 8, 16)).astype(np.float32)}
+                              for _ in range(8)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantize_static(str(fp), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    ops = integer_ops(_lower(_relax(q)))
+    assert ops.get("matmul:int32") == 2 and "matmul:float32" not in ops, ops
+    _compile_and_verify(q, target, tmp_path / "out")

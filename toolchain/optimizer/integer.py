@@ -375,11 +375,28 @@ class _Lowerer(relax.PyExprMutator):
         out = self._emit_gemm(core, bias, out_dtype, s_y, z_y, (lo, hi))
         return None if out is None else self._finish_layout(core, out, pools[::-1])
 
+    def _activation_matmul(self, call):
+        """matmul(dequantize(a), dequantize(b)) of two activations (attention's Q.K^T and P.V)
+        -> an int32 matmul of the zero-point-free int16 values, scaled once to float32."""
+        if _op(call) != "relax.matmul" or _dtype(call) != "float32":
+            return None
+        acts = [self._activation(x) for x in call.args]
+        if any(a is None for a in acts) or any(_static_shape(a[0]) is None for a in acts):
+            return None
+        ints = []
+        for q, _, z in acts:
+            wide = relax.op.astype(self._root(q), "int16")
+            ints.append(self.builder_.emit(relax.op.subtract(wide, relax.const(z, "int16"))))
+        acc = self.builder_.emit(relax.op.matmul(ints[0], ints[1], out_dtype="int32"))
+        self.rewritten += 1
+        return relax.op.multiply(relax.op.astype(acc, "float32"),
+                                 relax.const(np.float32(acts[0][1] * acts[1][1]), "float32"))
+
     def _plain(self, call):
         """A float conv/matmul on int8 operands -> the kernel with a float32 epilogue."""
         core = self._core(call)
         if core is None:
-            return None
+            return self._activation_matmul(call)
         out = self._emit_gemm(core, None, "float32")
         if out is None:
             return None
