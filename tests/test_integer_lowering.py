@@ -371,3 +371,18 @@ def test_onnxruntime_quantized_attention_matmuls_are_integer(tmp_path, target):
     ops = integer_ops(_lower(_relax(q)))
     assert ops.get("matmul:int32") == 2 and "matmul:float32" not in ops, ops
     _compile_and_verify(q, target, tmp_path / "out")
+
+
+@pytest.mark.parametrize("target", [pytest.param(t, marks=needs_target(t))
+                                    for t in ("host", "arm-a76", "armv7-a7")])
+def test_int4_weights_are_two_per_byte(zoo, tmp_path, target):
+    import json
+
+    q4 = tmp_path / "cnn_q4.onnx"
+    assert main(["compress", "cnn", "--quantize", "int4", "-o", str(q4)]) == 0
+    _compile_and_verify(q4, target, tmp_path / "o4")
+    _compile_and_verify(zoo("cnn"), target, tmp_path / "o8")
+    w4, w8 = (json.loads((tmp_path / o / "report.json").read_text())["memory"]["weight_bytes"]
+              for o in ("o4", "o8"))
+    compressed = json.loads(q4.with_suffix(".json").read_text())["final"]["bytes"]
+    assert w4 <= 0.6 * w8 and w4 <= 1.15 * compressed, (w4, w8, compressed)

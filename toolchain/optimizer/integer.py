@@ -263,13 +263,17 @@ class _Lowerer(relax.PyExprMutator):
         x = self._input_nhwc(core)
         tp = qgemm.row_tile(instr, *self._out_hw(core, _static_shape(x)))
 
+        # int4 weights (all in [-8, 7]) are stored two per byte and unpacked per call.
+        int4_shape = wp.shape if qgemm.fits_int4(wp) else None
+        w_const = qgemm.pack_int4(wp) if int4_shape is not None else wp
+
         def kernel(xt, wt, bt, st):
             return qgemm.gemm_te(xt, wt, bt, st, geom=core["geom"], in_zero=z_x, instr=instr,
                                  tp=tp, out_channels=o, out_dtype=out_dtype, out_zero=z_y,
-                                 clamp=clamp)
+                                 clamp=clamp, int4_shape=int4_shape)
 
         out = self.builder_.emit(self.builder_.call_te(
-            kernel, x, relax.const(wp), relax.const(b.astype(np.int32)), relax.const(scale),
+            kernel, x, relax.const(w_const), relax.const(b.astype(np.int32)), relax.const(scale),
             primfunc_name_hint="qgemm_" + core["kind"],
             primfunc_attrs={"op_pattern": 8, "edgec.qgemm": instr.name,
                             "edgec.qgemm_rows": tp}))

@@ -347,18 +347,53 @@ def padded_channels(w_packed: np.ndarray, instr: DotInstr) -> int:
     return int(w_packed.shape[0] * (instr.lanes if instr.packed else 1))
 
 
+def fits_int4(w: np.ndarray) -> bool:
+    """Whether every weight lies in [-8, 7] (and there is an even number of them)."""
+    return w.size % 2 == 0 and int(w.min(initial=0)) >= -8 and int(w.max(initial=0)) <= 7
+
+
+def pack_int4(w: np.ndarray) -> np.ndarray:
+    """Two weights per byte: the first half of the flat array in the low nibbles, the second
+    half in the high ones (so unpacking is two contiguous, vectorized passes)."""
+    flat = w.reshape(-1).astype(np.int16)
+    half = flat.size // 2
+    return ((flat[:half] & 0xF) | ((flat[half:] & 0xF) << 4)).astype(np.uint8).view(np.int8)
+
+
+def unpack_int4_te(packed, shape):
+    """TE: the int8 weights of ``shape`` from ``pack_int4``'s bytes (sign-extended nibbles)."""
+    from tvm import te, tirx
+
+    total = int(np.prod(shape))
+    half = total // 2
+    strides = [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
+
+    def value(*idx):
+        flat = sum((i * s for i, s in zip(idx, strides)), tirx.const(0, "int32"))
+        low = flat < half
+        byte = packed[tirx.if_then_else(low, flat, flat - half)]
+        return tirx.if_then_else(low, tirx.shift_right(tirx.shift_left(byte, 4), 4),
+                                 tirx.shift_right(byte, 4))
+
+    return te.compute(tuple(shape), value, name="w_unpack")
+
+
 def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotInstr,
             tp: int, out_channels: int, out_dtype: str, out_zero: int = 0,
-            clamp: tuple[int, int] | None = None):
+            clamp: tuple[int, int] | None = None, int4_shape: tuple[int, ...] | None = None):
     """TE compute for ``x`` NHWC ``[N, H, W, C]`` (int8, or uint8 holding int8 + 128 ... see
     ``in_zero``) -> ``[N, OH, OW, O]`` (requantized ``out_dtype`` or float32).
 
     ``in_zero`` is the input's zero point in the dtype of ``x``; padded pixels take it. ``w`` is
     ``[O_pad, K_pad]`` int8, ``bias`` int32 ``[O_pad]`` with every correction folded in,
     ``scale`` float32 ``[O_pad]``: ``s_x * s_w / s_y`` when requantizing, ``s_x * s_w`` for float.
+    With ``int4_shape``, ``w`` holds ``pack_int4`` bytes of weights of that shape, unpacked once
+    per call into a workspace buffer (the binary keeps half the bytes).
     """
     from tvm import te, tirx
 
+    if int4_shape is not None:
+        w = unpack_int4_te(w, int4_shape)
     n, h, wd, c = (int(d) for d in x.shape)
     (r, s), (sh, sw), (dh, dw) = geom.kernel, geom.strides, geom.dilation
     pt, pl, pb, pr = geom.padding
@@ -467,6 +502,7 @@ def _schedule_qgemm(func, target, threads: int):
         return qdepthwise.schedule_depthwise(func, threads)
     instr = BY_NAME.get(name) or dot_instr(target)
     tp = int(func.attrs["edgec.qgemm_rows"]) if "edgec.qgemm_rows" in func.attrs else 1
+    func = _schedule_unpack(func)
     if instr.packed:
         return _schedule_packed(func, instr, tp, threads)
     sch = s_tir.Schedule(func)
@@ -501,6 +537,28 @@ def _schedule_qgemm(func, target, threads: int):
     if threads > 1:
         sch.parallel(sch.fuse(n, p_o))
     return sch.mod["main"]
+
+
+def _schedule_unpack(func):
+    """The int4 unpacking pass (if any): one flat loop, split at the half and vectorized."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        block = sch.get_sblock("w_unpack")
+    except Exception:  # noqa: BLE001  (int8 weights: nothing to unpack)
+        return func
+    try:
+        flat = sch.fuse(*sch.get_loops(block))
+        total = int(sch.get(flat).extent)
+        halves, rest = sch.split(flat, [2, total // 2])
+        if (total // 2) % 16 == 0:
+            _, vec = sch.split(rest, [None, 16])
+            sch.vectorize(vec)
+        return sch.mod["main"]
+    except Exception as exc:  # noqa: BLE001
+        log.debug("int4 unpack not vectorized: %s", str(exc).splitlines()[0])
+        return func
 
 
 LANE_SUM = "edgec_addp_lane_sum_4x4"
