@@ -385,4 +385,5 @@ def test_int4_weights_are_two_per_byte(zoo, tmp_path, target):
     w4, w8 = (json.loads((tmp_path / o / "report.json").read_text())["memory"]["weight_bytes"]
               for o in ("o4", "o8"))
     compressed = json.loads(q4.with_suffix(".json").read_text())["final"]["bytes"]
-    assert w4 <= 0.6 * w8 and w4 <= 1.15 * compressed, (w4, w8, compressed)
+    # Padding to whole register tiles (16 channels on the host) costs up to ~25%.
+    assert w4 <= 0.6 * w8 and w4 <= 1.25 * compressed, (w4, w8, compressed)
