@@ -26,7 +26,7 @@ def load_table(path: Path, command: str) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:  # bytes, nesting
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     table = data.get(command, {})
     if not isinstance(table, dict):

@@ -227,7 +227,7 @@ def load_config(path: Path) -> BuildConfig:
         raise ConfigError(f"build file not found: {path}")
     try:
         data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(f"build file {path} is not valid TOML: {exc}") from None
     return from_table(data, path, path.resolve().parent)
 
