@@ -1,0 +1,332 @@
+"""The schema of the JSON reports: ``report.json`` (written by ``edgec compile``),
+``simulation.json`` (``edgec simulate``) and ``verify.json`` (``edgec verify --json`` or the
+build's verify step), as dataclasses with stable keys.
+
+Version 1 (``SCHEMA_VERSION``). A report without a ``schema_version`` key is version 1: compile
+wrote the same keys before the key existed. The loader checks every key the dataclasses name
+(present, right type) and fails with one line naming the file and the key; keys it does not
+know are kept in ``extra`` (a newer edgec may add keys; ``tests/test_report.py`` checks that
+compile writes none the schema does not document).
+
+Keys, ARM and host (``CpuReport``): the target and its build (``triple``, ``cpu``, ``features``,
+``compiler``, ``pipeline``, ``schedule``, ``threads``), kernel calls before and after fusion, the
+kernels (``kernels[name] = {ops, calls}``, in call order), ``memory`` (bytes: arena with and
+without buffer reuse, workspace, weights; optionally ``arena_over_calls``, the arena bytes live
+at each kernel call), ``binary_bytes`` / ``library_bytes``, seconds per stage, ``tolerance``.
+Optional per-kernel speed: ``kernel_seconds`` or ``kernel_instructions`` (name -> figure).
+
+FPGA (``FpgaReport``): the device and its part totals, the hls4ml config, the per-layer plan
+(``layers``), the chosen ``estimate`` (latency cycles/ns, II, resources: labelled estimates),
+``estimates_by_strategy``, ``utilization`` (used / available / percent per resource, ``fits``),
+``hls`` (the project), ``rtl`` (whether da4ml RTL exists, why not), ``compression``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from toolchain.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+class SchemaError(ConfigError):
+    """A report file does not match the schema (one line: file, key, what is wrong)."""
+
+
+# ---------------------------------------------------------------- ARM and host
+@dataclass(frozen=True)
+class Kernel:
+    ops: list[str]
+    calls: int
+
+
+@dataclass(frozen=True)
+class CpuMemory:
+    arena_bytes: int
+    arena_bytes_without_reuse: int
+    buffers: int
+    workspace_bytes: int
+    weight_bytes: int
+    arena_over_calls: Optional[list[int]] = None
+
+
+@dataclass(frozen=True)
+class CpuReport:
+    target: str
+    triple: str
+    cpu: str
+    features: list[str]
+    compiler: str
+    pipeline: str
+    schedule: str
+    threads: int
+    kernel_calls_before_fusion: int
+    kernel_calls_after_fusion: int
+    kernel_calls: int
+    distinct_kernels: int
+    kernels: dict[str, Kernel]
+    memory: CpuMemory
+    binary_bytes: int
+    library_bytes: int
+    stage_seconds: dict[str, float]
+    tolerance: float
+    input_model: str
+    total_seconds: float
+    kernel_seconds: Optional[dict[str, float]] = None
+    kernel_instructions: Optional[dict[str, int]] = None
+    schema_version: int = SCHEMA_VERSION
+    family: str = "arm"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- FPGA
+@dataclass(frozen=True)
+class FpgaDeviceInfo:
+    name: str
+    part: str
+    totals: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    strategy: str
+    source: str
+    latency_cycles: int
+    latency_ns: float
+    ii_cycles: int
+    resources: dict[str, int]
+    layers: list[dict]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Resource:
+    used: int
+    available: int
+    percent: float
+
+
+@dataclass(frozen=True)
+class Utilization:
+    source: str
+    resources: dict[str, Resource]
+    fits: bool
+
+
+@dataclass(frozen=True)
+class RtlInfo:
+    available: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FpgaReport:
+    family: str
+    device: FpgaDeviceInfo
+    config: dict
+    input_type: str
+    layers: list[dict]
+    estimate: Estimate
+    estimates_by_strategy: dict
+    utilization: Utilization
+    hls: dict
+    rtl: RtlInfo
+    compression: Optional[dict]
+    tolerance: float
+    target: str
+    input_model: str
+    total_seconds: float
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- simulate / verify
+@dataclass(frozen=True)
+class CEmulation:
+    samples: int
+    test_set: str
+    argmax_agreement: float
+    max_abs_error: float
+    mean_abs_error: float
+    max_error_of_range: float
+    seconds: float
+    accuracy: Optional[float] = None
+    reference_accuracy: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class RtlSimulation:
+    ran: bool
+    reason: str = ""
+    bit_exact: Optional[bool] = None
+    mismatched_values: Optional[int] = None
+    latency_cycles: Optional[int] = None
+    latency_ns: Optional[float] = None
+    ii_cycles: Optional[int] = None
+    lut_estimate: Optional[int] = None
+    ff_estimate: Optional[int] = None
+    simulator: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Simulation:
+    family: str
+    target: str
+    c_emulation: CEmulation
+    estimate: Estimate
+    utilization: Utilization
+    rtl: RtlSimulation
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    name: str
+    max_abs_error: float
+    max_rel_error: float
+    output_range: float
+    mismatched: int
+    tolerance: float
+    ok: bool
+    abs_tolerance: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    outputs: list[OutputComparison]
+
+
+REPORTS = {"arm": CpuReport, "fpga": FpgaReport}
+
+
+# ---------------------------------------------------------------- loading
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp, value, where: str):
+    """``value`` as ``tp`` (a field's annotation), or SchemaError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        return _convert(next(o for o in options if o is not type(None)), value, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise SchemaError(f"'{where}' should be an object, got {type(value).__name__}")
+        return _build(tp, value, where + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise SchemaError(f"'{where}' should be a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SchemaError(f"'{where}' should be an object, got {type(value).__name__}")
+        _, item = typing.get_args(tp)
+        return {k: _convert(item, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise SchemaError(f"'{where}' should be {_type_name(tp)}, got "
+                          f"{type(value).__name__} {json.dumps(value)[:40]}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    kwargs, known = {}, set()
+    for f in dataclasses.fields(cls):
+        known.add(f.name)
+        if f.name == "extra":
+            continue
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SchemaError(f"key '{prefix}{f.name}' is missing")
+            continue
+        kwargs[f.name] = _convert(hints[f.name], data[f.name], prefix + f.name)
+    if "extra" in known:
+        kwargs["extra"] = {k: v for k, v in data.items() if k not in known}
+    return cls(**kwargs)
+
+
+def from_json(cls, data: dict, source: str = "report"):
+    """``data`` as the dataclass ``cls``; SchemaError (one line) on any mismatch."""
+    if not isinstance(data, dict):
+        raise SchemaError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise SchemaError(f"{source}: schema_version {version!r}, this edgec reads version "
+                          f"{SCHEMA_VERSION}; recompile with this edgec")
+    try:
+        return _build(cls, data)
+    except SchemaError as exc:
+        raise SchemaError(f"{source} does not match report schema {SCHEMA_VERSION}: {exc}") \
+            from None
+
+
+def to_json(obj) -> dict:
+    """The dataclass as JSON-ready dicts: ``extra`` keys back at their level, unset optional
+    keys left out, so ``from_json(to_json(x)) == x``."""
+    if isinstance(obj, list):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_json(v) for k, v in obj.items()}
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == "extra":
+            out.update(value)
+        elif value is not None or f.default is dataclasses.MISSING:
+            out[f.name] = to_json(value)
+    return out
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SchemaError(f"{path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path} is not valid JSON ({exc})") from None
+
+
+def report_class(data: dict, source: str = "report"):
+    """The schema class of a report.json: FPGA reports say ``family``; ARM ones do not."""
+    family = data.get("family", "arm") if isinstance(data, dict) else None
+    if family not in REPORTS:
+        raise SchemaError(f"{source}: unknown family {family!r}; known: {', '.join(REPORTS)}")
+    return REPORTS[family]
+
+
+def load_report(path: Path) -> CpuReport | FpgaReport:
+    """A report.json, validated (SchemaError names the file and the key on a mismatch)."""
+    data = _read(path)
+    return from_json(report_class(data, str(path)), data, str(path))
+
+
+def load_simulation(path: Path) -> Simulation:
+    return from_json(Simulation, _read(path), str(path))
+
+
+def load_verification(path: Path) -> Verification:
+    """verify.json as the build writes it (``{ok, outputs}``) or as ``edgec verify --json``
+    writes it (the list of outputs)."""
+    data = _read(path)
+    if isinstance(data, list):
+        data = {"ok": all(isinstance(c, dict) and c.get("ok") for c in data), "outputs": data}
+    return from_json(Verification, data, str(path))
