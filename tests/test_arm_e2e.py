@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnx_graphs import have, make_small_cnn, make_two_io, needs_target, save
+from onnx_graphs import have, make_two_io, needs_target, save
 from toolchain.cli import main
 from toolchain.commands.build import verify_folder
 
@@ -18,15 +18,17 @@ TARGETS = ["host", "arm-a72", "armv7-a7"]
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """Compile each (model, target) once for the whole module."""
+def built(tmp_path_factory, compiled_small_cnn):
+    """Compile each (model, target) once for the whole module (small_cnn: once a session)."""
     cache: dict[tuple[str, str], Path] = {}
     root = tmp_path_factory.mktemp("built")
-    models = {"small_cnn": save(make_small_cnn(), root / "small_cnn.onnx"),
+    models = {"small_cnn": compiled_small_cnn.model,
               "two_io": save(make_two_io(), root / "two_io.onnx")}
 
     def get(model: str, target: str) -> Path:
         key = (model, target)
+        if model == "small_cnn":
+            return compiled_small_cnn(target)
         if key not in cache:
             out = root / f"{model}-{target}"
             assert main(["compile", str(models[model]), "-t", target, "-o", str(out)]) == 0

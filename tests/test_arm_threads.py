@@ -96,9 +96,9 @@ def test_kernels_reference_parallel_launch_only_when_threaded(host_threaded, sma
 
 
 @needs_target("arm-a72")
-def test_threads_one_is_the_serial_build(small_cnn, tmp_path):
+def test_threads_one_is_the_serial_build(small_cnn, compiled_small_cnn, tmp_path):
     """``threads = 1`` (from a config file) builds the same bytes as no option at all."""
-    default = compile_model(small_cnn, "arm-a72", tmp_path / "default")
+    default = compiled_small_cnn("arm-a72")
     cfg = tmp_path / "edgec.toml"
     cfg.write_text(f'[compile]\ntarget = "arm-a72"\nthreads = 1\noutput = "{tmp_path / "one"}"\n')
     assert main(["compile", str(small_cnn), "--config", str(cfg)]) == 0

@@ -115,9 +115,8 @@ def test_bad_input_shape(tmp_path, capsys, shape_arg, needle):
     assert rc == 2 and needle in capsys.readouterr().err
 
 
-def test_failed_compile_keeps_previous_output(tmp_path, small_cnn, capsys):
-    out = tmp_path / "out"
-    assert main(["compile", str(small_cnn), "-t", "host", "-o", str(out)]) == 0
+def test_failed_compile_keeps_previous_output(tmp_path, compiled_small_cnn, capsys):
+    out = compiled_small_cnn.copy("host", tmp_path / "out")
     before = (out / "model").read_bytes()
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage")
@@ -135,18 +134,16 @@ def test_refuses_to_overwrite_foreign_folder(tmp_path, small_cnn, capsys):
     assert (out / "thesis.tex").exists()
 
 
-def test_wrong_input_size_for_run(tmp_path, small_cnn, capsys):
-    out = tmp_path / "out"
-    assert main(["compile", str(small_cnn), "-t", "host", "-o", str(out)]) == 0
+def test_wrong_input_size_for_run(tmp_path, compiled_small_cnn, capsys):
+    out = compiled_small_cnn("host")
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 3, 8, 8), np.float32))
     assert main(["run", str(out), "--input", str(x)]) == 2
     assert "has shape (1, 3, 8, 8), the model expects (1, 3, 16, 16)" in capsys.readouterr().err
 
 
-def test_binary_rejects_wrong_input_size(tmp_path, small_cnn):
-    out = tmp_path / "out"
-    assert main(["compile", str(small_cnn), "-t", "host", "-o", str(out)]) == 0
+def test_binary_rejects_wrong_input_size(tmp_path, compiled_small_cnn):
+    out = compiled_small_cnn("host")
     short = tmp_path / "short.bin"
     short.write_bytes(b"\0" * 100)
     proc = subprocess.run([str(out / "model"), str(short), str(tmp_path / "y.bin")],

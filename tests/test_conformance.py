@@ -170,12 +170,14 @@ def host_results() -> dict[str, list[dict]]:
     return {"named": results[:len(named)], "sample": results[len(named):]}
 
 
+@pytest.mark.slow  # host_results compiles and runs ~50 node models
 def test_issue_cases_pass_or_are_refused_by_node(host_results):
     bad = [r for r in host_results["named"] if r["outcome"] != "pass" and
            (r["case"] in MUST_PASS or r["outcome"] != "unsupported")]
     assert not bad, _describe(bad)
 
 
+@pytest.mark.slow  # host_results compiles and runs ~50 node models
 def test_node_sample_has_no_wrong_answer_and_no_crash(host_results):
     """Each of the 40 passes or fails with a one-line edgec error."""
     results = host_results["sample"]

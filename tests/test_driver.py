@@ -7,8 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from onnx_graphs import have, make_small_cnn, save
-from toolchain.cli import main
+from onnx_graphs import have
 from toolchain.optimizer.memplan import plan_memory
 from toolchain.optimizer.plan import CONST, INPUT, TEMP, KernelCall, KernelPlan
 from toolchain.targets.arm import driver
@@ -66,10 +65,8 @@ def test_generated_c_compiles(tmp_path):
 
 
 @pytest.mark.skipif(not have("nm"), reason="no nm")
-def test_library_has_no_heap_and_no_tvm_runtime(tmp_path):
-    out = tmp_path / "out"
-    assert main(["compile", str(save(make_small_cnn(), tmp_path / "m.onnx")), "-t", "host",
-                 "-o", str(out)]) == 0
+def test_library_has_no_heap_and_no_tvm_runtime(compiled_small_cnn):
+    out = compiled_small_cnn("host")
     def symbols(*flags):
         text = subprocess.run(["nm", *flags, str(out / "libmodel.a")], capture_output=True,
                               text=True, check=True).stdout

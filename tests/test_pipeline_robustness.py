@@ -46,16 +46,9 @@ def make_dense(batch: int | str = "N") -> "onnx.ModelProto":  # noqa: F821
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory) -> Path:
-    """small_cnn compiled for host once, under umask 022."""
-    root = tmp_path_factory.mktemp("robust")
-    model = save(make_small_cnn(), root / "small_cnn.onnx")
-    old = os.umask(0o022)
-    try:
-        assert main(["compile", str(model), "-t", "host", "-o", str(root / "out")]) == 0
-    finally:
-        os.umask(old)
-    return root / "out"
+def build(compiled_small_cnn) -> Path:
+    """small_cnn compiled for host once (a session fixture), under umask 022."""
+    return compiled_small_cnn("host")
 
 
 # ------------------------------------------------------------------ 1. typed config values
