@@ -63,3 +63,16 @@ def test_classify(fuzz):
     assert fuzz.classify(1, "Traceback (most recent call last):\n  x\nValueError\n") == "traceback"
     assert fuzz.classify(-11, "") == "crash"
     assert fuzz.classify(None, "") == "hang"
+
+
+def test_initializer_whose_data_does_not_fit_its_dims(fuzz, tmp_path, capsys):
+    """Found by the fuzzer on the zoo cnn: passes the checker, then numpy could not reshape."""
+    import onnx
+
+    model = fuzz.seed_graph("tiny_mlp")
+    bias = next(t for t in model.graph.initializer if t.name == "b2")
+    bias.dims[0] = 3  # the raw data still holds 4 floats
+    onnx.save_model(model, str(tmp_path / "m.onnx"))
+    rc = main(["compile", str(tmp_path / "m.onnx"), "-t", "host", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "initializer 'b2' does not match its dims [3]" in err[0]

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from toolchain.errors import ModelError
 from toolchain.passes import Pass
 from toolchain.passes.graph import graph_output_names, remove_unused_initializers, set_initializer
 
@@ -24,12 +25,20 @@ _NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLik
           "Bernoulli", "If", "Loop", "Scan"}
 
 
+def _to_array(t: onnx.TensorProto) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError, KeyError) as exc:  # e.g. raw data that does not fit the dims
+        raise ModelError(f"initializer '{t.name}' does not match its dims {list(t.dims)} and "
+                         f"data type: {exc}") from None
+
+
 class FoldConstants(Pass):
     def apply(self, model):
         from onnx.reference import ReferenceEvaluator
 
         model = onnx.ModelProto.FromString(model.SerializeToString())
-        consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        consts = {t.name: _to_array(t) for t in model.graph.initializer}
         outputs = graph_output_names(model)
         opsets = list(model.opset_import)
         keep, changed = [], False
