@@ -204,3 +204,20 @@ def test_input_shape_agreeing_with_the_model_is_accepted():
 
     _refuse_contradicting_shapes(make_small_cnn(), {"x": (1, 3, 16, 16)})
     _refuse_contradicting_shapes(make_small_cnn(batch="N"), {"x": (4, 3, 16, 16)})
+
+
+def test_absurd_static_input_size_is_refused(tmp_path, capsys):
+    """A file whose input claims 2**62 pixels (a fuzz find: the schedulers looped on it)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from toolchain.cli import main
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "big",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2 ** 62])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2 ** 62])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "big.onnx"))
+    assert main(["compile", str(tmp_path / "big.onnx"), "-t", "host", "-o", str(tmp_path / "o")]) == 2
+    assert "a static plan can hold" in capsys.readouterr().err

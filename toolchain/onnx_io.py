@@ -108,6 +108,11 @@ def _dtype_of(type_proto: onnx.TypeProto) -> str:
     return np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name
 
 
+# One input tensor's element limit: larger shapes are a corrupt file or a typo, and would take
+# the schedulers into loops over absurd extents.
+MAX_INPUT_ELEMENTS = 1 << 31
+
+
 def fix_input_shapes(model: onnx.ModelProto,
                      overrides: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
     """Return a copy whose inputs all have static shapes, with ``overrides`` applied.
@@ -149,6 +154,13 @@ def fix_input_shapes(model: onnx.ModelProto,
             guess = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else "1"
                      for d in dims] or ["1"]
             dynamic.append((f"{inp.name}[{','.join(shown)}]", f"{inp.name}={','.join(guess)}"))
+    for inp in inputs:
+        size = 1
+        for d in inp.type.tensor_type.shape.dim:
+            size *= max(int(d.dim_value), 1)
+        if size > MAX_INPUT_ELEMENTS:
+            raise ConfigError(f"input '{inp.name}' has {size} elements, more than the "
+                              f"{MAX_INPUT_ELEMENTS} a static plan can hold")
     if dynamic:
         raise DynamicShapeError(
             "input(s) with dynamic dimensions: " + ", ".join(d for d, _ in dynamic)
