@@ -278,32 +278,38 @@ class _Residual(__import__("torch").nn.Module):
         return self.head(torch.flatten(self.pool(h), 1))
 
 
-def _ort_quantized(tmp_path: Path, per_channel: bool) -> Path:
-    """The module above, exported and quantized by onnxruntime.quantization (QDQ, uint8
-    activations, int8 weights), calibrated on seeded inputs."""
+def _ort_quantize(module, shape: tuple[int, ...], tmp_path: Path, per_channel: bool) -> Path:
+    """``module`` exported and quantized by onnxruntime.quantization (QDQ, uint8 activations,
+    int8 weights), calibrated on 8 seeded inputs."""
     import torch
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
 
-    torch.manual_seed(0)
-    fp = tmp_path / "res.onnx"
-    torch.onnx.export(_Residual().eval(), torch.randn(1, 3, 10, 10), str(fp), dynamo=False,
+    fp, q = tmp_path / "fp.onnx", tmp_path / "q.onnx"
+    torch.onnx.export(module.eval(), torch.randn(*shape), str(fp), dynamo=False,
                       input_names=["x"], output_names=["y"], opset_version=17)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
             rng = np.random.default_rng(0)
-            self.data = iter([{"x": rng.standard_normal((1, 3, 10, 10)).astype(np.float32)}
+            self.data = iter([{"x": rng.standard_normal(shape).astype(np.float32)}
                               for _ in range(8)])
 
         def get_next(self):
             return next(self.data, None)
 
-    q = tmp_path / "res_q.onnx"
     quantize_static(str(fp), str(q), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=per_channel, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)
     return q
+
+
+def _ort_quantized(tmp_path: Path, per_channel: bool) -> Path:
+    """The residual model above, quantized by onnxruntime."""
+    import torch
+
+    torch.manual_seed(0)
+    return _ort_quantize(_Residual(), (1, 3, 10, 10), tmp_path, per_channel)
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=needs_target(t))
@@ -347,27 +353,11 @@ class _Attention(__import__("torch").nn.Module):
                                     for t in ("host", "arm-a76")])
 def test_onnxruntime_quantized_attention_matmuls_are_integer(tmp_path, target):
     import torch
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
 
     from toolchain.optimizer.integer import integer_ops
 
     torch.manual_seed(0)
-    fp, q = tmp_path / "attn.onnx", tmp_path / "attn_q.onnx"
-    torch.onnx.export(_Attention().eval(), torch.randn(1, 8, 16), str(fp), dynamo=False,
-                      input_names=["x"], output_names=["y"], opset_version=17)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            rng = np.random.default_rng(0)
-            self.data = iter([{"x": rng.standard_normal((1, 8, 16)).astype(np.float32)}
-                              for _ in range(8)])
-
-        def get_next(self):
-            return next(self.data, None)
-
-    quantize_static(str(fp), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    q = _ort_quantize(_Attention(), (1, 8, 16), tmp_path, per_channel=True)
     ops = integer_ops(_lower(_relax(q)))
     assert ops.get("matmul:int32") == 2 and "matmul:float32" not in ops, ops
     _compile_and_verify(q, target, tmp_path / "out")

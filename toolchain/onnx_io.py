@@ -60,6 +60,11 @@ def parse_input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
 
 def load_model(path: Path) -> onnx.ModelProto:
     """Read an ONNX file, turning every way it can be broken into a one-line ModelError."""
+    return load_model_upgraded(path)[0]
+
+
+def load_model_upgraded(path: Path) -> tuple[onnx.ModelProto, bool]:
+    """``load_model``, and whether UpgradeModel changed the file's IR version or opsets."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
@@ -75,16 +80,16 @@ def load_model(path: Path) -> onnx.ModelProto:
                          f"{type(exc).__name__}") from None
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"{path} is not a valid ONNX file: it holds no graph")
-    model = _upgrade(model, path)
+    model, changed = _upgrade(model, path)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} failed the ONNX checker: {first}") from None
-    return model
+    return model, changed
 
 
-def _upgrade(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+def _upgrade(model: onnx.ModelProto, path: Path) -> tuple[onnx.ModelProto, bool]:
     """What onnxruntime's tools write, made checkable: an old IR version whose initializers
     are not inputs, nodes newer than the opset (toolchain/passes/upgrade_model.py)."""
     try:
@@ -94,7 +99,7 @@ def _upgrade(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     if changed:
         log.info("%s upgraded to IR version %d, opset %s", path.name, model.ir_version,
                  ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import))
-    return model
+    return model, changed
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

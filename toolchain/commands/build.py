@@ -12,8 +12,8 @@ import numpy as np
 
 from toolchain.errors import ConfigError, EdgecError, ModelError, VerificationError
 from toolchain.onnx_io import (TensorSpec, fix_input_shapes, graph_inputs, input_specs,
-                               load_model, output_specs, output_steps, parse_input_shapes,
-                               random_inputs)
+                               load_model, load_model_upgraded, output_specs, output_steps,
+                               parse_input_shapes, random_inputs)
 from toolchain.outdir import staged_output
 from toolchain.torch_input import export_module, input_shape_for, is_torch_file, load_module
 from toolchain.targets import backend_for, device, devices
@@ -109,7 +109,7 @@ def compile_folder(args) -> dict:
     if torch_input:
         input_name, input_shape = input_shape_for(shapes, source)
     else:
-        loaded = load_model(model_path)
+        loaded, upgraded = load_model_upgraded(model_path)
         _refuse_contradicting_shapes(loaded, shapes)
         model = fix_input_shapes(loaded, shapes)
     started = time.perf_counter()
@@ -118,7 +118,7 @@ def compile_folder(args) -> dict:
             # exported (and checked against PyTorch) into the folder as its model.onnx
             export_module(module, stage / "model.onnx", input_shape, input_name)
             model = fix_input_shapes(load_model(stage / "model.onnx"), {})
-        elif _upgraded(model_path, loaded):
+        elif upgraded:
             # The file needed UpgradeModel (an old IR/opset that onnxruntime may refuse too):
             # the folder keeps the upgraded model, which verify runs onnxruntime on.
             from toolchain.onnx_io import save_model
@@ -154,15 +154,6 @@ def _refuse_foreign_options(args, dev) -> None:
                 raise ConfigError(f"option {flag} does not apply to target {dev.name} "
                                   f"(family {dev.family}); it is an option of the "
                                   f"{other.family} targets")
-
-
-def _upgraded(path: Path, loaded) -> bool:
-    """Whether loading upgraded the file's IR version or opsets."""
-    import onnx
-
-    raw = onnx.load(str(path), load_external_data=False)
-    opsets = lambda m: sorted((o.domain, o.version) for o in m.opset_import)  # noqa: E731
-    return raw.ir_version != loaded.ir_version or opsets(raw) != opsets(loaded)
 
 
 def _refuse_contradicting_shapes(model, shapes: dict[str, tuple[int, ...]]) -> None:

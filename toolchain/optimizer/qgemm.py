@@ -52,8 +52,6 @@ class DotInstr:
     # Lane j sums bytes {2j, 2j+1, 2j+8, 2j+9} (smull + smlal2 + sadalp) instead of
     # {g*j .. g*j+g-1}.
     split_halves: bool = False
-    # Pairs of products are summed in int16 first: needs weights in [-127, 127].
-    needs_symmetric_weights: bool = False
     # Each lane is one output channel (weights packed [O/lanes, K/group, lanes, group], the
     # activation's ``group`` bytes broadcast): no horizontal sum, one load of A per step.
     packed: bool = False
@@ -80,10 +78,10 @@ class DotInstr:
 GENERIC = DotInstr("edgec_widen_8x2_i8", 8, 2, "int8")
 SDOT = DotInstr("edgec_sdot_idx_4x16_i8", 4, 4, "int8", packed=True, groups_per_call=4)
 NEON_SMULL = DotInstr("edgec_smull_8x2_i8", 8, 2, "int8")
-NEON_SMLAL = DotInstr("edgec_smlal_4x4_i8", 4, 4, "int8", split_halves=True,
-                      needs_symmetric_weights=True)
-BY_NAME = {}  # filled below
+# Pairs of products are summed in int16 first: needs weights in [-127, 127] (dot_instr).
+NEON_SMLAL = DotInstr("edgec_smlal_4x4_i8", 4, 4, "int8", split_halves=True)
 VNNI = DotInstr("edgec_vpdpbusd_bcast_16x4_u8i8", 16, 4, "uint8", packed=True)
+BY_NAME = {i.name: i for i in (GENERIC, SDOT, NEON_SMULL, NEON_SMLAL, VNNI)}
 
 
 def _mattr(target) -> list[str]:
@@ -101,8 +99,6 @@ def dot_instr(target, symmetric_weights: bool = False) -> DotInstr:
             return SDOT
         return NEON_SMLAL if symmetric_weights else NEON_SMULL
     if triple.startswith("x86_64"):
-        from tvm.target import codegen
-
         cpu = str(target.attrs.get("mcpu", ""))
         if any("avx512vnni" in a for a in attrs) or _cpu_has(cpu, "avx512vnni"):
             return VNNI
@@ -126,9 +122,6 @@ def tvm_target(cpu: str):
 
     return tvm.target.Target({"kind": "llvm", "mtriple": codegen.llvm_get_system_triple(),
                               "mcpu": cpu})
-
-
-BY_NAME.update({i.name: i for i in (GENERIC, SDOT, NEON_SMULL, NEON_SMLAL, VNNI)})
 
 
 # ------------------------------------------------------------------------ tensor intrinsics
@@ -208,20 +201,12 @@ def _register(instr: DotInstr) -> None:
             with T.sblock("root"):
                 T.reads(C[0:8], A[0:16], B[0:16])
                 T.writes(C[0:8])
-                # smull: 8 int16 products; saddlp: pairs into 4 int32 (LLVM folds the add
-                # into sadalp). Lanes 0-3 hold bytes 0-7, lanes 4-7 bytes 8-15.
-                C[T.ramp(0, 1, 4)] = C.vload([0], "int32x4") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-                    T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                        A.vload([0], "int8x8"), B.vload([0], "int8x8"), dtype="int16x8"),
-                    dtype="int32x4")
-                C[T.ramp(4, 1, 4)] = C.vload([4], "int32x4") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-                    T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                        A.vload([8], "int8x8"), B.vload([8], "int8x8"), dtype="int16x8"),
-                    dtype="int32x4")
+                # smull: 8 int16 products; saddlp: pairs into 4 int32 (sadalp). Lanes 0-3
+                # hold bytes 0-7, lanes 4-7 bytes 8-15.
+                C[T.ramp(0, 1, 4)] = C.vload([0], "int32x4") + _saddlp(
+                    _smull(A.vload([0], "int8x8"), B.vload([0], "int8x8"), T), T)
+                C[T.ramp(4, 1, 4)] = C.vload([4], "int32x4") + _saddlp(
+                    _smull(A.vload([8], "int8x8"), B.vload([8], "int8x8"), T), T)
     elif instr is NEON_SMLAL:
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -233,15 +218,9 @@ def _register(instr: DotInstr) -> None:
                 T.writes(C[0:4])
                 # smull (bytes 0-7) + smlal2 (bytes 8-15) in int16, then sadalp: lane j gets
                 # bytes 2j, 2j+1, 2j+8, 2j+9. |a*w| <= 128*127, so two fit in int16.
-                C[T.ramp(0, 1, 4)] = C.vload([0], "int32x4") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-                    T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                        A.vload([0], "int8x8"), B.vload([0], "int8x8"), dtype="int16x8")
-                    + T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                        A.vload([8], "int8x8"), B.vload([8], "int8x8"), dtype="int16x8"),
-                    dtype="int32x4")
+                C[T.ramp(0, 1, 4)] = C.vload([0], "int32x4") + _saddlp(
+                    _smull(A.vload([0], "int8x8"), B.vload([0], "int8x8"), T)
+                    + _smull(A.vload([8], "int8x8"), B.vload([8], "int8x8"), T), T)
     elif instr is VNNI:
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -471,17 +450,6 @@ def requantize(acc, bias, scale, out_dtype: str, out_zero: int, clamp):
 
 
 # ------------------------------------------------------------------------ schedule
-def is_qgemm(func) -> bool:
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
-    try:
-        sch.get_sblock("qgemm_acc")
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def schedule_qgemm(func, target, threads: int = 1):
     """Register-tile and tensorize an int8 GEMM kernel made by ``gemm_te`` (plain loops, which
     are correct but slow, if a primitive refuses)."""
@@ -598,6 +566,18 @@ def _register_lane_sum() -> None:
     _REGISTERED.add(LANE_SUM)
 
 
+def _smull(a, b, T):
+    """8 int8 x int8 -> 8 int16 products."""
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                                   a, b, dtype="int16x8")
+
+
+def _saddlp(x, T):
+    """Pairs of int16 summed into 4 int32 (LLVM folds a following add into sadalp)."""
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), x, dtype="int32x4")
+
+
 def _addp(a, b, T):
     return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
                                    a, b, dtype="int32x4")
@@ -656,8 +636,6 @@ def _vectorize_inner(sch, block, width: int) -> None:
 def _schedule_im2col(sch, block, k_pad: int) -> None:
     """Split the reduction axis of the copy into (kernel position, channel) where it has no
     padding, so the channel loop is a plain contiguous (vectorized) copy."""
-    from tvm import tirx
-
     channels = _im2col_channels(sch.get(block))
     loops = sch.get_loops(block)
     k = loops[-1]
@@ -669,7 +647,6 @@ def _schedule_im2col(sch, block, k_pad: int) -> None:
             sch.vectorize(ci)
     elif k_pad <= 64:
         sch.unroll(k)
-    del tirx
 
 
 def _im2col_channels(block) -> int:
