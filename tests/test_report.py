@@ -131,11 +131,24 @@ def test_reports_match_their_baselines(name, tmp_path):
 
 # ---------------------------------------------------------------- --quiet, --json, exit codes
 def test_exit_codes_are_stable_and_documented():
-    assert sorted(EXIT_CODES) == [0, 1, 2, 3, 4, 130]
+    assert sorted(EXIT_CODES) == [0, 1, 2, 3, 4, 130, 141]
     readme = README.read_text()
     section = readme[readme.index("## Exit codes"):]
     for code in EXIT_CODES:
         assert f"| {code} |" in section, f"README's exit-code table lacks {code}"
+
+
+def test_closed_stdout_ends_quietly_with_141():
+    """`edgec --json doctor | head -0`: the reader is gone before edgec writes; no traceback."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "from toolchain.cli import main; "
+                             "raise SystemExit(main())", "--json", "doctor", "host"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the interpreter has started and printed anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 @pytest.mark.parametrize("error, code", [

@@ -31,6 +31,7 @@ from toolchain.errors import (ConfigError, EdgecError, ToolFailedError, ToolMiss
                               VerificationError)
 
 INTERRUPTED = 130
+BROKEN_PIPE_EXIT = 141
 EXIT_CODES = {
     0: "ok",
     VerificationError.exit_code: "verification mismatch: outputs outside the tolerance",
@@ -38,6 +39,7 @@ EXIT_CODES = {
     ToolMissingError.exit_code: "a tool is missing (cross compiler, qemu, g++, verilator)",
     ToolFailedError.exit_code: "a tool ran and failed",
     INTERRUPTED: "interrupted (Ctrl-C)",
+    BROKEN_PIPE_EXIT: "the reader of stdout closed the pipe early (e.g. `| head`)",
 }
 
 
@@ -161,6 +163,19 @@ def _json_mode(args, verify_json: Path | None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI. A reader that closes the pipe early (``edgec --json ... | head``) ends the
+    command quietly with exit code 141 (128 + SIGPIPE), as a shell pipeline expects."""
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        # Python would report the broken pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
