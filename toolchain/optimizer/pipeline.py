@@ -49,6 +49,14 @@ def simplify_integer(ctx: PipelineContext) -> list:
     return [LowerQDQToInteger(ctx.target), *simplify(ctx)]
 
 
+def kv_cache(ctx: PipelineContext) -> list:
+    """A language model's KV cache updated in place (toolchain/optimizer/kvcache.py);
+    nothing for a model without ``past_*`` inputs."""
+    from toolchain.optimizer.kvcache import write_cache_in_place
+
+    return [write_cache_in_place()]
+
+
 def legalize(ctx: PipelineContext) -> list:
     """Each Relax op becomes a TIR kernel (call_tir); constants fold through them."""
     from tvm import relax
@@ -82,11 +90,12 @@ def cpu_schedule(ctx: PipelineContext) -> list:
 
 
 PIPELINES: dict[str, tuple[tuple[str, Stage], ...]] = {
-    "cpu": (("simplify", simplify), ("legalize", legalize), ("fuse_ops", fuse_ops),
-            ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
-    "cpu-int": (("simplify", simplify_integer), ("legalize", legalize), ("fuse_ops", fuse_ops),
-                ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
-    "cpu-nofuse": (("simplify", simplify), ("legalize", legalize), ("schedule", cpu_schedule)),
+    "cpu": (("simplify", simplify), ("kv_cache", kv_cache), ("legalize", legalize),
+            ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
+    "cpu-int": (("simplify", simplify_integer), ("kv_cache", kv_cache), ("legalize", legalize),
+                ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
+    "cpu-nofuse": (("simplify", simplify), ("kv_cache", kv_cache), ("legalize", legalize),
+                   ("schedule", cpu_schedule)),
 }
 
 

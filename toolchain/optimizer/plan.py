@@ -137,6 +137,14 @@ def build_plan(mod) -> KernelPlan:
                     outs.append(plan.add(TEMP, shape, dtype))
                 plan.calls.append(KernelCall(val.args[0].name_hint, tuple(ins + outs), len(outs)))
                 env[binding.var] = tuple(outs) if hasattr(out_ty, "fields") else outs[0]
+            elif isinstance(val, relax.Call) and getattr(op, "name", "") == \
+                    "relax.call_tir_inplace":
+                # The kernel writes into some of its inputs (a KV cache): the result is that
+                # very buffer, and the call has no output arguments of its own.
+                ins = flat(value_of(val.args[1]))
+                written = [ins[int(i)] for i in val.attrs.inplace_indices]
+                plan.calls.append(KernelCall(val.args[0].name_hint, tuple(ins), 0))
+                env[binding.var] = tuple(written) if len(written) > 1 else written[0]
             elif isinstance(val, relax.Call):
                 raise ModelError(f"operator '{getattr(op, 'name', op)}' was not lowered to a "
                                  "kernel; the ARM target cannot run it")
