@@ -19,7 +19,10 @@ integer <-> float helpers for 32-bit hard-float ARM builds linked against GNU li
 # libgcc's members are never linked. clang-built drivers (zig cc) get compiler-rt, whose
 # generic names are hard-float like LLVM's calls, and need none of this.
 ARM_EABI_CONVERSIONS = """\
-#if defined(__arm__) && defined(__ARM_PCS_VFP) && !defined(__clang__)
+/* Only with a double-precision FPU (__ARM_FP bit 3): on a single-precision one (Cortex-M4F)
+ * the doubles below are libgcc calls whose object defines these names too. */
+#if defined(__arm__) && defined(__ARM_PCS_VFP) && !defined(__clang__) && \
+    defined(__ARM_FP) && (__ARM_FP & 8)
 #define EDGEC_SOFT_PCS __attribute__((pcs("aapcs")))
 static uint64_t edgec_d2ul(double a) {  /* truncates; saturates; NaN and negatives give 0 */
   if (!(a > 0.0)) return 0;
