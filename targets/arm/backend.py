@@ -86,7 +86,8 @@ class ArmBackend(Backend):
         from toolchain.optimizer.plan import build_plan
         from toolchain.onnx_io import input_specs, output_specs
         from toolchain.passes import cleanup_passes, transform
-        from toolchain.targets.arm import driver
+        from toolchain.optimizer.kvcache import lm_contract
+        from toolchain.targets.arm import driver, lm_driver
 
         dev = CpuDevice.from_device(device)
         cc = find_compiler(dev, getattr(args, "compiler", "auto"))  # fail fast if missing
@@ -108,6 +109,7 @@ class ArmBackend(Backend):
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         model = transform(model, cleanup_passes())
+        lm = lm_contract(model)  # a language model's decode graph (README, Language models)
         timings["onnx_passes"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         mod = import_onnx(model, device.name)
@@ -124,6 +126,10 @@ class ArmBackend(Backend):
         plan = build_plan(result.mod)
         mem = plan_memory(plan)
         check_plan(plan, mem)
+        names_in = [s.name for s in input_specs(model)]
+        names_out = [s.name for s in output_specs(model)]
+        if lm is not None:
+            lm_driver.check_cache_buffers(plan, mem, names_in, names_out, lm)
         timings["plan"] = time.perf_counter() - t0
 
         with tempfile.TemporaryDirectory(prefix="edgec-build-") as tmp:
@@ -138,14 +144,17 @@ class ArmBackend(Backend):
             layout, blob = driver.layout_weights(plan)
             (build / "weights.bin").write_bytes(blob)
             (build / "weights.S").write_text(driver.weights_asm("weights.bin"))
-            names_in = [s.name for s in input_specs(model)]
-            names_out = [s.name for s in output_specs(model)]
             sources = {
                 "model.h": driver.header(plan, names_in, names_out, Path(model_path).name,
                                          threads),
                 "model.c": driver.model_c(plan, mem, layout, ws, threads),
                 "main.c": driver.main_c(plan),
             }
+            if lm is not None:
+                bound = lm_driver.token_bound(plan, names_in, lm)
+                sources["model.h"] = lm_driver.add_to_header(sources["model.h"], lm, bound)
+                sources["model.c"] += lm_driver.model_c_lm(plan, mem, names_in, names_out, lm)
+                sources["main.c"] = lm_driver.main_c(plan)
             for name, text in sources.items():
                 (build / name).write_text(text)
             pthread = ("-pthread",) if threads > 1 else ()
@@ -194,6 +203,9 @@ class ArmBackend(Backend):
             "library_bytes": (stage / "libmodel.a").stat().st_size,
             "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
             "tolerance": 1e-4,
+            **({"lm": {**lm.to_json(), "tokens": bound,
+                       "weight_bytes_per_token": lm_driver.weight_bytes_per_token(plan)}}
+               if lm is not None else {}),
         }
 
     def run(self, out_dir: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -203,6 +215,15 @@ class ArmBackend(Backend):
         dev = CpuDevice.from_device(_device(manifest["target"]))
         specs = [(tuple(o["shape"]), o["dtype"]) for o in manifest["outputs"]]
         return run_binary(dev, out_dir / "model", inputs, specs)
+
+    def generate(self, out_dir: Path, prompt: bytes, tokens: int) -> tuple[list[int], np.ndarray]:
+        """A language model's greedy generation by the binary: the ids and their logits."""
+        from toolchain.targets.arm.runner import generate_binary
+
+        manifest = json.loads((out_dir / "edgec.json").read_text())
+        dev = CpuDevice.from_device(_device(manifest["target"]))
+        return generate_binary(dev, out_dir / "model", prompt, tokens,
+                               int(manifest["lm"]["vocab"]))
 
 
 MAX_THREADS = 256

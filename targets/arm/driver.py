@@ -351,6 +351,20 @@ def model_c(plan: KernelPlan, mem: MemoryPlan, weights: WeightLayout,
     checks = index_checks(plan)
     if checks:
         out.append(_INDEX_ERROR_C)
+    # The kernel calls, on whatever the arena holds (model_run copies the inputs in first;
+    # a language model's driver writes its token and position there and keeps the cache).
+    out.append("static int edgec_run_plan(void) {")
+    out.append("  for (int i = 0; i < edgec_num_calls; ++i) {")
+    out.append("    edgec_ffi_any result = {0, 0, {0}};")
+    out.append("    edgec_ws_reset();" if threads > 1 else "    edgec_ws_top = 0;")
+    out.append("    if (edgec_calls[i].fn(NULL, edgec_calls[i].args, edgec_calls[i].n, &result) != 0) {")
+    out.append("      if (!edgec_error[0]) strncpy(edgec_error, edgec_calls[i].name, sizeof(edgec_error) - 1);")
+    out.append("      return -1;")
+    out.append("    }")
+    out.append("  }")
+    out.append("  return 0;")
+    out.append("}")
+    out.append("")
     out.append("int edgec_model_run_multi(const void *const inputs[], void *const outputs[]) {")
     for i, b in enumerate(plan.inputs):
         out.append(f"  memcpy(edgec_arena + {mem.offsets[b]}, inputs[{i}], "
@@ -368,14 +382,7 @@ def model_c(plan: KernelPlan, mem: MemoryPlan, weights: WeightLayout,
                 f"        return edgec_index_error(EDGEC_MODEL_INPUT{chk.input}_NAME, k, "
                 f"(int64_t)ix[k], {chk.bound});",
                 "  }"]
-    out.append("  for (int i = 0; i < edgec_num_calls; ++i) {")
-    out.append("    edgec_ffi_any result = {0, 0, {0}};")
-    out.append("    edgec_ws_reset();" if threads > 1 else "    edgec_ws_top = 0;")
-    out.append("    if (edgec_calls[i].fn(NULL, edgec_calls[i].args, edgec_calls[i].n, &result) != 0) {")
-    out.append("      if (!edgec_error[0]) strncpy(edgec_error, edgec_calls[i].name, sizeof(edgec_error) - 1);")
-    out.append("      return -1;")
-    out.append("    }")
-    out.append("  }")
+    out.append("  if (edgec_run_plan() != 0) return -1;")
     for i, b in enumerate(plan.outputs):
         out.append(f"  memcpy(outputs[{i}], edgec_tensors[{index[b]}].data, "
                    f"{plan.buffers[b].nbytes});")

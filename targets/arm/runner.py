@@ -58,3 +58,18 @@ def bench_binary(dev: CpuDevice, binary: Path, runs: int, timeout: float = 3600)
                     timeout=timeout, env=clean_env())
     last = proc.stdout.decode().strip().splitlines()[-1]
     return float(last.split()[-1])
+
+
+def generate_binary(dev: CpuDevice, binary: Path, prompt: bytes, tokens: int, vocab: int,
+                    timeout: float = 1800) -> tuple[list[int], np.ndarray]:
+    """A language model binary's greedy ids (``--ids``) and the logits of each step."""
+    if not binary.is_file():
+        raise ConfigError(f"{binary} is missing; compile again with 'edgec compile'")
+    with tempfile.TemporaryDirectory(prefix="edgec-run-") as tmp:
+        logits = Path(tmp) / "logits.bin"
+        proc = run_tool([*launcher(dev), binary, "--prompt", prompt.decode("latin-1"),
+                         "--tokens", str(tokens), "--temperature", "0", "--ids",
+                         "--logits", logits], what=f"generating with {binary.name}",
+                        timeout=timeout, env=clean_env())
+        lines = proc.stdout.decode().strip().splitlines()[:-1]  # the last: tokens/s
+        return [int(x) for x in lines], np.fromfile(logits, np.float32).reshape(-1, vocab)

@@ -137,6 +137,7 @@ def compile_folder(args) -> dict:
             # quantized outputs: onnxruntime and the artifact may differ by one step
             "output_steps": output_steps(model),
             "options": _options_json(args),
+            **({"lm": report["lm"]} if "lm" in report else {}),  # a language model
         }
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         report.setdefault("target", dev.name)
@@ -281,6 +282,10 @@ def verify_folder(out_dir: Path, inputs_paths: list[Path] | None = None, seed: i
 
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
+    if "lm" in manifest and not inputs_paths:  # greedy generation, token by token
+        from toolchain.lm_reference import verify_lm
+
+        return verify_lm(out_dir, manifest, backend_for(manifest["family"]), tolerance)
     inputs = load_inputs(manifest, inputs_paths or [], seed)
     got = backend_for(manifest["family"]).run(out_dir, inputs)
     ref = run_reference(out_dir / "model.onnx", inputs)
