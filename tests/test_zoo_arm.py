@@ -12,7 +12,7 @@ from toolchain.commands.build import verify_folder
 from toolchain.models import names
 
 TARGETS = ["host", "arm-a72", "armv7-a7"]
-CASES = [(n, []) for n in names()] + [("cnn", ["--quantize", "int8"])]
+CASES = [(n, []) for n in names("classifier")] + [("cnn", ["--quantize", "int8"])]
 
 
 @pytest.fixture(scope="module")
