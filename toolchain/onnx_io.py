@@ -27,24 +27,55 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str  # numpy dtype name, e.g. "float32"
+    high: int | None = None  # integer inputs used as indices: valid values are [0, high)
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.high is not None:
+            out["high"] = self.high
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping) -> "TensorSpec":
-        return cls(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d["dtype"]))
+        high = d.get("high")
+        return cls(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d["dtype"]),
+                   None if high is None else int(high))
+
+
+class InputShape(tuple):
+    """A parsed --input-shape: the dimensions (a tuple) and the element type given with
+    ``:dtype`` (e.g. ``input_ids=1,32:int64``), or None when none was given."""
+
+    dtype: str | None
+
+    def __new__(cls, dims, dtype: str | None = None):
+        obj = super().__new__(cls, dims)
+        obj.dtype = dtype
+        return obj
+
+    def __reduce__(self):
+        return (InputShape, (tuple(self), self.dtype))
+
+
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8",
+                "bool")
 
 
 def parse_input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """Parse ``name=1,3,224,224`` strings (from --input-shape) into a dict."""
+    """Parse ``name=1,3,224,224`` strings (from --input-shape) into a dict; an element type may
+    follow the dimensions (``input_ids=1,32:int64``) and is kept as the value's ``.dtype``."""
     shapes: dict[str, tuple[int, ...]] = {}
     for item in items:
         name, sep, dims = item.partition("=")
+        dims, _, dtype = dims.partition(":")
+        dtype = dtype.strip().lower() or None
+        if dtype is not None and dtype not in INPUT_DTYPES:
+            raise ConfigError(f"bad --input-shape '{item}': unknown element type '{dtype}'; "
+                              f"use one of {', '.join(INPUT_DTYPES)}")
         try:
             if not sep or not name:
                 raise ValueError
@@ -52,9 +83,10 @@ def parse_input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
             if any(d <= 0 for d in shape):
                 raise ValueError
         except ValueError:
-            raise ConfigError(f"bad --input-shape '{item}': expected NAME=D1,D2,... "
-                              "with positive integers, e.g. input=1,3,224,224") from None
-        shapes[name] = shape
+            raise ConfigError(f"bad --input-shape '{item}': expected NAME=D1,D2,...[:dtype] "
+                              "with positive integers, e.g. input=1,3,224,224 or "
+                              "input_ids=1,32:int64") from None
+        shapes[name] = InputShape(shape, dtype)
     return shapes
 
 
@@ -145,6 +177,10 @@ def fix_input_shapes(model: onnx.ModelProto,
         dims = inp.type.tensor_type.shape.dim
         if inp.name in overrides:
             shape = overrides[inp.name]
+            given = getattr(shape, "dtype", None)
+            if given is not None and given != _dtype_of(inp.type):
+                raise ConfigError(f"--input-shape {inp.name} says {given}, the model's input is "
+                                  f"{_dtype_of(inp.type)}")
             if len(shape) != len(dims) and len(dims) > 0:
                 raise ConfigError(f"--input-shape {inp.name} has {len(shape)} dimensions, "
                                   f"the model's input has {len(dims)}")
@@ -186,8 +222,53 @@ def fix_input_shapes(model: onnx.ModelProto,
 
 
 def input_specs(model: onnx.ModelProto) -> list[TensorSpec]:
-    return [TensorSpec(i.name, tuple(d.dim_value for d in i.type.tensor_type.shape.dim),
-                       _dtype_of(i.type)) for i in graph_inputs(model)]
+    """The inputs; an integer input that indexes a Gather (token ids into an embedding table)
+    gets ``high``, the smallest gathered dimension, so generated inputs stay valid."""
+    specs = []
+    for i in graph_inputs(model):
+        dtype = _dtype_of(i.type)
+        high = index_bound(model, i.name) if np.dtype(dtype).kind in "iu" else None
+        specs.append(TensorSpec(i.name, tuple(d.dim_value for d in i.type.tensor_type.shape.dim),
+                                dtype, high))
+    return specs
+
+
+# ops through which an index tensor keeps its values (on its first input)
+_INDEX_PASS = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Transpose",
+               "Expand", "Slice", "Tile"}
+
+
+def index_bound(model: onnx.ModelProto, name: str) -> int | None:
+    """The smallest dimension that tensor ``name`` indexes through Gather nodes (following
+    shape-only ops), or None if it reaches no Gather whose data shape is known."""
+    dims: dict[str, list[int]] = {t.name: list(t.dims) for t in model.graph.initializer}
+    for vi in list(model.graph.value_info) + list(model.graph.input):
+        if vi.type.tensor_type.HasField("shape"):
+            d = [x.dim_value if x.HasField("dim_value") else -1
+                 for x in vi.type.tensor_type.shape.dim]
+            dims.setdefault(vi.name, d)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            dims.setdefault(n.output[0], list(n.attribute[0].t.dims))
+    users: dict[str, list] = {}
+    for n in model.graph.node:
+        for k, inp in enumerate(n.input):
+            users.setdefault(inp, []).append((n, k))
+    bounds, todo, seen = [], [name], set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        for n, k in users.get(t, []):
+            if n.op_type == "Gather" and k == 1:
+                axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+                shape = dims.get(n.input[0])
+                if shape and -len(shape) <= axis < len(shape) and shape[axis] > 0:
+                    bounds.append(shape[axis])
+            elif n.op_type in _INDEX_PASS and k == 0:
+                todo.extend(n.output)
+    return min(bounds) if bounds else None
 
 
 def output_specs(model: onnx.ModelProto) -> list[TensorSpec]:
@@ -202,7 +283,8 @@ def output_specs(model: onnx.ModelProto) -> list[TensorSpec]:
 
 
 def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> list[np.ndarray]:
-    """Seeded inputs: standard normal for floats, a small range for integers."""
+    """Seeded inputs: standard normal for floats; integers in [0, high) for an index input
+    (``TensorSpec.high``), else in [0, 8)."""
     rng = np.random.default_rng(seed)
     arrays = []
     for s in specs:
@@ -210,8 +292,8 @@ def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> list[np.ndarray
             arrays.append(rng.standard_normal(s.shape).astype(s.dtype))
         elif np.dtype(s.dtype) == np.bool_:
             arrays.append(rng.integers(0, 2, s.shape).astype(bool))
-        else:
-            arrays.append(rng.integers(0, 8, s.shape).astype(s.dtype))
+        else:  # an index input: anywhere in its valid range, else a small range
+            arrays.append(rng.integers(0, s.high or 8, s.shape).astype(s.dtype))
     return arrays
 
 

@@ -1,11 +1,18 @@
 """edgec zoo / edgec compress: list the reference models; compress one and export ONNX + report.
 
-``edgec compress NAME_OR_MODEL [--distill TEACHER] [--lowrank ENERGY] [--prune SPARSITY]
-[--prune-channels FRACTION] [--quantize int8|int4|fixed<W,I>] -o OUT.onnx`` trains the zoo
-model if needed (or loads a ``torch.save``d module, with ``--data ZOO_NAME`` naming the data it
-takes), applies the steps in the order of ``--steps`` (default: distill, lowrank,
-prune-channels, prune, quantize), exports OUT.onnx and writes OUT.json beside it. All options
-can come from the ``[compress]`` table of a ``--config`` TOML file.
+``edgec compress MODEL [--data DATA] [--metric M] [--distill TEACHER] [--lowrank ENERGY]
+[--prune SPARSITY] [--prune-channels FRACTION] [--quantize int8|int4|fixed<W,I>] -o OUT.onnx``
+trains the zoo model if needed, or loads the user's model (a ``torch.save``d module, a
+``torch.export`` ``.pt2`` program, or ``file.py:ClassName`` with ``--weights``) with the data
+``--data`` gives (a zoo data set, an .npz, a folder of .npy files or module:function; see
+``toolchain.compress.data``), applies the steps in the order of ``--steps`` (default: distill,
+lowrank, prune-channels, prune, quantize), exports OUT.onnx and writes OUT.json beside it, with
+the metric (``toolchain.compress.evaluate``) before and after each step and on the ONNX file.
+
+A model file is fine-tuned only when ``--epochs N`` (or ``--qat-epochs N``) asks for it, and
+only on labelled data the user gave: without labels, quantization calibrates and pruning
+prunes, and a step that needs labels says so. All options can come from the ``[compress]``
+table of a ``--config`` TOML file.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+
+import numpy as np
 
 from toolchain.errors import ConfigError, ModelError
 
@@ -50,10 +59,22 @@ def register_compress(sub) -> None:
                        description="Apply compression steps and write OUT.onnx and OUT.json "
                                    "(accuracy, parameters, non-zeros, MACs and bytes before and "
                                    "after each step). With no step, export the float model.")
-    p.add_argument("model", nargs="?", help="zoo model name (see 'edgec zoo') or a .pt file "
-                                            "holding a torch.save()d nn.Module")
+    p.add_argument("model", nargs="?", help="zoo model name (see 'edgec zoo'), a .pt file "
+                                            "holding a torch.save()d nn.Module, a .pt2 "
+                                            "torch.export program, or file.py:ClassName "
+                                            "(with --weights)")
     p.add_argument("-o", "--output", type=Path, help="the ONNX file to write (OUT.onnx)")
-    p.add_argument("--data", help="zoo model whose data set a .pt model takes (e.g. cnn)")
+    p.add_argument("--data", help="the data: a zoo model's data set (e.g. cnn), DATA.npz (x, "
+                                  "optional y, x_test, y_test), a folder of x.npy [y.npy ...], "
+                                  "or module:function returning a torch Dataset / DataLoader")
+    p.add_argument("--metric", help="top1, top5, mse, mae, agree, drift, or module:function "
+                                    "called as function(outputs, labels) (default: top1 for "
+                                    "class labels, mse for float targets, agree without labels)")
+    p.add_argument("--weights", type=Path, metavar="STATE_DICT",
+                   help="state dict to load into a file.py:ClassName model")
+    p.add_argument("--module-path", action="append", default=[], metavar="DIR",
+                   help="folder with the source a pickled .pt module, a file.py:ClassName, "
+                        "--data or --metric imports (repeatable)")
     p.add_argument("--distill", metavar="TEACHER",
                    help="train the model from scratch on TEACHER's soft targets (zoo name or .pt)")
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
@@ -69,7 +90,9 @@ def register_compress(sub) -> None:
     p.add_argument("--calibration", default="minmax", help="minmax, percentile or histogram")
     p.add_argument("--qat-epochs", type=int, default=0,
                    help="quantization-aware fine-tuning epochs after calibration")
-    p.add_argument("--epochs", type=int, help="fine-tuning epochs after prune / lowrank steps")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs after prune / lowrank steps "
+                                              "(default: the step's for a zoo model, 0 for a "
+                                              "model file)")
     p.add_argument("--steps", help="order of the steps, comma-separated (default: "
                                    + ",".join(ORDER) + ")")
     p.add_argument("--batch", type=int, default=1,
@@ -79,13 +102,16 @@ def register_compress(sub) -> None:
     p.set_defaults(func=cmd_compress, command_parser=p)
 
 
-def _load_module(ref: str, what: str):
-    """A zoo name -> (trained model, name); a .pt path -> (module, stem)."""
+def _load_module(ref: str, what: str, module_paths=(), weights=None, untrained_ok=False):
+    """A zoo name -> (None, name); a model file or file.py:ClassName -> (module, stem)."""
     from toolchain import models
-    from toolchain.torch_input import load_module
+    from toolchain.torch_input import is_class_ref, load_module
 
     if ref in models.names():
         return None, ref
+    if is_class_ref(ref):
+        return (load_module(ref, what, module_paths, weights, untrained_ok),
+                ref.rpartition(":")[2])
     path = Path(ref)
     if not path.exists():
         if path.suffix or "/" in ref:
@@ -95,7 +121,7 @@ def _load_module(ref: str, what: str):
     if path.suffix.lower() == ".onnx":
         raise ConfigError(f"{path} is an ONNX model; compress takes a PyTorch model (a zoo name "
                           "or a torch.save()d nn.Module), ONNX goes straight to 'edgec compile'")
-    return load_module(path, what), path.stem
+    return load_module(path, what, module_paths, weights), path.stem
 
 
 def _order(text: str | None) -> list[str]:
@@ -110,11 +136,14 @@ def _order(text: str | None) -> list[str]:
     return order
 
 
-def build_steps(args, teacher=None, teacher_name: str | None = None) -> list:
-    """The steps the options ask for, in ``--steps`` order (each validates its own values)."""
+def build_steps(args, teacher=None, teacher_name: str | None = None,
+                model_file: bool = False) -> list:
+    """The steps the options ask for, in ``--steps`` order (each validates its own values).
+    A model file (``model_file``) is not fine-tuned unless ``--epochs`` asks for it."""
     from toolchain.compress import Distill, LowRank, Prune, PruneChannels, Quantize
 
-    extra = {} if args.epochs is None else {"epochs": args.epochs}
+    epochs = 0 if args.epochs is None and model_file else args.epochs
+    extra = {} if epochs is None else {"epochs": epochs}
     wanted = {}
     if args.distill is not None:
         wanted["distill"] = Distill(teacher, teacher_name or str(args.distill),
@@ -149,9 +178,29 @@ def _validate_numbers(args) -> None:
         raise ConfigError("--epochs must be >= 0")
 
 
+def _context(args, module, name: str):
+    """The data (``--data``, or the zoo model's own) with its metric chosen."""
+    from toolchain.compress import Context, load_data, metric_for
+    from toolchain.compress.pipeline import check_io
+    from toolchain.models.train import predict
+
+    if args.data is None and module is not None:
+        raise ConfigError(f"{args.model} is a model file: give its data with --data (DATA.npz, "
+                          "a folder of .npy files, module:function, or a zoo data set)")
+    ctx = load_data(args.data, args.module_path) if args.data else Context.for_zoo(name)
+    if module is not None:
+        check_io(module, ctx)
+        outputs = predict(module, ctx.X_test[:2])
+    else:  # a zoo model gives (batch, classes) logits
+        outputs = np.zeros((1, int(np.max(ctx.y_train)) + 1), np.float32)
+    from dataclasses import replace
+
+    return replace(ctx, metric=metric_for(args.metric, ctx.y_test, outputs, args.module_path))
+
+
 def cmd_compress(args) -> int:
     from toolchain import models
-    from toolchain.compress import Context, compress, export_onnx, onnx_accuracy, quantization_meta
+    from toolchain.compress import compress, export_onnx, onnx_outputs, quantization_meta
     from toolchain.outdir import staged_file
 
     if args.model is None:
@@ -161,18 +210,18 @@ def cmd_compress(args) -> int:
     if args.output.suffix != ".onnx":
         raise ConfigError(f"-o must name an .onnx file, got {args.output}")
     _validate_numbers(args)
-    module, name = _load_module(str(args.model), "model")
-    data_name = name if module is None else args.data
-    if data_name is None:
-        raise ConfigError(f"{args.model} is a model file: say which data it takes with --data "
-                          f"(one of {', '.join(models.names())})")
-    ctx = Context.for_zoo(data_name)
+    # a student that distillation trains from scratch may come without weights
+    module, name = _load_module(str(args.model), "model", args.module_path, args.weights,
+                                untrained_ok=args.distill is not None)
+    if module is None and args.weights is not None:
+        raise ConfigError("--weights goes with a file.py:ClassName model")
+    ctx = _context(args, module, name)
     teacher, teacher_name = None, None
     if args.distill is not None:
-        teacher, teacher_name = _load_module(str(args.distill), "teacher")
+        teacher, teacher_name = _load_module(str(args.distill), "teacher", args.module_path)
         if teacher is None:
             teacher = models.trained(teacher_name, args.cache_dir)
-    steps = build_steps(args, teacher, teacher_name)
+    steps = build_steps(args, teacher, teacher_name, model_file=module is not None)
     if module is None:
         # a distilled student starts untrained; otherwise start from the trained zoo model
         distill_first = bool(steps) and steps[0].name == "distill"
@@ -181,15 +230,22 @@ def cmd_compress(args) -> int:
     mode = next((s.mode for s in steps if s.name == "quantize"), None)
     result = export_onnx(model, args.output, ctx.X_test, steps=report.step_configs(),
                          mode=quantization_meta(mode), batch=args.batch or None)
-    onnx_acc = round(onnx_accuracy(args.output, ctx.X_test, ctx.y_test), 3)
-    report.export = {**result.to_json(), "onnx_accuracy": onnx_acc,
-                     "quantization": quantization_meta(mode)}
+    metric = ctx.metric
+    onnx_score = metric.score(onnx_outputs(args.output, ctx.X_test), ctx.y_test,
+                              report.reference)
+    if metric.name in ("top1", "top5", "agree"):
+        onnx_score = round(onnx_score, 3)
+    report.export = {**result.to_json(), "metric": metric.name, "onnx_score": onnx_score,
+                     "onnx_accuracy": onnx_score if metric.name == "top1" else None,
+                     "quantization": quantization_meta(mode), "data": ctx.source,
+                     "labels": ctx.has_labels}
     out_json = args.output.with_suffix(".json")
     with staged_file(out_json) as tmp:
         tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     first, last = report.initial, report.final
+    unit = "%" if metric.name in ("top1", "top5", "agree") else ""
     print(f"{name}: {' -> '.join(s.name for s in steps) or 'no step (float export)'}")
-    print(f"  accuracy {first.accuracy:.2f}% -> {onnx_acc:.2f}% (onnxruntime), "
+    print(f"  {metric.name} {first.score:.4g}{unit} -> {onnx_score:.4g}{unit} (onnxruntime), "
           f"params {first.params} -> {last.params}, non-zeros {first.nonzeros} -> "
           f"{last.nonzeros}, MACs {first.macs} -> {last.macs}, bytes {first.bytes} -> {last.bytes}")
     print(f"  wrote {args.output} ({result.file_bytes} bytes) and {out_json}")

@@ -61,9 +61,11 @@ DequantizeLinear; biases stay float32.
 """
 
 from toolchain.compress.channels import PruneChannels
+from toolchain.compress.data import load_data
+from toolchain.compress.evaluate import Metric, metric_for
 from toolchain.compress.distill import Distill
 from toolchain.compress.export import (METADATA_KEY, ExportResult, export_onnx, metadata_of,
-                                       onnx_accuracy)
+                                       onnx_accuracy, onnx_outputs)
 from toolchain.compress.lowrank import LowRank
 from toolchain.compress.metrics import ModelStats, model_stats
 from toolchain.compress.pipeline import CompressionReport, Context, Measure, compress
@@ -71,8 +73,9 @@ from toolchain.compress.prune import Prune, weight_sparsity
 from toolchain.compress.quantize import Quantize, QuantSpec, parse_mode
 
 __all__ = ["Context", "CompressionReport", "Distill", "ExportResult", "LowRank", "METADATA_KEY",
-           "Measure", "ModelStats", "Prune", "PruneChannels", "QuantSpec", "Quantize",
-           "compress", "export_onnx", "metadata_of", "model_stats", "onnx_accuracy",
+           "Measure", "Metric", "ModelStats", "Prune", "PruneChannels", "QuantSpec", "Quantize",
+           "compress", "export_onnx", "load_data", "metadata_of", "metric_for", "model_stats",
+           "onnx_accuracy", "onnx_outputs",
            "parse_mode", "quantization_meta", "step_from_json", "STEPS", "weight_sparsity"]
 
 

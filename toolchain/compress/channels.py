@@ -27,7 +27,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from toolchain.compress.quantize import check_supported, is_quantized
 from toolchain.errors import ConfigError, UnsupportedOpError
-from toolchain.models.train import MASK, Recipe, fit
+from toolchain.compress.finetune import finetune, labels_needed
+from toolchain.models.train import MASK, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,10 @@ class PruneChannels:
     def to_json(self) -> dict:
         return {"step": self.name, "fraction": self.fraction, "epochs": self.epochs}
 
+    def labels_needed(self, ctx) -> None:
+        if self.epochs:
+            labels_needed(ctx, self.name, f"fine-tuning ({self.epochs} epochs)")
+
     def apply(self, model: nn.Module, ctx) -> nn.Module:
         check_supported(model, self.name)
         if is_quantized(model):
@@ -218,6 +223,6 @@ class PruneChannels:
             shrink(model, g, keep)
             log.info("prune-channels: %s %d -> %d", g.producer, g.channels, k)
         if self.epochs:
-            fit(model, ctx.X_train, ctx.y_train,
-                Recipe(epochs=self.epochs, lr=ctx.finetune_lr, batch=ctx.batch, seed=ctx.seed))
+            finetune(model, ctx,
+                     Recipe(epochs=self.epochs, lr=ctx.finetune_lr, batch=ctx.batch, seed=ctx.seed))
         return model.eval()

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from toolchain.errors import ConfigError
-from toolchain.models.train import Distillation, Recipe, fit
+from toolchain.compress.finetune import finetune, labels_needed
+from toolchain.models.train import Distillation, Recipe
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class Distill:
         return {"step": self.name, "teacher": self.teacher_name, "temperature": self.temperature,
                 "alpha": self.alpha, "epochs": self.epochs}
 
+    def labels_needed(self, ctx) -> None:
+        if self.alpha < 1.0:
+            labels_needed(ctx, self.name, f"the label loss (alpha {self.alpha} < 1; --alpha 1 "
+                                          "trains on the teacher's outputs only)")
+
     def apply(self, model: nn.Module, ctx) -> nn.Module:
         x = torch.tensor(np.asarray(ctx.X_train[:2]))
         self.teacher.eval()
@@ -54,5 +60,5 @@ class Distill:
                               f"{tuple(t_out.shape[1:])}, the student {tuple(s_out.shape[1:])}")
         recipe = Recipe(epochs=self.epochs if self.epochs is not None else ctx.epochs,
                         lr=ctx.lr, batch=ctx.batch, seed=ctx.seed)
-        return fit(model, ctx.X_train, ctx.y_train, recipe,
-                   Distillation(self.teacher, self.temperature, self.alpha))
+        return finetune(model, ctx, recipe,
+                        Distillation(self.teacher, self.temperature, self.alpha))

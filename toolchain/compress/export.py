@@ -104,7 +104,8 @@ def run_batched(sess, x: np.ndarray) -> np.ndarray:
     """Run a one-input session on all rows of ``x``, in chunks if its batch size is fixed."""
     inp = sess.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x)
+    x = x.astype(np.float32) if x.dtype.kind == "f" else x.astype(np.int64)
     if fixed is None:
         return sess.run(None, {inp.name: x})[0]
     outs = []
@@ -193,10 +194,32 @@ def _act_qdq(prefix: str, src: str, act: dict) -> tuple[list, list, str]:
     return nodes, inits, f"{prefix}_dq"
 
 
+def _undo_shared_initializers(g: onnx.GraphProto) -> None:
+    """The exporter keeps one copy of equal initializers and reads the others through
+    Identity nodes (e.g. the layers of a freshly built nn.TransformerEncoder, which are deep
+    copies of one layer): give each its own initializer again, so every layer has a weight of
+    its own to quantize and to name in the metadata."""
+    inits = {i.name: i for i in g.initializer}
+    keep = []
+    for node in g.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in inits:
+            copy_ = onnx.TensorProto()
+            copy_.CopyFrom(inits[node.input[0]])
+            copy_.name = node.output[0]
+            g.initializer.append(copy_)
+            inits[copy_.name] = copy_
+        else:
+            keep.append(node)
+    if len(keep) != len(g.node):
+        del g.node[:]
+        g.node.extend(keep)
+
+
 def _rewrite(proto: onnx.ModelProto, layers: dict, out_info: dict | None,
              output_name: str) -> None:
     """Match layers to weight initializers, insert QDQ, fill layers[*]['onnx_weight']."""
     g = proto.graph
+    _undo_shared_initializers(g)
     by_value: dict[tuple, list[str]] = {}
     for init in g.initializer:
         if init.data_type == TensorProto.FLOAT:
@@ -215,8 +238,9 @@ def _rewrite(proto: onnx.ModelProto, layers: dict, out_info: dict | None,
             if cand is None:
                 continue
             names = by_value.get((cand.shape, np.ascontiguousarray(cand).tobytes()))
-            if names:
-                found = (names.pop(0), axis)
+            if names:  # equal weights (copied layers): the one named after this layer first
+                own = f"{lname}.weight"
+                found = (names.pop(names.index(own) if own in names else 0), axis)
                 break
         if found is None:
             raise ModelError(f"export: no ONNX initializer holds the weight of layer '{lname}'")
@@ -301,7 +325,10 @@ def export_onnx(model: nn.Module, path: Path | str, example_input: np.ndarray, *
     VerificationError if onnxruntime disagrees with PyTorch.
     """
     torch.set_num_threads(1)
-    x = torch.tensor(np.asarray(example_input, dtype=np.float32))
+    example_input = np.asarray(example_input)
+    # token ids and other integer inputs keep their type (int64, as ONNX's Gather wants)
+    x = torch.as_tensor(example_input.astype(np.float32) if example_input.dtype.kind == "f"
+                        else example_input.astype(np.int64))
     model.eval()
     with torch.no_grad():
         ref = model(x).numpy()
@@ -348,10 +375,14 @@ def export_onnx(model: nn.Module, path: Path | str, example_input: np.ndarray, *
                         fused_err / step if step else None, agree)
 
 
-def onnx_accuracy(path: Path | str, X: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy in percent of an ONNX classifier, run by onnxruntime."""
+def onnx_outputs(path: Path | str, X: np.ndarray) -> np.ndarray:
+    """The first output of an ONNX model on every row of ``X``, run by onnxruntime."""
     from toolchain.reference import ort_session
 
-    sess = ort_session(Path(path))
-    logits = run_batched(sess, X)
+    return run_batched(ort_session(Path(path)), X)
+
+
+def onnx_accuracy(path: Path | str, X: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy in percent of an ONNX classifier, run by onnxruntime."""
+    logits = onnx_outputs(path, X)
     return float((logits.argmax(axis=1) == np.asarray(y)).mean() * 100.0)

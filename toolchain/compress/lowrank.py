@@ -19,7 +19,8 @@ from torch import nn
 
 from toolchain.compress.quantize import check_supported, is_quantized
 from toolchain.errors import ConfigError, UnsupportedOpError
-from toolchain.models.train import MASK, Recipe, fit
+from toolchain.compress.finetune import finetune, labels_needed
+from toolchain.models.train import MASK, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,10 @@ class LowRank:
         return {"step": self.name, "energy": self.energy, "params_ratio": self.params_ratio,
                 "epochs": self.epochs}
 
+    def labels_needed(self, ctx) -> None:
+        if self.epochs:
+            labels_needed(ctx, self.name, f"fine-tuning ({self.epochs} epochs)")
+
     def apply(self, model: nn.Module, ctx) -> nn.Module:
         check_supported(model, self.name)
         if is_quantized(model) or any(hasattr(m, MASK) for m in model.modules()):
@@ -133,6 +138,6 @@ class LowRank:
                 setattr(parent, attr, _factor(m, plan[name]))
         log.info("lowrank: energy %.4f, ranks %s", energy, plan)
         if self.epochs:
-            fit(model, ctx.X_train, ctx.y_train,
-                Recipe(epochs=self.epochs, lr=ctx.finetune_lr, batch=ctx.batch, seed=ctx.seed))
+            finetune(model, ctx,
+                     Recipe(epochs=self.epochs, lr=ctx.finetune_lr, batch=ctx.batch, seed=ctx.seed))
         return model.eval()

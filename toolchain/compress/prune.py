@@ -19,7 +19,8 @@ from torch import nn
 
 from toolchain.compress.quantize import check_supported
 from toolchain.errors import ConfigError, UnsupportedOpError
-from toolchain.models.train import MASK, Recipe, fit
+from toolchain.compress.finetune import finetune, labels_needed
+from toolchain.models.train import MASK, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ class Prune:
         return {"step": self.name, "sparsity": self.sparsity, "scope": self.scope,
                 "rounds": self.rounds, "epochs": self.epochs}
 
+    def labels_needed(self, ctx) -> None:
+        if self.epochs:
+            labels_needed(ctx, self.name, f"fine-tuning ({self.epochs} epochs per round)")
+
     def apply(self, model: nn.Module, ctx) -> nn.Module:
         check_supported(model, self.name)
         layers = [m for _, m in prunable_layers(model)]
@@ -88,7 +93,7 @@ class Prune:
                 _keep_mask(m)
             log.info("prune round %d: sparsity %.3f", r, weight_sparsity(model))
             if self.epochs:
-                fit(model, ctx.X_train, ctx.y_train,
-                    Recipe(epochs=self.epochs, lr=ctx.finetune_lr, batch=ctx.batch,
-                           seed=ctx.seed + r))
+                finetune(model, ctx,
+                         Recipe(epochs=self.epochs, lr=ctx.finetune_lr, batch=ctx.batch,
+                                seed=ctx.seed + r))
         return model.eval()

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from toolchain.errors import ConfigError, UnsupportedOpError
-from toolchain.models.train import Recipe, fit
+from toolchain.models.train import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,13 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 def check_supported(model: nn.Module, step: str) -> None:
     """UnsupportedOpError for a layer with weights that ``step`` cannot handle."""
+    from toolchain.compress.program import ExportedProgramModule
+
+    if isinstance(model, ExportedProgramModule):
+        raise UnsupportedOpError("ExportedProgram", "model", step,
+                                 "a .pt2 program is a graph of aten ops with no nn.Linear / "
+                                 "nn.Conv2d layers to compress; give the model as "
+                                 "file.py:ClassName with --weights, or as a pickled .pt")
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear) + _FLOAT_OK) or not list(m.parameters(False)):
             if isinstance(m, nn.Conv2d) and (m.padding_mode != "zeros"):
@@ -327,6 +334,13 @@ class Quantize:
         return {"step": self.name, "mode": self.mode, "calibration": self.calibration,
                 "percentile": self.percentile, "qat_epochs": self.qat_epochs}
 
+    def labels_needed(self, ctx) -> None:
+        from toolchain.compress.finetune import labels_needed
+
+        if self.qat_epochs:
+            labels_needed(ctx, self.name, f"quantization-aware training ({self.qat_epochs} "
+                                          "epochs)")
+
     def apply(self, model: nn.Module, ctx) -> nn.Module:
         spec = parse_mode(self.mode)
         if is_quantized(model):
@@ -358,7 +372,9 @@ class Quantize:
         for q in quantizers:
             q.freeze()
         if self.qat_epochs:
-            fit(model, ctx.X_train, ctx.y_train,
-                Recipe(epochs=self.qat_epochs, lr=ctx.finetune_lr * 0.3, batch=ctx.batch,
-                       seed=ctx.seed))
+            from toolchain.compress.finetune import finetune
+
+            finetune(model, ctx,
+                     Recipe(epochs=self.qat_epochs, lr=ctx.finetune_lr * 0.3, batch=ctx.batch,
+                            seed=ctx.seed))
         return model.eval()
