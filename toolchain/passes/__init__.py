@@ -41,6 +41,7 @@ def cleanup_passes() -> list[Pass]:
     from toolchain.passes.pretranspose_gemm import PretransposeGemm
     from toolchain.passes.remove_dropout import RemoveDropout
     from toolchain.passes.rewrite_isinf import RewriteSignedIsInf
+    from toolchain.passes.unroll_recurrent import UnrollRecurrent
 
-    return [RemoveDropout(), FoldConstants(), FoldBatchNorm(), PretransposeGemm(),
-            ChannelPReluSlope(), RewriteSignedIsInf()]
+    return [RemoveDropout(), UnrollRecurrent(), FoldConstants(), FoldBatchNorm(),
+            PretransposeGemm(), ChannelPReluSlope(), RewriteSignedIsInf()]
