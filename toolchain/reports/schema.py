@@ -14,6 +14,8 @@ kernels (``kernels[name] = {ops, calls}``, in call order), ``memory`` (bytes: ar
 without buffer reuse, workspace, weights; optionally ``arena_over_calls``, the arena bytes live
 at each kernel call), ``binary_bytes`` / ``library_bytes``, seconds per stage, ``tolerance``.
 Optional per-kernel speed: ``kernel_seconds`` or ``kernel_instructions`` (name -> figure).
+Cortex-M (``family`` "cortexm") writes the same keys plus ``mcu`` (``McuMemory``: flash and SRAM
+of the image and of libmodel.a against the device).
 
 FPGA (``FpgaReport``): the device and its part totals, the hls4ml config, the per-layer plan
 (``layers``), the chosen ``estimate`` (latency cycles/ns, II, resources: labelled estimates),
@@ -58,6 +60,23 @@ class CpuMemory:
 
 
 @dataclass(frozen=True)
+class McuMemory:
+    """A microcontroller image (Cortex-M) against the device: bytes of flash (code, const
+    weights, .data's initial values) and SRAM (.data, .bss: arena and workspace, stack), for
+    the linked image and for libmodel.a alone."""
+
+    board: str
+    flash_bytes: int
+    flash_available: int
+    ram_bytes: int
+    ram_available: int
+    stack_bytes: int
+    library_flash_bytes: int
+    library_ram_bytes: int
+    sections: dict[str, int]
+
+
+@dataclass(frozen=True)
 class CpuReport:
     target: str
     triple: str
@@ -81,6 +100,7 @@ class CpuReport:
     total_seconds: float
     kernel_seconds: Optional[dict[str, float]] = None
     kernel_instructions: Optional[dict[str, int]] = None
+    mcu: Optional[McuMemory] = None  # Cortex-M: flash and SRAM against the device
     schema_version: int = SCHEMA_VERSION
     family: str = "arm"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -205,7 +225,7 @@ class Verification:
     outputs: list[OutputComparison]
 
 
-REPORTS = {"arm": CpuReport, "fpga": FpgaReport}
+REPORTS = {"arm": CpuReport, "cortexm": CpuReport, "fpga": FpgaReport}
 
 
 # ---------------------------------------------------------------- loading

@@ -72,6 +72,17 @@ def memory_needs(report: CpuReport) -> list[Need]:
     facts = device_facts(report.target)
     ram, flash = facts.get("ram_bytes"), facts.get("flash_bytes")
     m = report.memory
+    if report.mcu is not None:  # a microcontroller image: its linked sections
+        mcu = report.mcu
+        return [Need("activation arena", m.arena_bytes, "RAM"),
+                Need("kernel workspace", m.workspace_bytes, "RAM"),
+                Need("SRAM in all (image, with the stack)", mcu.ram_bytes, "RAM",
+                     mcu.ram_available, True),
+                Need("stack (reserved)", mcu.stack_bytes, "RAM"),
+                Need("weights", m.weight_bytes, "flash"),
+                Need("libmodel.a (code + weights)", mcu.library_flash_bytes, "flash"),
+                Need("flash in all (image)", mcu.flash_bytes, "flash", mcu.flash_available,
+                     True)]
     return [Need("activation arena", m.arena_bytes, "RAM"),
             Need("kernel workspace", m.workspace_bytes, "RAM"),
             Need("RAM in all", m.arena_bytes + m.workspace_bytes, "RAM", ram, True),
@@ -98,6 +109,14 @@ def rows(folder: Folder) -> list[tuple[str, str]]:
                 ("weights", size(mem.weight_bytes)),
                 ("binary / library", f"{size(r.binary_bytes)} / {size(r.library_bytes)}"),
                 ("compile", f"{r.total_seconds:.1f} s")]
+        if r.mcu is not None:
+            u = r.mcu
+            out += [(f"flash on {r.target}", f"{size(u.flash_bytes)} of "
+                     f"{size(u.flash_available)} ({100 * u.flash_bytes / u.flash_available:.1f}%)"
+                     f"; libmodel.a {size(u.library_flash_bytes)}"),
+                    (f"SRAM on {r.target}", f"{size(u.ram_bytes)} of {size(u.ram_available)} "
+                     f"({100 * u.ram_bytes / u.ram_available:.1f}%, stack "
+                     f"{size(u.stack_bytes)}); libmodel.a {size(u.library_ram_bytes)}")]
     elif isinstance(r, FpgaReport):
         est, fit = r.estimate, r.utilization
         out += [("device", f"{r.device.name} ({r.device.part})"),

@@ -1,0 +1,225 @@
+"""The Cortex-M family backend: TVM kernels + the generated C driver on bare metal, no runtime.
+
+compile: ONNX -> Relax -> the CPU pipelines (``cpu``, or ``cpu-int`` for a QDQ model) -> a
+static kernel plan -> memory plan -> kernels.o (LLVM for the thumb triple, CPU and features)
++ model.c (the ARM family's static plan: ``const`` weights in flash, the arena a static buffer
+in SRAM) -> ``libmodel.a`` (no I/O, no heap, no OS) and ``model.elf``, an image for the
+device's board model with edgec's start-up, linker script and a semihosting ``main``.
+The arena, workspace and stack are checked against the device's SRAM before anything is built,
+and the linker's regions have the device's flash and SRAM sizes.
+run: the image under qemu-system-arm, inputs and outputs through semihosting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.errors import ConfigError
+from toolchain.targets.cortexm.device import McuDevice
+from toolchain.targets.registry import Backend, Device, register_backend
+
+log = logging.getLogger(__name__)
+
+
+@register_backend
+class CortexMBackend(Backend):
+    family = "cortexm"
+
+    def describe(self, device: Device) -> str:
+        d = McuDevice.from_device(device)
+        return (f"triple {d.triple}, cpu {d.cpu}, features {' '.join(d.features) or '-'}, "
+                f"flash {d.flash_bytes // 1024} KiB, SRAM {d.ram_bytes // 1024} KiB "
+                f"(runs under {d.qemu} -M {d.qemu_machine})")
+
+    def add_compile_options(self, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("Cortex-M targets")
+        g.add_argument("--stack-bytes", type=int, default=None, metavar="N",
+                       help="SRAM reserved for the stack (default: the device file's "
+                            "stack_bytes)")
+
+    def check_tools(self, device: Device, workdir: Path) -> list[str]:
+        """Build ``int main(void) { return 0; }`` with edgec's start-up and run it on the board."""
+        from toolchain.errors import EdgecError
+        from toolchain.targets.cortexm import board
+        from toolchain.targets.cortexm.cc import find_compiler
+        from toolchain.targets.cortexm.runner import run_image
+
+        dev = McuDevice.from_device(device)
+        for name in board.BOARD_FILES:
+            (workdir / name).write_text(board.board_source(name))
+        (workdir / "hello.c").write_text("#include <string.h>\nint main(void) { return 0; }\n")
+        (workdir / "link.ld").write_text(board.linker_script(dev))
+        try:
+            cc = find_compiler(dev)
+            for src in ("hello.c", "board.c"):
+                cc.compile(workdir / src, workdir / (Path(src).stem + ".o"), workdir)
+            cc.link([workdir / "hello.o", workdir / "board.o"], workdir / "link.ld",
+                    workdir / "hello.elf", workdir)
+            run_image(dev, workdir / "hello.elf", [], what=f"running a {dev.name} program",
+                      timeout=60)
+        except EdgecError as exc:
+            said = "apt-get" in str(exc)
+            return [f"{device.name}: {exc}" + ("" if said else f"  (install: {dev.install_hint})")]
+        return []
+
+    def compile(self, model_path, model, device, args, stage: Path) -> dict:
+        from toolchain.optimizer import codegen
+        from toolchain.optimizer.frontend import import_onnx
+        from toolchain.optimizer.integer import is_quantized
+        from toolchain.optimizer.memplan import check_plan, plan_memory
+        from toolchain.optimizer.pipeline import (PipelineContext, default_pipeline,
+                                                  get_pipeline, run_pipeline)
+        from toolchain.optimizer.plan import build_plan
+        from toolchain.onnx_io import input_specs, output_specs
+        from toolchain.passes import cleanup_passes, transform
+        from toolchain.targets.arm import driver
+        from toolchain.targets.cortexm import board, fit
+        from toolchain.targets.cortexm.cc import find_compiler
+
+        dev = McuDevice.from_device(device)
+        stack = getattr(args, "stack_bytes", None)
+        if stack is not None:
+            if isinstance(stack, bool) or not isinstance(stack, int) or stack < 1024:
+                raise ConfigError(f"--stack-bytes must be an integer of at least 1024, "
+                                  f"not {stack!r}")
+            dev = McuDevice(**{**dev.__dict__, "stack_bytes": stack})
+        cc = find_compiler(dev)  # fail fast if the tools are missing
+        quantized = is_quantized(model)
+        pipeline = default_pipeline(quantized)
+        get_pipeline(pipeline)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        model = transform(model, cleanup_passes())
+        timings["onnx_passes"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        mod = import_onnx(model, device.name)
+        timings["import"] = time.perf_counter() - t0
+
+        target = dev.tvm_target()
+        ctx = PipelineContext(target=target, schedule="auto", threads=1)
+        result = run_pipeline(mod, pipeline, ctx)
+        for rec in result.stages:
+            timings[f"pipeline.{rec.name}"] = rec.seconds
+
+        t0 = time.perf_counter()
+        plan = build_plan(result.mod)
+        mem = plan_memory(plan)
+        check_plan(plan, mem)
+        timings["plan"] = time.perf_counter() - t0
+
+        with tempfile.TemporaryDirectory(prefix="edgec-build-") as tmp:
+            build = Path(tmp)
+            t0 = time.perf_counter()
+            kmod = codegen.kernel_module(result.mod, plan.kernels())
+            ws = codegen.workspace_bytes(kmod)
+            layout, blob = driver.layout_weights(plan)
+            # Before the slow steps: the arena, workspace and stack must fit the SRAM, the
+            # weights the flash.
+            fit.check_planned(dev, Path(model_path).name, mem.arena_bytes, ws, layout.total)
+            codegen.compile_kernels(kmod, target, build / "kernels.o")
+            cc.drop_unwind_tables(build / "kernels.o")
+            _refuse_soft_conversions(dev, cc.undefined_symbols(build / "kernels.o"))
+            timings["codegen"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            (build / "weights.bin").write_bytes(blob)
+            (build / "weights.S").write_text(driver.weights_asm("weights.bin"))
+            names_in = [s.name for s in input_specs(model)]
+            names_out = [s.name for s in output_specs(model)]
+            sources = {
+                "model.h": driver.header(plan, names_in, names_out, Path(model_path).name),
+                "model.c": driver.model_c(plan, mem, layout, ws),
+                "main.c": board.main_c(plan),
+                "link.ld": board.linker_script(dev),
+                **{name: board.board_source(name) for name in board.BOARD_FILES},
+            }
+            for name, text in sources.items():
+                (build / name).write_text(text)
+            for src in ("weights.S", "model.c", "main.c", "board.c"):
+                cc.compile(build / src, build / (Path(src).stem + ".o"), build)
+            lib_objs = [build / "kernels.o", build / "weights.o", build / "model.o"]
+            cc.archive(lib_objs, build / "libmodel.a", build)
+            try:
+                cc.link([build / "main.o", build / "board.o", build / "libmodel.a"],
+                        build / "link.ld", build / "model.elf", build)
+            except fit.DoesNotFitError as exc:
+                raise fit.DoesNotFitError(f"{Path(model_path).name} on {dev.name} "
+                                          f"({fit.capacity(dev)}): {exc}") from None
+            timings["cc"] = time.perf_counter() - t0
+            memory = fit.measure(cc, dev, build / "model.elf", build / "libmodel.a",
+                                 mem.arena_bytes, ws, layout.total)
+
+            shutil.copyfile(build / "model.elf", stage / "model.elf")
+            shutil.copyfile(build / "libmodel.a", stage / "libmodel.a")
+            shutil.copyfile(build / "model.h", stage / "model.h")
+            (stage / "src").mkdir()
+            for name in ("model.c", "main.c", "link.ld", *board.BOARD_FILES):
+                shutil.copyfile(build / name, stage / "src" / name)
+
+        kernels = {}
+        for k in plan.kernels():
+            kernels[k] = {"ops": result.fused_groups.get(k, [k.rstrip("0123456789")]),
+                          "calls": sum(1 for c in plan.calls if c.kernel == k)}
+        return {
+            "family": self.family,
+            "target": device.name,
+            "triple": dev.triple,
+            "cpu": dev.cpu,
+            "features": list(dev.features),
+            "compiler": "gcc",
+            "pipeline": pipeline,
+            "schedule": ctx.schedule,
+            "threads": 1,
+            "kernel_calls_before_fusion": result.calls_before_fusion,
+            "kernel_calls_after_fusion": result.calls_after_fusion,
+            "kernel_calls": len(plan.calls),
+            "distinct_kernels": len(kernels),
+            "kernels": kernels,
+            "memory": {**mem.to_json(), "workspace_bytes": ws, "weight_bytes": layout.total},
+            "mcu": memory,
+            "binary_bytes": (stage / "model.elf").stat().st_size,
+            "library_bytes": (stage / "libmodel.a").stat().st_size,
+            "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
+            "tolerance": 1e-4,
+        }
+
+    def run(self, out_dir: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        from toolchain.targets.cortexm.runner import run_model
+
+        manifest = json.loads((out_dir / "edgec.json").read_text())
+        dev = McuDevice.from_device(_device(manifest["target"]))
+        specs = [(tuple(o["shape"]), o["dtype"]) for o in manifest["outputs"]]
+        return run_model(dev, out_dir / "model.elf", inputs, specs)
+
+
+# LLVM calls these with the hard-float convention; libgcc's are base-PCS aliases (see
+# targets/arm/driver_runtime.py), and model.c can define its own only with a double-precision FPU.
+_INT64_FLOAT_HELPERS = {"__fixsfdi", "__fixunssfdi", "__fixdfdi", "__fixunsdfdi", "__floatdisf",
+                        "__floatundisf", "__floatdidf", "__floatundidf"}
+
+
+def _refuse_soft_conversions(dev: McuDevice, undefined: set[str]) -> None:
+    needed = sorted(undefined & _INT64_FLOAT_HELPERS)
+    if needed and not dev.double_fpu:
+        raise ConfigError(f"the model converts between float and 64-bit integers "
+                          f"({', '.join(needed)}), which edgec cannot build correctly for "
+                          f"{dev.name} (single-precision FPU); use a device with a "
+                          f"double-precision FPU, e.g. cortex-m7")
+
+
+def _device(name: str) -> Device:
+    from toolchain.targets.registry import device
+
+    try:
+        return device(name)
+    except ConfigError:
+        raise ConfigError(f"the folder was built for target '{name}', which this edgec "
+                          "does not know") from None

@@ -1,0 +1,110 @@
+"""Cortex-M: bare-metal images under qemu-system-arm (MPS2 boards), checked against onnxruntime;
+flash and SRAM against the device; a model that does not fit is one line naming the sizes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_graphs import needs_target, save
+from toolchain.cli import main
+from toolchain.commands.build import verify_folder
+
+pytestmark = needs_target("cortex-m4")
+
+
+def _symbols(elf) -> dict[str, int]:
+    out = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True,
+                         check=True).stdout
+    return {p[2]: int(p[0], 16) for p in (ln.split() for ln in out.splitlines()) if len(p) == 3}
+
+
+def test_doctor_runs_a_program_on_the_board(capsys):
+    assert main(["doctor", "cortex-m4"]) == 0
+    assert "ok       cortex-m4" in capsys.readouterr().out
+
+
+def test_small_cnn_verifies_and_fits_the_m4(compiled_small_cnn):
+    out = compiled_small_cnn("cortex-m4")
+    for seed in (0, 1):
+        results = verify_folder(out, seed=seed)
+        assert all(c.ok and c.output_range > 0 for c in results), results
+    report = json.loads((out / "report.json").read_text())
+    mcu = report["mcu"]
+    assert report["family"] == "cortexm" and mcu["board"] == "mps2-an386"
+    assert (mcu["flash_available"], mcu["ram_available"]) == (1 << 20, 192 << 10)
+    weights, arena = report["memory"]["weight_bytes"], report["memory"]["arena_bytes"]
+    assert weights < mcu["library_flash_bytes"] <= mcu["flash_bytes"] < mcu["flash_available"]
+    assert arena + mcu["stack_bytes"] < mcu["ram_bytes"] < mcu["ram_available"]
+    # const weights in flash (at 0), the arena a static buffer in SRAM (0x20000000 on MPS2)
+    sym = _symbols(out / "model.elf")
+    assert sym["edgec_weights"] < mcu["flash_available"]
+    assert 0x20000000 <= sym["edgec_arena"] < 0x20000000 + mcu["ram_available"]
+
+
+def test_library_has_no_io(compiled_small_cnn):
+    """libmodel.a calls nothing of the outside world but memcpy/memset/string/math helpers."""
+    out = compiled_small_cnn("cortex-m4")
+    proc = subprocess.run(["arm-none-eabi-nm", "-u", str(out / "libmodel.a")],
+                          capture_output=True, text=True, check=True)
+    undefined = {ln.split()[-1] for ln in proc.stdout.splitlines() if ln.strip()
+                 and not ln.endswith(":")}
+    undefined -= {"TVMFFIErrorSetRaisedFromCStrParts"}  # defined by model.o itself
+    io = {s for s in undefined if any(w in s for w in ("open", "read", "write", "print",
+                                                       "malloc", "exit", "semi", "puts"))}
+    assert not io, io
+    assert "memcpy" in undefined
+
+
+def test_binary_refuses_a_wrong_input_size(compiled_small_cnn, tmp_path):
+    from toolchain.errors import ToolFailedError
+    from toolchain.targets import device
+    from toolchain.targets.cortexm.device import McuDevice
+    from toolchain.targets.cortexm.runner import run_image
+
+    out = compiled_small_cnn("cortex-m4")
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"\0" * 100)
+    with pytest.raises(ToolFailedError, match=r"exit 2.*must hold exactly 3072"):
+        run_image(McuDevice.from_device(device("cortex-m4")), out / "model.elf",
+                  [short, tmp_path / "y.bin"], what="running model.elf")
+
+
+def _wide(tmp_path, n_in: int, n_out: int):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((n_in, n_out)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n_out])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return save(model, tmp_path / "wide.onnx")
+
+
+@pytest.mark.parametrize("n_in, n_out, needle", [
+    (600, 500, r"weights need 1200000 bytes \(1171\.9 KiB\) of flash, the device has 1048576"),
+    (60000, 2, r"needs \d+ bytes \(\d+\.\d KiB\) of SRAM \(arena 240\d+ \+ workspace \d+ \+ "
+               r"stack 8192\), the device has 196608"),
+])
+def test_a_model_that_does_not_fit_is_one_line(tmp_path, capsys, n_in, n_out, needle):
+    import re
+
+    model = _wide(tmp_path, n_in, n_out)
+    code = main(["compile", str(model), "-t", "cortex-m4", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert re.search(f"wide.onnx does not fit cortex-m4: .*{needle}", err), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", [pytest.param("cortex-m7", marks=needs_target("cortex-m7"))])
+def test_small_cnn_verifies_on_the_m7(compiled_small_cnn, target):
+    out = compiled_small_cnn(target)
+    results = verify_folder(out, seed=0)
+    assert all(c.ok and c.output_range > 0 for c in results), results
+    assert json.loads((out / "report.json").read_text())["mcu"]["board"] == "mps2-an500"
