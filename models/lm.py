@@ -138,7 +138,7 @@ class CausalSelfAttention(nn.Module):
             v = cache[1].scatter(2, index, v)
             present = (k, v)
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = torch.where(mask, scores, float("-inf"))
         out = torch.softmax(scores, dim=-1) @ v
         return self.o(out.transpose(1, 2).reshape(b, s, d)), present
 

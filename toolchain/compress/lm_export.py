@@ -13,7 +13,7 @@ Outputs
     ``present_value_<i>`` replaced by the S new keys / values, every other row unchanged
 
 Query s (absolute position ``position + s``) attends to key rows 0 .. position+s; rows after it
-are masked out (``Where(mask, -inf, scores)`` before the Softmax), so their content does not
+are masked out (``Where(mask, scores, -inf)`` before the Softmax), so their content does not
 matter as long as it is finite (start from zeros). All shapes are static: S is fixed at export
 (``seq_len``, 1 = the decode step; a larger S is a prefill graph); an S = 1 graph fed the prompt
 one token at a time gives the same logits as a prefill graph. T is the model's context.
