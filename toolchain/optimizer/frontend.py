@@ -297,6 +297,10 @@ def locate(model: onnx.ModelProto, target: str, failed: str) -> None:
 
 def import_onnx(model: onnx.ModelProto, target: str):
     """Return a Relax IRModule for ``model`` (static input shapes already set)."""
+    from toolchain.optimizer.weight_only import ExpandInt4Weights
+    from toolchain.passes import transform
+
+    model = transform(model, [ExpandInt4Weights()])  # int4 weights: int8 containers for TVM
     check_model(model, target)
     try:
         mod = _from_onnx(model)

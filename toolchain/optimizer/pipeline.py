@@ -25,6 +25,7 @@ class PipelineContext:
     target: object  # tvm.target.Target
     schedule: str = "auto"  # "auto" (edgec's CPU rules) or "none" (TVM's plain loops)
     threads: int = 1  # > 1: schedule stages make the heavy kernels' outer loops parallel
+    vector: object = None  # the device's SIMD facts (optimizer/vector.py VectorUnit); None: LLVM's
 
 
 Stage = Callable[[PipelineContext], list]
@@ -35,8 +36,11 @@ def simplify(ctx: PipelineContext) -> list:
     from tvm import relax
 
     from toolchain.optimizer.fold_reshapes import FoldConstantReshapes
+    from toolchain.optimizer.weight_only import LowerWeightOnlyMatMul
 
-    return [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+    # Weight-only quantized matmuls keep their int8/int4 weights (before FoldConstant).
+    return [LowerWeightOnlyMatMul(ctx.target, ctx.threads),
+            relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
             FoldConstantReshapes(), relax.transform.FoldConstant(),
             relax.transform.DeadCodeElimination(["main"])]
 
@@ -46,7 +50,7 @@ def simplify_integer(ctx: PipelineContext) -> list:
     requantize to the next layer's int8 activation (toolchain/optimizer/integer.py)."""
     from toolchain.optimizer.integer import LowerQDQToInteger
 
-    return [LowerQDQToInteger(ctx.target), *simplify(ctx)]
+    return [LowerQDQToInteger(ctx.target, ctx.vector), *simplify(ctx)]
 
 
 def kv_cache(ctx: PipelineContext) -> list:
@@ -85,8 +89,10 @@ def cpu_schedule(ctx: PipelineContext) -> list:
     if ctx.schedule == "none":
         return []
     from toolchain.optimizer.schedule import ScheduleForCPU
+    from toolchain.optimizer.weight_only import ScheduleWeightOnly
 
-    return [ScheduleForCPU(ctx.target, ctx.threads)]
+    return [ScheduleWeightOnly(ctx.target, ctx.threads,
+                               then=ScheduleForCPU(ctx.target, ctx.threads, ctx.vector))]
 
 
 PIPELINES: dict[str, tuple[tuple[str, Stage], ...]] = {

@@ -1,0 +1,355 @@
+"""Weight-only quantized matmuls: ``MatMul(x, DequantizeLinear(Wq, scale))`` with float ``x``.
+
+The ONNX form (what language-model exports write): ``Wq`` a constant ``[K, N]``, no zero
+point (or zero), and either
+
+- int8, ``scale`` ``[N]`` (axis 1) or a scalar: one scale per output channel; or
+- int4 (opset 21 ``INT4``), ``scale`` ``[K/G, N]``, ``axis=0``, ``block_size=G``: one scale
+  per group of ``G`` weights along K and channel.
+
+Two steps, before and after the Relax import:
+
+``ExpandInt4Weights`` (ONNX, at import): TVM's importer takes neither ``INT4`` tensors nor
+blocked DequantizeLinear. An int4 weight becomes an int8 container with the same values, and a
+blocked dequantize an equivalent per-axis one on a ``[K/G * N, G]`` view followed by
+Reshape/Transpose/Reshape back to ``[K, N]``, which TVM imports unchanged and computes right.
+
+``LowerWeightOnlyMatMul`` (Relax, first in ``simplify``, before FoldConstant would fold the
+dequantize into float weights): each such matmul (with a constant bias Add after it, if any)
+becomes one ``wgemv.py`` kernel whose weights stay int8 / int4 packed two per byte, dequantized
+in registers. Activations stay float32.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from toolchain.passes import Pass
+from toolchain.passes.graph import unique_name
+
+log = logging.getLogger(__name__)
+
+_INT4 = (onnx.TensorProto.INT4,)
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+class ExpandInt4Weights(Pass):
+    """int4 DequantizeLinear weights -> int8 containers TVM imports (see the module doc).
+
+    Before: ``DequantizeLinear(Wq INT4 initializer, scale[, zero])``, per axis or blocked.
+    After: the same values as an INT8 initializer; a blocked one (2-D, axis 0, block size
+    dividing K) as a per-axis dequantize of a ``[K/G * N, G]`` view, reshaped back. Anything
+    else is left as it was (and refused by the dtype check).
+    """
+
+    def apply(self, model):
+        g = model.graph
+        inits = {t.name: t for t in g.initializer}
+        used = {}
+        for node in g.node:
+            for i in node.input:
+                used[i] = used.get(i, 0) + 1
+        changed = False
+        new_nodes = []
+        for node in g.node:
+            w = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" and node.input else None
+            if w is None or w.data_type not in _INT4 or used.get(w.name, 0) != 1:
+                new_nodes.append(node)
+                continue
+            zero = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            if zero is not None and np.any(numpy_helper.to_array(zero).astype(np.int8) != 0):
+                new_nodes.append(node)
+                continue
+            scale = inits.get(node.input[1])
+            q = numpy_helper.to_array(w).astype(np.int8)
+            block = int(_attr(node, "block_size", 0) or 0)
+            axis = int(_attr(node, "axis", 1))
+            if block == 0:
+                _replace_init(g, w.name, numpy_helper.from_array(q, w.name))
+                kept = onnx.NodeProto()
+                kept.CopyFrom(node)
+                if zero is not None:
+                    del kept.input[2:]
+                new_nodes.append(kept)
+                changed = True
+                continue
+            if scale is None or q.ndim != 2 or axis % 2 != 0 or q.shape[0] % block:
+                new_nodes.append(node)
+                continue
+            s = numpy_helper.to_array(scale)
+            k, n = q.shape
+            if s.shape != (k // block, n):
+                new_nodes.append(node)
+                continue
+            new_nodes.extend(_blocked_as_per_axis(model, node, w.name, scale.name, q, s, block))
+            changed = True
+        if changed:
+            del g.node[:]
+            g.node.extend(new_nodes)
+        return model, changed
+
+
+def _replace_init(g, name: str, tensor) -> None:
+    for i, t in enumerate(g.initializer):
+        if t.name == name:
+            g.initializer[i].CopyFrom(tensor)
+            return
+
+
+def _blocked_as_per_axis(model, node, w_name, s_name, q, s, block):
+    """Nodes computing ``node``'s output from a per-axis dequantize of ``[K/G * N, G]``."""
+    g = model.graph
+    k, n = q.shape
+    kb = k // block
+    view = np.ascontiguousarray(q.reshape(kb, block, n).transpose(0, 2, 1).reshape(kb * n, block))
+    _replace_init(g, w_name, numpy_helper.from_array(view, w_name))
+    _replace_init(g, s_name, numpy_helper.from_array(
+        np.ascontiguousarray(s.astype(np.float32).reshape(-1)), s_name))
+    names = [unique_name(model, f"{w_name}_wo_{tag}") for tag in ("dq", "r1", "tr", "sh1", "sh2")]
+    g.initializer.extend([numpy_helper.from_array(np.array([kb, n, block], np.int64), names[3]),
+                          numpy_helper.from_array(np.array([k, n], np.int64), names[4])])
+    return [helper.make_node("DequantizeLinear", [w_name, s_name], [names[0]], axis=0),
+            helper.make_node("Reshape", [names[0], names[3]], [names[1]]),
+            helper.make_node("Transpose", [names[1]], [names[2]], perm=[0, 2, 1]),
+            helper.make_node("Reshape", [names[2], names[4]], [node.output[0]])]
+
+
+# ------------------------------------------------------------------------ Relax
+def _relax_pass():
+    import tvm
+    from tvm import relax
+    from tvm.ir.expr import GenericConst
+
+    from toolchain.optimizer import wgemv
+
+    def const(expr):
+        return expr.value.numpy() if isinstance(expr, GenericConst) else None
+
+    def op(call) -> str:
+        return getattr(getattr(call, "op", None), "name", "") if isinstance(call, relax.Call) else ""
+
+    def static_shape(expr):
+        shape = getattr(expr.ty, "shape", None)
+        if shape is None or not all(hasattr(d, "value") for d in shape):
+            return None
+        return [int(d.value) for d in shape]
+
+    @relax.expr_functor.mutator
+    class _Rewriter(relax.PyExprMutator):
+        def __init__(self, mod, target, threads):
+            super().__init__(mod)
+            self.target = target
+            self.threads = threads
+            self.rewritten = 0
+            self.kernels = {}  # emitted var -> (x2d, q, scale, spec, out_shape)
+
+        def _value(self, expr):
+            for _ in range(64):
+                if not isinstance(expr, relax.Var):
+                    return expr
+                try:
+                    value = self.lookup_binding(expr)
+                except Exception:  # noqa: BLE001  (a parameter)
+                    return None
+                if value is None:
+                    return None
+                expr = value
+            return None
+
+        def _alias_root(self, expr):
+            """``expr`` with var-to-var bindings followed."""
+            for _ in range(64):
+                if not isinstance(expr, relax.Var):
+                    break
+                try:
+                    value = self.lookup_binding(expr)
+                except Exception:  # noqa: BLE001
+                    break
+                if not isinstance(value, relax.Var):
+                    break
+                expr = value
+            return expr
+
+        def _dequantized(self, expr):
+            """(q int [K, N], scale float [K/G, N], G) of a constant weight, or None."""
+            call = self._value(expr)
+            if op(call) == "relax.dequantize":
+                q, s, z = (const(a) for a in call.args)
+                if q is None or s is None or q.dtype != np.int8 or q.ndim != 2:
+                    return None
+                if z is not None and np.any(z != 0):
+                    return None
+                if s.size == 1:
+                    s = np.full(q.shape[1], float(s.reshape(())), np.float32)
+                elif int(call.attrs.axis) % 2 != 1 or s.size != q.shape[1]:
+                    return None
+                return q, s.reshape(1, -1).astype(np.float32), q.shape[0]
+            # The blocked form ExpandInt4Weights writes: reshape(permute(reshape(dequantize))).
+            if op(call) != "relax.reshape":
+                return None
+            tr = self._value(call.args[0])
+            if op(tr) != "relax.permute_dims" or [int(a) for a in tr.attrs.axes] != [0, 2, 1]:
+                return None
+            r1 = self._value(tr.args[0])
+            if op(r1) != "relax.reshape":
+                return None
+            dq = self._value(r1.args[0])
+            if op(dq) != "relax.dequantize" or int(dq.attrs.axis) != 0:
+                return None
+            view, s, z = (const(a) for a in dq.args)
+            shape3, shape2 = static_shape(r1), static_shape(call)
+            if view is None or s is None or view.dtype != np.int8 or view.ndim != 2:
+                return None
+            if z is not None and np.any(z != 0):
+                return None
+            if shape3 is None or shape2 is None or len(shape3) != 3:
+                return None
+            kb, n, block = shape3
+            if view.shape != (kb * n, block) or s.size != kb * n or shape2 != [kb * block, n]:
+                return None
+            q = view.reshape(kb, n, block).transpose(0, 2, 1).reshape(kb * block, n)
+            return q, s.reshape(kb, n).astype(np.float32), block
+
+        def _matmul(self, call):
+            if op(call) != "relax.matmul" or str(getattr(call.ty, "dtype", "")) != "float32":
+                return None
+            weight = self._dequantized(call.args[1])
+            x = call.args[0]
+            xs, out_shape = static_shape(x), static_shape(call)
+            if weight is None or xs is None or out_shape is None or len(xs) not in (2, 3):
+                return None
+            if len(xs) == 3 and xs[0] != 1:
+                return None
+            q, s, block = weight
+            k, n = q.shape
+            if xs[-1] != k:
+                return None
+            # Weights that all lie in [-8, 7] are stored two per byte (exactly the same values).
+            bits = 4 if int(q.min(initial=0)) >= -8 and int(q.max(initial=0)) <= 7 else 8
+            rows = int(np.prod(xs[:-1]))
+            tile, row_tile = wgemv.choose_tiles(self.target, rows, n, bits)
+            if bits == 4 and tile % 2:
+                bits = 8
+            spec = wgemv.WeightOnlySpec(rows, k, n, bits, block, tile, row_tile, False)
+            return x, q, s, spec, out_shape
+
+        def _emit(self, x, q, s, spec, out_shape, bias=None):
+            x2 = self.builder_.emit(relax.op.reshape(x, [spec.rows, spec.k]))
+            args = [x2, relax.const(wgemv.pack_weights(q, spec)),
+                    relax.const(wgemv.pack_scales(s, spec))]
+            if bias is not None:
+                args.append(relax.const(bias.astype(np.float32)))
+
+            def kernel(xt, wt, st, bt=None):
+                return wgemv.wgemv_te(xt, wt, st, bt, spec)
+
+            y = self.builder_.emit(self.builder_.call_te(
+                kernel, *args, primfunc_name_hint=f"wgemv_int{spec.bits}",
+                primfunc_attrs={"op_pattern": 8, "edgec.wgemv": _spec_attr(spec)}))
+            self.rewritten += 1
+            out = self.builder_.emit(relax.op.reshape(y, out_shape))
+            self.kernels[out] = (x, q, s, spec, out_shape)
+            return out
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if op(call) == "relax.matmul":
+                found = self._matmul(call)
+                return call if found is None else self._emit(*found)
+            if op(call) == "relax.add":
+                for a, b in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
+                    a = self._alias_root(a)
+                    if a in self.kernels and const(b) is not None:
+                        x, q, s, spec, out_shape = self.kernels[a]
+                        bias = const(b)
+                        if bias.size == spec.n and bias.shape[-1] == spec.n and bias.ndim <= len(
+                                out_shape):
+                            spec = wgemv.WeightOnlySpec(**{**spec.__dict__, "has_bias": True})
+                            return self._emit(x, q, s, spec, out_shape, bias.reshape(-1))
+            return call
+
+    @tvm.transform.module_pass(opt_level=0, name="LowerWeightOnlyMatMul")
+    class LowerWeightOnlyMatMul:
+        """Rewrite weight-only quantized matmuls into ``wgemv`` kernels (module doc)."""
+
+        def __init__(self, target=None, threads: int = 1):
+            self.target = target
+            self.threads = threads
+
+        def transform_module(self, mod, ctx):
+            for gv, func in list(mod.functions.items()):
+                if isinstance(func, relax.Function):
+                    rw = _Rewriter(mod, self.target, self.threads)
+                    new = rw.visit_expr(func)
+                    mod = rw.builder_.get()
+                    mod[gv] = new
+                    if rw.rewritten:
+                        log.info("%s: %d weight-only matmuls kept quantized", gv.name_hint,
+                                 rw.rewritten)
+            return relax.transform.DeadCodeElimination(["main"])(mod)
+
+    return LowerWeightOnlyMatMul
+
+
+_SPEC_FIELDS = ("rows", "k", "n", "bits", "group", "tile", "row_tile", "has_bias")
+
+
+def _spec_attr(spec) -> str:
+    return ",".join(str(int(getattr(spec, f))) for f in _SPEC_FIELDS)
+
+
+def spec_from_attr(text: str):
+    from toolchain.optimizer.wgemv import WeightOnlySpec
+
+    vals = [int(v) for v in str(text).split(",")]
+    return WeightOnlySpec(*vals[:-1], bool(vals[-1]))
+
+
+def LowerWeightOnlyMatMul(target=None, threads: int = 1):  # noqa: N802  (a pass, by its name)
+    return _relax_pass()(target, threads)
+
+
+def ScheduleWeightOnly(target=None, threads: int = 1, then=None):  # noqa: N802
+    """The schedule stage: ``wgemv`` kernels get ``wgemv.schedule_wgemv``, every other kernel
+    goes to ``then`` (edgec's ScheduleForCPU)."""
+    import tvm
+    from tvm import tirx
+
+    from toolchain.optimizer import wgemv
+
+    @tvm.transform.module_pass(opt_level=0, name="ScheduleWeightOnly")
+    def _pass(mod, ctx):
+        mine = {gv: f for gv, f in mod.functions.items()
+                if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "edgec.wgemv" in f.attrs}
+        if then is not None:
+            rest = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv not in mine},
+                                attrs=mod.attrs, global_infos=mod.global_infos)
+            rest = then(rest)
+            out = tvm.IRModule(dict(rest.functions.items()), attrs=rest.attrs,
+                               global_infos=rest.global_infos)
+        else:
+            out = mod
+        for gv, f in mine.items():
+            spec = spec_from_attr(f.attrs["edgec.wgemv"])
+            out.update_func(gv, wgemv.schedule_wgemv(f, spec, threads).with_attrs(f.attrs))
+        return out
+
+    return _pass
+
+
+def is_weight_only(model: onnx.ModelProto) -> bool:
+    """Whether every DequantizeLinear feeds only MatMul weights and no QuantizeLinear exists
+    (a weight-only model: float activations)."""
+    nodes = model.graph.node
+    return (any(n.op_type == "DequantizeLinear" for n in nodes)
+            and not any(n.op_type == "QuantizeLinear" for n in nodes))
