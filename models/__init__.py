@@ -21,6 +21,8 @@ Models (input shapes without the batch dimension; data layouts are documented in
   digits (4x4 = 16 features) of classes 0-4                   input (16,)
 - ``transformer`` 1 pre-norm encoder block (dim 32, 2 heads, ffn 64) over 8 tokens (image rows
   of 8 pixels), mean pool, linear                               input (8, 8)
+- ``kws``         keyword-spotting LSTM (2 layers, 32 units) over 8 time steps of 8 features
+  (the image rows), linear on the last step (``toolchain.models.kws``)   input (8, 8)
 
 Language models (``kind == "lm"``, layout ``text``; ``toolchain.models.lm``): byte-level
 decoder-only transformers with a KV-cache forward, trained by their own recipe
@@ -53,7 +55,7 @@ from torch import nn
 
 from toolchain.errors import ConfigError
 from toolchain.models import data as _data
-from toolchain.models import lm, nets, text
+from toolchain.models import kws, lm, nets, text
 from toolchain.models.train import Recipe, accuracy, fit
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,8 @@ _add("mlp16", "FPGA benchmark MLP 16-64-32-32-5 on 4x4-pooled digits 0-4", "pool
      lambda: nets.MLP((16, 64, 32, 32, 5)), Recipe(epochs=60, lr=3e-3))
 _add("transformer", "tiny transformer encoder, 8 tokens of 8 pixels", "tokens",
      lambda: nets.TinyTransformer(), Recipe(epochs=40, lr=3e-3))
+_add("kws", "keyword-spotting LSTM (2x32), 8 steps of 8 features (image rows)", "tokens",
+     lambda: kws.KeywordSpotter("lstm", layers=2), Recipe(epochs=30, lr=5e-3))
 
 LM = lm.LMConfig(layers=4, dim=128, heads=4, hidden=512, context=128)
 LM_TEACHER = lm.LMConfig(layers=5, dim=192, heads=6, hidden=768, context=128)

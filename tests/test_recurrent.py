@@ -245,3 +245,19 @@ def test_compile_and_verify(two_cell_model, tmp_path, target):
     assert main(["compile", str(two_cell_model), "-t", target, "-o", str(out)]) == 0
     assert main(["verify", str(out)]) == 0
     assert main(["verify", str(out), "--seed", "3"]) == 0
+
+
+def test_zoo_keyword_spotter_exports_lstm_nodes_and_learns():
+    import torch
+
+    from toolchain import models
+    from toolchain.models.train import accuracy
+
+    assert models.spec("kws").input_shape == (8, 8)  # 8 image rows = 8 steps of 8 features
+    buf = io.BytesIO()
+    torch.onnx.export(models.build("kws"), (torch.zeros(1, 8, 8),), buf, dynamo=False,
+                      opset_version=17)
+    ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node]
+    assert ops.count("LSTM") == 2
+    _, _, X_te, y_te = models.dataset("kws")
+    assert accuracy(models.trained("kws"), X_te, y_te) >= 93.0

@@ -149,9 +149,10 @@ class _Emitter:
     def reshape(self, x: str, shape, out: str | None = None) -> str:
         return self.op("Reshape", [x, self.const(list(shape), "shape", np.int64)], out)
 
-    def step(self, x: str, t: int) -> str:
-        """x[t] along axis 0 (the axis dropped)."""
-        return self.op("Gather", [x, self.const(t, "t", np.int64)], axis=0)
+    def take(self, x: str, axis: int, index: int, shape) -> str:
+        """x[index] along ``axis``, that axis dropped (the result has ``shape``). Slice and
+        Reshape, not Gather: TVM's take warns about unchecked indices."""
+        return self.reshape(self.slice(x, axis, index, index + 1), shape)
 
     def clip(self, x: str, limit: float) -> str:
         if self.opset >= 11:
@@ -279,9 +280,7 @@ def _initial(e: _Emitter, p: _Node, name: str, d: int) -> str:
     value = p.static(name)
     if value is not None and value.shape in ((len(p.dirs), p.N, p.H), (p.N, len(p.dirs), p.H)):
         return e.const(value[d] if p.layout == 0 else value[:, d], "state")
-    if p.layout == 1:  # (batch, dirs, H)
-        return e.op("Gather", [name, e.const(d, "d", np.int64)], axis=1)
-    return e.op("Gather", [name, e.const(d, "d", np.int64)], axis=0)
+    return e.take(name, 1 if p.layout == 1 else 0, d, (p.N, p.H))  # layout 1: (N, dirs, H)
 
 
 def _masked(e: _Emitter, mask: str | None, new: str, old: str) -> str:
@@ -314,7 +313,7 @@ def _direction(e: _Emitter, p: _Node, X: str, d: int, masks) -> tuple[list[str],
     else:
         r_all = e.const(R.T, "R")
     for t in steps:
-        x_t = e.step(xw, t)
+        x_t = e.take(xw, 0, t, (p.N, n * H))
         mask = masks[t] if masks else None
         if p.op == "LSTM":
             g = e.op("Add", [x_t, e.op("MatMul", [h, r_all])])
