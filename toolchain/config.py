@@ -89,6 +89,11 @@ def _coerce_one(action: argparse.Action, key: str, value: Any, path: Path, bad) 
         value = float(value)
     elif kind is None and isinstance(value, (int, float)):
         value = str(value)  # e.g. reuse_factor = 4: what the flag "--reuse-factor 4" gives
+    elif kind not in (int, float) and isinstance(value, (int, float)):
+        try:  # a flag with its own parser (e.g. --prune, a sparsity or 2:4) given a number
+            value = kind(str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"config file {path}: bad value for {key}: {exc}") from None
     else:
         raise bad(expected)
     if action.choices is not None and value not in action.choices:

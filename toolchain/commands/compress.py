@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import ConfigError, ModelError
+from toolchain.commands import compress_lm as lm_cli
+from toolchain.commands.compress_lm import prune_value
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,9 @@ def register_compress(sub) -> None:
     p.add_argument("--alpha", type=float, default=0.7, help="weight of the soft-target loss")
     p.add_argument("--lowrank", type=float, metavar="ENERGY",
                    help="SVD-factorize Linear / 1x1 conv layers keeping this energy, e.g. 0.9")
-    p.add_argument("--prune", type=float, metavar="SPARSITY",
-                   help="unstructured magnitude pruning to this sparsity in [0, 1)")
+    p.add_argument("--prune", type=prune_value, metavar="SPARSITY",
+                   help="unstructured magnitude pruning to this sparsity in [0, 1) "
+                        "(language models also 2:4)")
     p.add_argument("--prune-scope", default="layer", help="layer (default) or global")
     p.add_argument("--prune-channels", type=float, metavar="FRACTION",
                    help="remove this fraction of the channels / neurons of each prunable layer")
@@ -99,6 +102,7 @@ def register_compress(sub) -> None:
                    help="static batch size of the ONNX input (default 1; 0: dynamic)")
     p.add_argument("--cache-dir", type=Path, help="where trained zoo weights are cached")
     p.add_argument("--config", type=Path, help="TOML file with a [compress] table of options")
+    lm_cli.add_options(p)  # language models: toolchain/commands/compress_lm.py
     p.set_defaults(func=cmd_compress, command_parser=p)
 
 
@@ -166,6 +170,8 @@ def build_steps(args, teacher=None, teacher_name: str | None = None,
 
 
 def _validate_numbers(args) -> None:
+    if isinstance(args.prune, str):
+        raise ConfigError(f"--prune {args.prune} is for language models; give a sparsity")
     if args.prune is not None and not 0.0 <= args.prune < 1.0:
         raise ConfigError(f"--prune sparsity must be in [0, 1), got {args.prune}")
     if args.prune_channels is not None and not 0.0 < args.prune_channels < 1.0:
@@ -205,6 +211,8 @@ def cmd_compress(args) -> int:
 
     if args.model is None:
         raise ConfigError("compress needs MODEL (a zoo name or a .pt file)")
+    if lm_cli.is_lm(str(args.model)):
+        return lm_cli.cmd_compress_lm(args)
     if args.output is None:
         raise ConfigError("compress needs -o OUT.onnx (on the command line or in --config)")
     if args.output.suffix != ".onnx":
