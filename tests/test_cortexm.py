@@ -102,9 +102,23 @@ def test_a_model_that_does_not_fit_is_one_line(tmp_path, capsys, n_in, n_out, ne
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("target", [pytest.param("cortex-m7", marks=needs_target("cortex-m7"))])
-def test_small_cnn_verifies_on_the_m7(compiled_small_cnn, target):
+@pytest.mark.parametrize("target, board", [
+    pytest.param("cortex-m7", "mps2-an500", marks=needs_target("cortex-m7")),
+    pytest.param("cortex-m55", "mps3-an547", marks=needs_target("cortex-m55"))])
+def test_small_cnn_verifies_on_the_m7_and_m55(compiled_small_cnn, target, board):
     out = compiled_small_cnn(target)
     results = verify_folder(out, seed=0)
     assert all(c.ok and c.output_range > 0 for c in results), results
-    assert json.loads((out / "report.json").read_text())["mcu"]["board"] == "mps2-an500"
+    assert json.loads((out / "report.json").read_text())["mcu"]["board"] == board
+
+
+def test_m55_kernels_use_helium(compiled_small_cnn, tmp_path):
+    """The float kernels are vectorized into MVE (q registers) on the M55, not on the M4."""
+    def q_ops(target):
+        subprocess.run(["arm-none-eabi-ar", "x", str(compiled_small_cnn(target) / "libmodel.a"),
+                        "kernels.o"], cwd=tmp_path, check=True)
+        text = subprocess.run(["arm-none-eabi-objdump", "-d", "kernels.o"], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout
+        return [ln for ln in text.splitlines() if "\tv" in ln and " q" in ln.split("\t")[-1]]
+
+    assert len(q_ops("cortex-m55")) > 20 and not q_ops("cortex-m4")
