@@ -124,17 +124,16 @@ def test_prune_2_4_only_mlp_and_held_through_finetune(tiny, task):
     assert [n for n, _ in mlp] == ["blocks.0.mlp.fc", "blocks.0.mlp.proj"]
     assert all(is_2_4(m.weight) for _, m in mlp)
     assert float((model.blocks[0].attn.q.weight == 0).float().mean()) == 0.0
-    # the fine-tune changed the surviving weights
-    assert not torch.equal(model.blocks[0].mlp.fc.weight != 0, tiny.blocks[0].mlp.fc.weight != 0) \
-        or not torch.allclose(model.blocks[0].mlp.fc.weight.abs().sum(),
-                              tiny.blocks[0].mlp.fc.weight.abs().sum())
+    # the fine-tune moved the surviving weights, and no pruned one grew back
+    fc, orig = model.blocks[0].mlp.fc.weight, tiny.blocks[0].mlp.fc.weight
+    assert not torch.equal(fc, orig * (fc != 0))
+    assert int((fc != 0).sum()) == fc.numel() // 2
 
 
 def test_prune_magnitude_sparsity(tiny, task):
     model = LMPrune.parse("0.75", steps=0).apply(copy.deepcopy(tiny), task)
     for _, m in mlp_linears(model):
         assert float((m.weight == 0).float().mean()) == pytest.approx(0.75, abs=0.01)
-        assert not is_2_4(m.weight) or True
     with pytest.raises(ConfigError):
         LMPrune.parse("3:8")
 
