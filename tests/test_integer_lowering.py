@@ -252,6 +252,15 @@ def test_requantized_conv_matches_onnxruntime(tmp_path, target, case):
     _compile_and_verify(path, target, tmp_path / "out")
 
 
+@pytest.mark.parametrize("out_w, tp", [(13, 2), (14, 2), (27, 4), (55, 4), (56, 4), (1, 2)])
+def test_smlal_tile_follows_the_row_width(out_w, tp):
+    """arm-a72's smull/smlal2 tile: 4 x 4 unless row padding wastes more than 2 x 8 costs."""
+    from toolchain.optimizer import qgemm
+
+    assert qgemm.row_tile(qgemm.NEON_SMLAL, 7, out_w) == tp
+    assert tp * qgemm.smlal_cols(tp) == 16  # 16 int32x4 accumulators either way
+
+
 class _Residual(__import__("torch").nn.Module):
     """conv-relu, a residual add, a depthwise conv, a concat of two branches, max pooling,
     a linear head."""

@@ -303,7 +303,26 @@ def row_tile(instr: DotInstr, out_h: int, out_w: int) -> int:
     """Output pixels per register tile. Each output row is padded to whole tiles (the GEMM
     runs over [OH, ceil(OW / tp) * tp] pixels), so a tile never crosses a row and its
     epilogue writes a plain rectangle of the [N, OH, OW, O] output."""
-    return 1 if out_h * out_w == 1 else tile_for(instr, 2)[0]
+    if out_h * out_w == 1:
+        return 1
+    if instr is NEON_SMLAL:
+        return min((4, 2), key=lambda tp: _smlal_cost(tp, out_w))
+    return tile_for(instr, 2)[0]
+
+
+def _smlal_cost(tp: int, out_w: int) -> float:
+    """Instructions per output of the smull/smlal2/sadalp tile of ``tp`` pixels x 16 / tp
+    channels, per 16-byte step: 3 per pixel and channel, one load per pixel and per channel,
+    ~2.5 of loop; times the share of padded pixels (each row is padded to whole tiles). A 13
+    pixel row takes 2 x 8 tiles (14 pixels), a 55 pixel row 4 x 4 tiles (56)."""
+    to = 16 // tp
+    per_output = (3 * tp * to + tp + to + 2.5) / (tp * to)
+    return per_output * (-(-out_w // tp) * tp) / out_w
+
+
+def smlal_cols(tp: int) -> int:
+    """Channels of a smull/smlal2 register tile of ``tp`` pixels: 16 int32x4 accumulators."""
+    return 16 // tp if tp in (2, 4) else 8
 
 
 def pack_weight(w_ohwi: np.ndarray, instr: DotInstr) -> np.ndarray:
@@ -487,6 +506,8 @@ def _schedule_qgemm(func, target, threads: int):
     if lanes != instr.lanes or ext[5] != instr.group:
         raise ValueError(f"qgemm kernel built for {lanes}x{ext[5]} lanes, target has {instr}")
     _, to = tile_for(instr, 1 if ext[1] == 1 else 2)
+    if instr is NEON_SMLAL and ext[1] > 1:
+        to = smlal_cols(tp)
     p_o, p_i = sch.split(p, [None, tp])
     o_o, o_i = sch.split(o, [None, to])
     # Two reduction steps per loop trip: the loop's own counter and address arithmetic
@@ -503,10 +524,13 @@ def _schedule_qgemm(func, target, threads: int):
         sch.unroll(ko_i)
     _register(instr)
     sch.tensorize(j, instr.name)
-    if lanes == 4 and to == 4 and instr.name.startswith("edgec_smlal"):
+    if lanes == 4 and to % 4 == 0 and instr.name.startswith("edgec_smlal"):
         # The 4 partial sums of 4 channels at once: addp(addp(a0, a1), addp(a2, a3)).
         try:
             s_loops = sch.get_loops(sumb)
+            if to > 4:
+                sch.split(s_loops[-2], [None, 4])
+                s_loops = sch.get_loops(sumb)
             sch.decompose_reduction(sumb, s_loops[-2])
             _register_lane_sum()
             sch.tensorize(sch.get_loops(sumb)[-2], LANE_SUM)
