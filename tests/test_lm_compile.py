@@ -135,6 +135,10 @@ def test_token_id_out_of_range_is_refused(host_lm, tmp_path):
     outs = [tmp_path / f"out{i}.bin" for i in range(5)]
     run = _run(host_lm, *map(str, files + outs), check=False)
     assert run.returncode == 2 and "1000000" in run.stderr
+    np.zeros(1, np.int64).tofile(files[0])
+    np.full(1, 1000, np.int64).tofile(files[1])  # position past the context
+    run = _run(host_lm, *map(str, files + outs), check=False)
+    assert run.returncode == 2 and "input 'position' 1000 is outside [0, 32)" in run.stderr
 
     # the C API: an application linking libmodel.a
     app = tmp_path / "app.c"

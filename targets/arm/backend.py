@@ -147,7 +147,9 @@ class ArmBackend(Backend):
             sources = {
                 "model.h": driver.header(plan, names_in, names_out, Path(model_path).name,
                                          threads),
-                "model.c": driver.model_c(plan, mem, layout, ws, threads),
+                "model.c": driver.model_c(plan, mem, layout, ws, threads,
+                                          lm_driver.position_check(plan, mem, names_in, lm)
+                                          if lm is not None else ""),
                 "main.c": driver.main_c(plan),
             }
             if lm is not None:

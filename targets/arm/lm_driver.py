@@ -105,7 +105,7 @@ void edgec_lm_reset(void) {
 
 int edgec_lm_position(void) { return edgec_lm_pos; }
 
-static int edgec_lm_refuse(int code, const char *what, int64_t a, int64_t b) {
+int edgec_lm_refuse(int code, const char *what, int64_t a, int64_t b) {
   char *p = edgec_error, *end = edgec_error + sizeof(edgec_error) - 64;
   for (const char *c = what; *c && p < end; ++c) *p++ = *c;
   p = edgec_lm_put(p, a);
@@ -134,7 +134,10 @@ static int edgec_lm_feed(const int32_t *ids, int n, float *logits) {
 
 int edgec_lm_prefill(const int32_t *ids, int n, float *logits) {
   edgec_error[0] = 0;
-  if (n < 1) return edgec_lm_refuse(EDGEC_MODEL_BAD_INPUT, "token count ", n, 1);
+  if (n < 1) {
+    strncpy(edgec_error, "no tokens to feed", sizeof(edgec_error) - 1);
+    return EDGEC_MODEL_BAD_INPUT;
+  }
   for (int k = 0; k < n; ++k)
     if (ids[k] < 0 || ids[k] >= EDGEC_LM_TOKENS)
       return edgec_lm_refuse(EDGEC_MODEL_BAD_INPUT, "token id ", ids[k], EDGEC_LM_TOKENS);
@@ -162,6 +165,20 @@ static char *edgec_lm_put(char *p, int64_t v) {
   return p;
 }
 """
+
+
+def position_check(plan: KernelPlan, mem: MemoryPlan, names_in: list[str],
+                   lm: LMContract) -> str:
+    """C for model_run (the raw-tensor entry): the position input must lie in [0, T - S],
+    or the position embedding's Gather would read outside its table."""
+    off = mem.offsets[plan.inputs[names_in.index("position")]]
+    last = lm.context - lm.seq
+    return (f"  {{  /* position: 0 .. T - S = {last} */\n"
+            f"    int edgec_lm_refuse(int, const char *, int64_t, int64_t);\n"
+            f"    int64_t p = *(const int64_t *)(edgec_arena + {off});\n"
+            f"    if (p < 0 || p > {last})\n"
+            f"      return edgec_lm_refuse(EDGEC_MODEL_BAD_INPUT, \"input 'position' \", p, "
+            f"{last + 1});\n  }}")
 
 
 def model_c_lm(plan: KernelPlan, mem: MemoryPlan, names_in: list[str], names_out: list[str],
