@@ -122,3 +122,15 @@ def test_m55_kernels_use_helium(compiled_small_cnn, tmp_path):
         return [ln for ln in text.splitlines() if "\tv" in ln and " q" in ln.split("\t")[-1]]
 
     assert len(q_ops("cortex-m55")) > 20 and not q_ops("cortex-m4")
+
+
+def test_doctor_names_the_apt_get_line_when_a_tool_is_missing(tmp_path):
+    from toolchain.targets import backend_for, device
+    from toolchain.targets.registry import Device
+
+    real = device("cortex-m4")
+    fake = Device(real.name, real.family, real.summary,
+                  {**real.facts, "cc_prefix": "no-such-arm-none-eabi-"})
+    (line,) = backend_for("cortexm").check_tools(fake, tmp_path)
+    assert "no-such-arm-none-eabi-gcc not found" in line
+    assert "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm" in line
