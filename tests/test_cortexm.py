@@ -134,3 +134,19 @@ def test_doctor_names_the_apt_get_line_when_a_tool_is_missing(tmp_path):
     (line,) = backend_for("cortexm").check_tools(fake, tmp_path)
     assert "no-such-arm-none-eabi-gcc not found" in line
     assert "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm" in line
+
+
+ZOO = [("mlp", []), ("cnn", []), ("dscnn", []), ("cnn", ["--quantize", "int8"])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, flags", ZOO, ids=[n + "".join(f) for n, f in ZOO])
+def test_zoo_models_verify_on_the_m4(tmp_path, name, flags):
+    model, out = tmp_path / f"{name}.onnx", tmp_path / "out"
+    assert main(["compress", name, *flags, "-o", str(model), "-q"]) == 0
+    assert main(["compile", str(model), "-t", "cortex-m4", "-o", str(out)]) == 0
+    for seed in (0, 1):
+        results = verify_folder(out, seed=seed)
+        assert all(c.ok and c.output_range > 0 for c in results), results
+    mcu = json.loads((out / "report.json").read_text())["mcu"]
+    assert mcu["flash_bytes"] < mcu["flash_available"] and mcu["ram_bytes"] < mcu["ram_available"]
