@@ -81,7 +81,8 @@ def _kernels(model_path, target):
 
     dev = device(target)
     model = transform(onnx.load(str(model_path)), cleanup_passes())
-    ctx = PipelineContext(target=CpuDevice.from_device(dev).tvm_target())
+    cpu = CpuDevice.from_device(dev)
+    ctx = PipelineContext(target=cpu.tvm_target(), vector=cpu.vector_unit())
     res = run_pipeline(import_onnx(model, dev.name), "cpu", ctx)
     return {gv.name_hint: f for gv, f in res.mod.functions.items()
             if isinstance(f, tvm.tirx.PrimFunc)}
@@ -112,11 +113,10 @@ def test_structure_host(tmp_path):
     pw = [f for f in convs.values() if "T.if_then_else" not in f.script()]
     assert pw and all("pad_temp" not in _block_names(f) for f in pw)
     # 24 channels: half (8-lane) vectors on this AVX-512 host, 16 lanes elsewhere
-    from toolchain.optimizer.schedule import _vector_lanes
     from toolchain.targets import device
     from toolchain.targets.arm.device import CpuDevice
 
-    if _vector_lanes(CpuDevice.from_device(device("host")).tvm_target()) == 16:
+    if CpuDevice.from_device(device("host")).vector_unit().lanes == 16:
         assert all("T.vectorized(T.int64(8))" in f.script() for f in pw)
 
 

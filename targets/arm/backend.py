@@ -117,7 +117,7 @@ class ArmBackend(Backend):
 
         target = dev.tvm_target()
         ctx = PipelineContext(target=target, schedule=getattr(args, "schedule", "auto"),
-                              threads=threads)
+                              threads=threads, vector=dev.vector_unit())
         result = run_pipeline(mod, pipeline, ctx)
         for rec in result.stages:
             timings[f"pipeline.{rec.name}"] = rec.seconds

@@ -1,7 +1,8 @@
-"""C cross compilers for the ARM family: Debian's GNU cross gcc, or zig cc from PyPI.
+"""C compilers for the CPU devices: the host's cc, Debian's GNU cross gcc, or zig cc (PyPI).
 
 Everything that runs a C compiler for this family goes through ``find_compiler``; a missing
-compiler is a ToolMissingError that says how to install one.
+compiler is a ToolMissingError that says how to install one. The flags for each CPU are the
+device file's (``cflags``, ``zig_cflags``, ``ldflags``).
 """
 
 from __future__ import annotations
@@ -44,16 +45,8 @@ class Compiler:
 
 
 def _arch_flags(dev: CpuDevice, kind: str) -> tuple[str, ...]:
-    if dev.is_native:
-        return ("-O2",)
-    if dev.is_arm32:
-        fpu = "neon-vfpv4" if "+vfp4" in dev.features else "neon"
-        flags = ["-O2", f"-mcpu={dev.cpu}", f"-mfloat-abi={dev.float_abi or 'hard'}"]
-        if kind == "gcc":
-            flags.append(f"-mfpu={fpu}")
-        return tuple(flags)
-    cpu = dev.cpu if kind == "gcc" else dev.cpu.replace("-", "_")
-    return ("-O2", f"-mcpu={cpu}")
+    """-O2 and the device file's CPU flags for this compiler (``cflags`` or ``zig_cflags``)."""
+    return ("-O2", *(dev.zig_cflags if kind == "zig" else dev.cflags))
 
 
 def _zig_available() -> bool:
@@ -72,11 +65,8 @@ def find_compiler(dev: CpuDevice, choice: str = "auto") -> Compiler:
     if not prefix and not dev.zig_target:
         raise ConfigError(f"device '{dev.name}' names no C toolchain (cc_prefix or zig_target)")
     if choice in ("auto", "gcc") and prefix and shutil.which(prefix + "gcc"):
-        # Static glibc calls memcpy & co. through PLT entries whose short form cannot reach
-        # past a few hundred MB of weights (VGG-19): GNU ld's long PLT entries can.
-        ldflags = ("-Wl,--long-plt",) if dev.is_arm32 else ()
         return Compiler("gcc", (prefix + "gcc",), (prefix + "ar",), _arch_flags(dev, "gcc"),
-                        ldflags)
+                        dev.ldflags)
     if choice in ("auto", "zig") and dev.zig_target and _zig_available():
         zig = (sys.executable, "-m", "ziglang")
         return Compiler("zig", (*zig, "cc", "-target", dev.zig_target), (*zig, "ar"),

@@ -1,4 +1,4 @@
-"""Run a built ARM executable: natively for the host, under qemu-user for ARM devices."""
+"""Run a built executable: natively on a machine of its architecture, else under qemu-user."""
 
 from __future__ import annotations
 
@@ -14,17 +14,12 @@ from toolchain.errors import ConfigError
 from toolchain.targets.arm.device import CpuDevice
 from toolchain.tools import require, run_tool
 
-QEMU_HINT = "apt-get install qemu-user  (Debian/Ubuntu, as root)"
-
-
 def launcher(dev: CpuDevice) -> list[str]:
     """The argv prefix that runs a binary for ``dev`` on this machine."""
-    if dev.is_native:
+    if dev.is_native or dev.machine == platform.machine():
         return []
-    machine = platform.machine()
-    if (machine == "aarch64" and not dev.is_arm32):
-        return []
-    qemu = require(dev.qemu, QEMU_HINT)
+    hint = " ".join(p for p in dev.debian_packages if "qemu" in p) or "qemu-user"
+    qemu = require(dev.qemu, f"apt-get install {hint}  (Debian/Ubuntu, as root)")
     return [str(qemu), "-cpu", dev.qemu_cpu] if dev.qemu_cpu else [str(qemu)]
 
 

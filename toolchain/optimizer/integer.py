@@ -33,6 +33,7 @@ from tvm import relax
 from tvm.ir.expr import GenericConst
 
 from toolchain.optimizer import qdepthwise, qgemm
+from toolchain.optimizer.vector import VectorUnit
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ class _Lowerer(relax.PyExprMutator):
     """``fuse_requant``: rewrite at each quantize (conv/matmul + bias + clamp + pool + quantize);
     otherwise rewrite each remaining float conv/matmul on int8 inputs with a float epilogue."""
 
-    def __init__(self, mod, target, fuse_requant: bool, nhwc: dict):
+    def __init__(self, mod, vector: VectorUnit | None, fuse_requant: bool, nhwc: dict):
         super().__init__(mod)
-        self.target = target
+        self.vector = vector
         self.fuse_requant = fuse_requant
         self.rewritten = 0
         self.nhwc = nhwc  # NCHW int8 var -> the NHWC var it was transposed from (shared)
@@ -243,8 +244,7 @@ class _Lowerer(relax.PyExprMutator):
         o = w_ohwi.shape[0]
         if core.get("depthwise"):
             return self._emit_depthwise(core, bias, out_dtype, s_y, z_y, clamp)
-        instr = (qgemm.dot_instr(self.target, bool(w_ohwi.min(initial=0) > -128))
-                 if self.target is not None else qgemm.GENERIC)
+        instr = _dot_instr(self.vector, bool(w_ohwi.min(initial=0) > -128))
         wp = qgemm.pack_weight(w_ohwi, instr)
         o_pad = qgemm.padded_channels(wp, instr)
         zp8 = z_x - 128 if _dtype(q) == "uint8" else z_x  # zero point in int8 terms
@@ -532,19 +532,21 @@ class _Lowerer(relax.PyExprMutator):
 class LowerQDQToInteger:
     """Rewrite QDQ conv2d/matmul into int8 GEMM kernels (see the module docstring).
 
-    ``target``: the tvm Target, which picks the dot instruction (and so the weight packing);
-    None builds the portable form.
+    ``vector``: the device's SIMD facts (toolchain/optimizer/vector.py), whose ``int8_dot``
+    picks the dot instruction (and so the weight packing); None builds the portable form.
+    ``target`` (the tvm Target) is kept for the stages' common signature.
     """
 
-    def __init__(self, target=None):
+    def __init__(self, target=None, vector: VectorUnit | None = None):
         self.target = target
+        self.vector = vector
 
     def transform_module(self, mod, ctx):
         nhwc: dict = {}
         for fuse in (True, False):
             for gv, func in list(mod.functions.items()):
                 if isinstance(func, relax.Function):
-                    lowerer = _Lowerer(mod, self.target, fuse, nhwc)
+                    lowerer = _Lowerer(mod, self.vector, fuse, nhwc)
                     new = lowerer.visit_expr(func)
                     mod = lowerer.builder_.get()
                     mod[gv] = new
@@ -552,6 +554,20 @@ class LowerQDQToInteger:
                              lowerer.rewritten, "requantized" if fuse else "float output")
             mod = relax.transform.DeadCodeElimination(["main"])(mod)
         return mod
+
+
+_DOT_INSTRS = {"sdot": qgemm.SDOT, "vpdpbusd": qgemm.VNNI, "generic": qgemm.GENERIC}
+
+
+def _dot_instr(vector: VectorUnit | None, symmetric_weights: bool) -> qgemm.DotInstr:
+    """The int8 GEMM's instruction for the device's ``int8_dot`` fact; with weights in
+    [-127, 127], AArch64 NEON sums pairs of products in int16 (3 instructions per 16 products
+    instead of 4)."""
+    if vector is None:
+        return qgemm.GENERIC
+    if vector.int8_dot == "smull":
+        return qgemm.NEON_SMLAL if symmetric_weights else qgemm.NEON_SMULL
+    return _DOT_INSTRS[vector.int8_dot]
 
 
 def is_quantized(model) -> bool:

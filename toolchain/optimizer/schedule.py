@@ -28,25 +28,14 @@ import logging
 
 import tvm
 
+from toolchain.optimizer.vector import VectorUnit
+
 log = logging.getLogger(__name__)
 
 DATA_PAR, COMM_REDUCE = 0, 2
 # Below these sizes a kernel runs serially: waking the pool would cost more than it saves.
 PARALLEL_MIN_WORK = 1 << 15  # multiply-adds (loop iterations) of a reduction block
 PARALLEL_MIN_ELEMENTS = 1 << 16  # elements of an elementwise block
-
-
-def _vector_lanes(target) -> int:
-    """float32 lanes in a SIMD register: NEON and SSE 4, AVX2 8, AVX-512 16."""
-    attrs = [str(a) for a in (target.attrs.get("mattr") or [])]
-    cpu = str(target.attrs.get("mcpu", ""))
-    if any("avx512" in a for a in attrs) or "avx512" in cpu or cpu in (
-            "skylake-avx512", "cascadelake", "icelake-server", "sapphirerapids", "znver4"):
-        return 16
-    triple = str(target.attrs.get("mtriple", ""))
-    if triple.startswith(("x86_64", "i686")):
-        return 8
-    return 4
 
 
 def _largest_divisor(n: int, choices) -> int:
@@ -366,15 +355,18 @@ def _vectorize_elementwise(sch, block, lanes: int, threads: int = 1) -> None:
         _parallelize(sch, loops, threads)
 
 
-def schedule_func(func, target, threads: int = 1):
+def schedule_func(func, target, threads: int = 1, vector: VectorUnit | None = None):
     """Return ``func`` with the CPU rules applied (or unchanged where they do not fit);
-    ``threads`` > 1 also makes an outer loop of each heavy kernel parallel."""
+    ``threads`` > 1 also makes an outer loop of each heavy kernel parallel. ``vector``: the
+    device's SIMD facts (its device file); None asks LLVM for the target's vector width."""
     from tvm.s_tir import Schedule
 
-    lanes = _vector_lanes(target)
-    # AArch64 NEON multiplies by a vector element (fmla by element); x86 FMAs broadcast
-    # from memory for free, and armv7's 16 q registers leave no room for input rows.
-    by_element = str(target.attrs.get("mtriple", "")).startswith("aarch64")
+    vector = vector or VectorUnit.of_target(target)
+    lanes = vector.lanes
+    # A device that multiplies by a vector element (AArch64 fmla by element) keeps conv input
+    # rows in registers; x86 FMAs broadcast from memory for free, and armv7's 16 q registers
+    # leave no room for input rows.
+    by_element = vector.fma_by_element
     sch = Schedule(func)
     try:
         _inline_injective(sch)
@@ -408,11 +400,13 @@ def schedule_func(func, target, threads: int = 1):
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleForCPU")
 class ScheduleForCPU:
-    """Apply ``schedule_func`` to every PrimFunc of the module (``threads``: see module doc)."""
+    """Apply ``schedule_func`` to every PrimFunc of the module (``threads``: see module doc;
+    ``vector``: the device's SIMD facts, toolchain/optimizer/vector.py)."""
 
-    def __init__(self, target, threads: int = 1):
+    def __init__(self, target, threads: int = 1, vector: VectorUnit | None = None):
         self.target = target
         self.threads = threads
+        self.vector = vector
 
     def transform_module(self, mod, ctx):
         from tvm import tirx
@@ -425,6 +419,6 @@ class ScheduleForCPU:
                 if func.attrs is not None and "edgec.qgemm" in func.attrs:
                     new = schedule_qgemm(func, self.target, self.threads)
                 else:
-                    new = schedule_func(func, self.target, self.threads)
+                    new = schedule_func(func, self.target, self.threads, self.vector)
                 out.update_func(gv, new.with_attrs(func.attrs) if func.attrs is not None else new)
         return out
