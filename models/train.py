@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolchain import progress
+
 log = logging.getLogger(__name__)
 
 MASK = "edgec_mask"  # buffer name of a permanent pruning mask on a Conv2d / Linear
@@ -63,7 +65,7 @@ def fit(model: nn.Module, X: np.ndarray, y: np.ndarray, recipe: Recipe,
     if distill is not None:
         distill.teacher.eval()
     model.train()
-    for _ in range(recipe.epochs):
+    for _ in progress.bar(range(recipe.epochs), desc="training", unit="epoch"):
         order = torch.randperm(len(Xt), generator=gen)
         for i in range(0, len(Xt), recipe.batch):
             idx = order[i:i + recipe.batch]

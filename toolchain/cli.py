@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from toolchain import __version__
+from toolchain import __version__, progress
 from toolchain.errors import (ConfigError, EdgecError, ToolFailedError, ToolMissingError,
                               VerificationError)
 
@@ -180,6 +180,7 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     quiet, as_json = bool(args.global_quiet), bool(args.global_json)
+    progress.set_enabled(not (quiet or as_json))
     _strip(args)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=logging.ERROR if quiet and not args.verbose else level,
