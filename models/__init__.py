@@ -21,6 +21,9 @@ Models (input shapes without the batch dimension; data layouts are documented in
   digits (4x4 = 16 features) of classes 0-4                   input (16,)
 - ``transformer`` 1 pre-norm encoder block (dim 32, 2 heads, ffn 64) over 8 tokens (image rows
   of 8 pixels), mean pool, linear                               input (8, 8)
+- MLPerf Tiny's reference architectures (``toolchain.models.tiny``, on the digits resized to
+  their input shapes): ``kws_dscnn`` (1, 49, 10), ``vww_mobilenet`` (3, 96, 96, seeded
+  weights), ``resnet8`` (3, 32, 32), ``ad_autoencoder`` (640,), seeded weights
 - ``kws``         keyword-spotting LSTM (2 layers, 32 units) over 8 time steps of 8 features
   (the image rows), linear on the last step (``toolchain.models.kws``)   input (8, 8)
 
@@ -55,6 +58,7 @@ from torch import nn
 
 from toolchain.errors import ConfigError
 from toolchain.models import data as _data
+from toolchain.models import tiny
 from toolchain.models import kws, lm, nets, text
 from toolchain.models.train import Recipe, accuracy, fit
 
@@ -113,6 +117,7 @@ _add("mlp16", "FPGA benchmark MLP 16-64-32-32-5 on 4x4-pooled digits 0-4", "pool
      lambda: nets.MLP((16, 64, 32, 32, 5)), Recipe(epochs=60, lr=3e-3))
 _add("transformer", "tiny transformer encoder, 8 tokens of 8 pixels", "tokens",
      lambda: nets.TinyTransformer(), Recipe(epochs=40, lr=3e-3))
+tiny.register(_add)
 _add("kws", "keyword-spotting LSTM (2x32), 8 steps of 8 features (image rows)", "tokens",
      lambda: kws.KeywordSpotter("lstm", layers=2), Recipe(epochs=30, lr=5e-3))
 

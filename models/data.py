@@ -9,15 +9,28 @@ stratify=y)``, with pixels scaled from 0..16 to [0, 1]. Only the input layout di
 - ``pool16``: (N, 16)       2x2 average pooling of the image (4x4 = 16 features), classes 0-4
   only (the 5 classes of the 16-64-32-32-5 FPGA benchmark MLP, ``mlp16``); the split is taken
   on that subset, stratified as above.
+
+Other modules add layouts with ``register_layout(name, transform)``: ``transform(X, y)`` maps
+the flat pixels (N, 64) and labels to the new layout before the same split (the MLPerf Tiny
+models of ``toolchain.models.tiny`` read the digits resized to their reference input shapes).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 
 LAYOUTS = ("flat", "image", "tokens", "pool16")
+_EXTRA: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def register_layout(name: str,
+                    transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+                    ) -> None:
+    """Add a layout: ``transform(X, y)`` of the flat pixels (N, 64) and their labels."""
+    _EXTRA[name] = transform
 
 
 @lru_cache(maxsize=None)
@@ -33,10 +46,12 @@ def load(layout: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(X_train, y_train, X_test, y_test) for one input layout; arrays are read-only."""
     from sklearn.model_selection import train_test_split
 
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    if layout not in LAYOUTS and layout not in _EXTRA:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join((*LAYOUTS, *_EXTRA))}")
     X, y = _digits()
-    if layout == "pool16":
+    if layout in _EXTRA:
+        X, y = _EXTRA[layout](X, y)
+    elif layout == "pool16":
         keep = y < 5
         X = X[keep].reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4)).reshape(-1, 16)
         y = y[keep]
