@@ -150,3 +150,30 @@ def test_zoo_models_verify_on_the_m4(tmp_path, name, flags):
         assert all(c.ok and c.output_range > 0 for c in results), results
     mcu = json.loads((out / "report.json").read_text())["mcu"]
     assert mcu["flash_bytes"] < mcu["flash_available"] and mcu["ram_bytes"] < mcu["ram_available"]
+
+
+def test_a_stack_overflow_stops_the_run(tmp_path):
+    """The stack sits at the bottom of SRAM: overflowing it faults (no silent arena damage)."""
+    from toolchain.errors import ToolFailedError
+    from toolchain.targets import device
+    from toolchain.targets.cortexm import board
+    from toolchain.targets.cortexm.cc import find_compiler
+    from toolchain.targets.cortexm.device import McuDevice
+    from toolchain.targets.cortexm.runner import run_image
+
+    dev = McuDevice.from_device(device("cortex-m4"))
+    for name in board.BOARD_FILES:
+        (tmp_path / name).write_text(board.board_source(name))
+    (tmp_path / "link.ld").write_text(board.linker_script(dev))
+    (tmp_path / "deep.c").write_text(
+        "int deep(int n);\nint (*volatile fp)(int) = deep;\n"
+        "int deep(int n) { volatile char b[256]; b[n & 255] = (char)n;"
+        " return n ? fp(n - 1) + b[n & 255] : 0; }\n"
+        "int main(void) { return fp(100) > 0 ? 0 : 1; }\n")
+    cc = find_compiler(dev)
+    for src in ("deep.c", "board.c"):
+        cc.compile(tmp_path / src, tmp_path / src.replace(".c", ".o"), tmp_path)
+    cc.link([tmp_path / "deep.o", tmp_path / "board.o"], tmp_path / "link.ld",
+            tmp_path / "deep.elf", tmp_path)
+    with pytest.raises(ToolFailedError, match="stack overflow|faulted"):
+        run_image(dev, tmp_path / "deep.elf", [], what="running deep.elf", timeout=60)

@@ -48,6 +48,12 @@ SECTIONS {{
     *(.ARM.exidx* .gnu.linkonce.armexidx.*)
     __exidx_end = .;
   }} > FLASH
+  /* The stack first, at the bottom of SRAM: an overflow runs off the region into unmapped
+   * memory and faults, instead of overwriting the arena. */
+  .stack (NOLOAD) : ALIGN(8) {{
+    . += {dev.stack_bytes};
+    __stack_top = .;
+  }} > RAM
   .data : ALIGN(8) {{
     __data_start = .;
     *(.data .data.*)
@@ -60,10 +66,6 @@ SECTIONS {{
     *(.bss .bss.* COMMON)
     . = ALIGN(8);
     __bss_end = .;
-  }} > RAM
-  .stack (NOLOAD) : ALIGN(8) {{
-    . += {dev.stack_bytes};
-    __stack_top = .;
   }} > RAM
   /DISCARD/ : {{ *(.init_array*) *(.fini_array*) }}
 }}

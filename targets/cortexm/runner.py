@@ -47,6 +47,11 @@ def run_image(dev: McuDevice, image: Path, args: Sequence[str | Path], *, what: 
         if "(exit 3)" in text:
             raise ToolFailedError(f"{what}: the program faulted on {dev.qemu_machine} "
                                   f"({text.split(': ', 1)[-1]})") from None
+        if "(exit -6)" in text:  # qemu's "Lockup": a fault while the stack itself was bad
+            raise ToolFailedError(f"{what}: the core locked up on {dev.qemu_machine} (a fault "
+                                  f"with no usable stack: a stack overflow past the "
+                                  f"{dev.stack_bytes}-byte stack? compile with a larger "
+                                  f"--stack-bytes)") from None
         raise
 
 
