@@ -156,3 +156,60 @@ def test_int4_on_arm_verifies_with_int4_bytes(tmp_path):
     ops = _mnemonics(objdump, out / "build" / "kernels.o", "wgemv_int41_compute_")
     assert ops.count("scvtf") >= 8 and ops.count("fmla") >= 8, sorted(set(ops))
     assert "sshr" in ops  # int4 nibbles sign-extended in registers
+
+
+@pytest.mark.parametrize("bits,rows", [(4, 1), (8, 4)])
+def test_int8_activation_variant_numerics(bits, rows):
+    """cpu-int8-act on the host: equal (to float rounding) to the same arithmetic in numpy,
+    x quantized per row to int8, and within the activation quantization of onnxruntime."""
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    from toolchain.optimizer.frontend import import_onnx
+    from toolchain.optimizer.pipeline import PipelineContext, run_pipeline
+    from toolchain.passes import cleanup_passes, transform
+    from toolchain.targets import device
+    from toolchain.targets.arm.device import CpuDevice
+
+    k, n, group = 128, 64, 32
+    model = weight_only_matmul(k, n, rows=rows, bits=bits, group=group, seed=3)
+    target = CpuDevice.from_device(device("host")).tvm_target()
+    mod = import_onnx(transform(model, cleanup_passes()), "host")
+    result = run_pipeline(mod, "cpu-int8-act", PipelineContext(target=target))
+    assert any(gv.name_hint.startswith("wgemv_a8") for gv in result.mod.functions)
+    vm = relax.VirtualMachine(tvm.compile(result.mod, target=target), tvm.cpu())
+    x = np.random.default_rng(5).standard_normal((1, rows, k)).astype(np.float32)
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()[0]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = inits["wq"].astype(np.float64)
+    s = inits["ws"].reshape(-1 if bits == 8 else k // group, n)
+    w = q * (np.repeat(s, group, axis=0) if bits == 4 else s)
+    sx = np.abs(x[0]).max(axis=1, keepdims=True) / 127
+    want_q = np.clip(np.round(x[0] / sx), -127, 127) * sx @ w + inits["b"]
+    assert np.abs(got - want_q).max() <= 1e-5 * np.ptp(want_q)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ref = ort.InferenceSession(model.SerializeToString(), opts).run(None, {"x": x})[0][0]
+    assert 1e-5 < np.abs(got - ref).max() / np.ptp(ref) < 1e-2
+
+
+@needs_target("arm-a76")
+def test_int8_activation_variant_uses_sdot_on_arm_a76(tmp_path):
+    """int4 weights, int8 activations on arm-a76: sdot in the kernel, int4 bytes in the
+    binary, and verify passes within the activation quantization's tolerance."""
+    k, n = 256, 64
+    path = save(weight_only_matmul(k, n, bits=4, group=32), tmp_path / "wo.onnx")
+    out = tmp_path / "out"
+    assert main(["compile", str(path), "-t", "arm-a76", "--pipeline", "cpu-int8-act",
+                 "--keep-build", "-o", str(out)]) == 0
+    assert main(["verify", str(out), "--tolerance", "1e-2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["memory"]["weight_bytes"] == k * n // 2 + 4 * (k // 32 * n + n)
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump is None:
+        pytest.skip("aarch64-linux-gnu-objdump missing (binutils-aarch64-linux-gnu)")
+    kernel = next(name for name in report["kernels"] if name.startswith("wgemv_a8"))
+    ops = _mnemonics(objdump, out / "build" / "kernels.o", f"{kernel}_compute_")
+    # The reduction is sdot (4 channels x 4 products each), unrolled over the tile.
+    assert ops.count("sdot") >= 16, sorted(set(ops))

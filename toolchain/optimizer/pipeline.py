@@ -61,6 +61,16 @@ def kv_cache(ctx: PipelineContext) -> list:
     return [write_cache_in_place()]
 
 
+def simplify_int8_activations(ctx: PipelineContext) -> list:
+    """``simplify_integer``, with weight-only matmuls in the int8-activation variant: x
+    quantized per row at run time, int8 dot products (sdot on arm-a76); outputs then differ
+    from float compute by the activation quantization (~0.5% of their range)."""
+    from toolchain.optimizer.weight_only import LowerWeightOnlyMatMul
+
+    return [LowerWeightOnlyMatMul(ctx.target, ctx.threads, int8_activations=True),
+            *simplify_integer(ctx)]
+
+
 def legalize(ctx: PipelineContext) -> list:
     """Each Relax op becomes a TIR kernel (call_tir); constants fold through them."""
     from tvm import relax
@@ -100,6 +110,8 @@ PIPELINES: dict[str, tuple[tuple[str, Stage], ...]] = {
             ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
     "cpu-int": (("simplify", simplify_integer), ("kv_cache", kv_cache), ("legalize", legalize),
                 ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
+    "cpu-int8-act": (("simplify", simplify_int8_activations), ("legalize", legalize),
+                     ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
     "cpu-nofuse": (("simplify", simplify), ("kv_cache", kv_cache), ("legalize", legalize),
                    ("schedule", cpu_schedule)),
 }

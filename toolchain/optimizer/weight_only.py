@@ -130,7 +130,7 @@ def _relax_pass():
     from tvm import relax
     from tvm.ir.expr import GenericConst
 
-    from toolchain.optimizer import wgemv
+    from toolchain.optimizer import wgemv, wgemv_dot
 
     def const(expr):
         return expr.value.numpy() if isinstance(expr, GenericConst) else None
@@ -146,10 +146,11 @@ def _relax_pass():
 
     @relax.expr_functor.mutator
     class _Rewriter(relax.PyExprMutator):
-        def __init__(self, mod, target, threads):
+        def __init__(self, mod, target, threads, int8_act):
             super().__init__(mod)
             self.target = target
             self.threads = threads
+            self.int8_act = int8_act
             self.rewritten = 0
             self.kernels = {}  # emitted var -> (x2d, q, scale, spec, out_shape)
 
@@ -237,6 +238,10 @@ def _relax_pass():
             # Weights that all lie in [-8, 7] are stored two per byte (exactly the same values).
             bits = 4 if int(q.min(initial=0)) >= -8 and int(q.max(initial=0)) <= 7 else 8
             rows = int(np.prod(xs[:-1]))
+            if self.int8_act and wgemv_dot.supported(k, block):
+                tile, row_tile = wgemv_dot.dot_tiles(rows, n)
+                return x, q, s, wgemv.WeightOnlySpec(rows, k, n, bits, block, tile, row_tile,
+                                                     False, True), out_shape
             tile, row_tile = wgemv.choose_tiles(self.target, rows, n, bits)
             if bits == 4 and tile % 2:
                 bits = 8
@@ -245,16 +250,20 @@ def _relax_pass():
 
         def _emit(self, x, q, s, spec, out_shape, bias=None):
             x2 = self.builder_.emit(relax.op.reshape(x, [spec.rows, spec.k]))
-            args = [x2, relax.const(wgemv.pack_weights(q, spec)),
+            kind = wgemv_dot if spec.int8_act else wgemv
+            args = [x2, relax.const(kind.pack_weights(q, spec)),
                     relax.const(wgemv.pack_scales(s, spec))]
             if bias is not None:
                 args.append(relax.const(bias.astype(np.float32)))
 
             def kernel(xt, wt, st, bt=None):
+                if spec.int8_act:
+                    return wgemv_dot.wgemv_dot_te(xt, wt, st, bt, spec)
                 return wgemv.wgemv_te(xt, wt, st, bt, spec)
 
             y = self.builder_.emit(self.builder_.call_te(
-                kernel, *args, primfunc_name_hint=f"wgemv_int{spec.bits}",
+                kernel, *args, primfunc_name_hint=f"wgemv_{'a8' if spec.int8_act else ''}"
+                                                  f"int{spec.bits}",
                 primfunc_attrs={"op_pattern": 8, "edgec.wgemv": _spec_attr(spec)}))
             self.rewritten += 1
             out = self.builder_.emit(relax.op.reshape(y, out_shape))
@@ -282,14 +291,15 @@ def _relax_pass():
     class LowerWeightOnlyMatMul:
         """Rewrite weight-only quantized matmuls into ``wgemv`` kernels (module doc)."""
 
-        def __init__(self, target=None, threads: int = 1):
+        def __init__(self, target=None, threads: int = 1, int8_activations: bool = False):
             self.target = target
             self.threads = threads
+            self.int8_activations = int8_activations
 
         def transform_module(self, mod, ctx):
             for gv, func in list(mod.functions.items()):
                 if isinstance(func, relax.Function):
-                    rw = _Rewriter(mod, self.target, self.threads)
+                    rw = _Rewriter(mod, self.target, self.threads, self.int8_activations)
                     new = rw.visit_expr(func)
                     mod = rw.builder_.get()
                     mod[gv] = new
@@ -301,7 +311,7 @@ def _relax_pass():
     return LowerWeightOnlyMatMul
 
 
-_SPEC_FIELDS = ("rows", "k", "n", "bits", "group", "tile", "row_tile", "has_bias")
+_SPEC_FIELDS = ("rows", "k", "n", "bits", "group", "tile", "row_tile", "has_bias", "int8_act")
 
 
 def _spec_attr(spec) -> str:
@@ -312,11 +322,15 @@ def spec_from_attr(text: str):
     from toolchain.optimizer.wgemv import WeightOnlySpec
 
     vals = [int(v) for v in str(text).split(",")]
-    return WeightOnlySpec(*vals[:-1], bool(vals[-1]))
+    return WeightOnlySpec(*vals[:-2], bool(vals[-2]), bool(vals[-1]))
 
 
-def LowerWeightOnlyMatMul(target=None, threads: int = 1):  # noqa: N802  (a pass, by its name)
-    return _relax_pass()(target, threads)
+def LowerWeightOnlyMatMul(target=None, threads: int = 1,  # noqa: N802  (a pass, by its name)
+                          int8_activations: bool = False):
+    """``int8_activations``: the int8-activation variant (``wgemv_dot.py``: x quantized per
+    row at run time, int8 dot products, sdot on dot-product cores) where K and the group
+    are multiples of 16; the float-activation kernel elsewhere."""
+    return _relax_pass()(target, threads, int8_activations)
 
 
 def ScheduleWeightOnly(target=None, threads: int = 1, then=None):  # noqa: N802
@@ -325,7 +339,7 @@ def ScheduleWeightOnly(target=None, threads: int = 1, then=None):  # noqa: N802
     import tvm
     from tvm import tirx
 
-    from toolchain.optimizer import wgemv
+    from toolchain.optimizer import wgemv, wgemv_dot
 
     @tvm.transform.module_pass(opt_level=0, name="ScheduleWeightOnly")
     def _pass(mod, ctx):
@@ -341,7 +355,9 @@ def ScheduleWeightOnly(target=None, threads: int = 1, then=None):  # noqa: N802
             out = mod
         for gv, f in mine.items():
             spec = spec_from_attr(f.attrs["edgec.wgemv"])
-            out.update_func(gv, wgemv.schedule_wgemv(f, spec, threads).with_attrs(f.attrs))
+            new = (wgemv_dot.schedule_wgemv_dot(f, spec, target, threads) if spec.int8_act
+                   else wgemv.schedule_wgemv(f, spec, threads))
+            out.update_func(gv, new.with_attrs(f.attrs))
         return out
 
     return _pass

@@ -45,6 +45,7 @@ class WeightOnlySpec:
     tile: int  # channels per column tile (T)
     row_tile: int  # rows per register tile (R)
     has_bias: bool
+    int8_act: bool = False  # x quantized to int8 per row at run time (wgemv_dot.py)
 
     @property
     def halves(self) -> int:

@@ -1,0 +1,192 @@
+"""The int8-activation variant of the weight-only matmul (8da4w / 8da8w): each row of ``x`` is
+quantized to int8 at run time (symmetric, one scale per row), the products are int8 x int8
+summed in int32 (``sdot`` on Armv8.2 dot-product cores), and each group's int32 sum is scaled
+to float once:
+
+``y[s, n] = s_x[s] * sum_b scale[b, n] * sum_{g < G} xq[s, b*G + g] * q[b*G + g, n] (+ bias)``
+
+with ``s_x[s] = max_k |x[s, k]| / 127`` and ``xq = round(x / s_x)``. The error against float
+compute follows the activation quantization (about 1/254 of each row's largest value per
+product), so outputs are compared with a tolerance of that order, not float's.
+
+Weights are packed for ``sdot`` by element (qgemm's ``SDOT`` tensor intrinsic): column tiles of
+``T`` channels, and per 16 values of K blocks of ``[4 k-groups][4 channels][4 bytes]``, i.e.
+``[N/T, K/16, T/4, 4, 4, 4]`` int8; one intrinsic call loads 16 activation bytes once and does
+4 sdot (4 channels x 16 products each). int4 weights keep each 64-byte block as 32 bytes (the
+first 32 values in the low nibbles, the last 32 in the high ones), unpacked per block in
+registers right before its sdot. Without dot-product instructions the same kernel runs as
+plain vectorized int32 loops.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from toolchain.optimizer.wgemv import WeightOnlySpec
+
+log = logging.getLogger(__name__)
+
+KB = 16  # K values per intrinsic call
+BLOCK = 64  # int8 weights per (16 K values x 4 channels) block
+
+
+def dot_tiles(rows: int, n: int) -> tuple[int, int]:
+    """(T, R): 8 int32 + 8 float accumulators of 4 lanes per row tile (32 channels) for a
+    single row, 16 channels x 2 rows otherwise; T divides N where it can."""
+    t = 32 if rows == 1 else 16
+    while t > 4 and n % t:
+        t //= 2
+    return t, (2 if rows % 2 == 0 else 1)
+
+
+def supported(k: int, group: int) -> bool:
+    return group % KB == 0 and k % group == 0
+
+
+def pack_weights(q_kn: np.ndarray, spec: WeightOnlySpec) -> np.ndarray:
+    """int weights [K, N] -> [N/T, K/16, T/4, 4, 4, 4] int8 (int4: [.., 32] nibble pairs)."""
+    k, t = spec.k, spec.tile
+    q = np.zeros((k, spec.n_pad), np.int16)
+    q[:, :spec.n] = q_kn
+    # [K/16, 4 (k-group), 4 (byte), N/T, T/4, 4 (channel)] -> [N/T, K/16, T/4, kg, ch, byte]
+    v = q.reshape(k // KB, 4, 4, spec.n_pad // t, t // 4, 4).transpose(3, 0, 4, 1, 5, 2)
+    v = np.ascontiguousarray(v).reshape(spec.n_pad // t, k // KB, t // 4, BLOCK)
+    if spec.bits == 8:
+        return v.astype(np.int8).reshape(spec.n_pad // t, k // KB, t // 4, 4, 4, 4)
+    lo, hi = v[..., :BLOCK // 2], v[..., BLOCK // 2:]
+    return np.ascontiguousarray(((lo & 0xF) | ((hi & 0xF) << 4)).astype(np.uint8).view(np.int8))
+
+
+def wgemv_dot_te(x, w, scale, bias, spec: WeightOnlySpec):
+    """TE: ``x`` float32 [S, K] -> [S, N]; ``w`` from ``pack_weights``, ``scale`` from
+    ``wgemv.pack_scales`` ([N/T, K/G, T]), ``bias`` [N] or None."""
+    from tvm import te, tirx
+
+    t, g_len = spec.tile, spec.group
+    nt = spec.n_pad // t
+    rk = te.reduce_axis((0, spec.k), name="rk")
+    amax = te.compute((spec.rows,), lambda s: te.max(tirx.abs(x[s, rk]), axis=rk),
+                      name="wdot_amax")
+    sx = te.compute((spec.rows,), lambda s: tirx.if_then_else(
+        amax[s] > 0, amax[s] / 127.0, tirx.const(1.0, "float32")), name="wdot_sx")
+    xq = te.compute((spec.rows, spec.k), lambda s, k: tirx.max(tirx.min(
+        tirx.round(x[s, k] / sx[s]), 127.0), -127.0).astype("int8"), name="wdot_xq")
+    if spec.bits == 4:
+        def unpack(c, kk, c4, a, i, j):
+            f = a * 16 + i * 4 + j
+            byte = w[c, kk, c4, f % (BLOCK // 2)]
+            low = tirx.shift_right(tirx.shift_left(byte, tirx.const(4, "int8")),
+                                   tirx.const(4, "int8"))
+            return tirx.if_then_else(f < BLOCK // 2, low,
+                                     tirx.shift_right(byte, tirx.const(4, "int8")))
+
+        wv = te.compute((nt, spec.k // KB, t // 4, 4, 4, 4), unpack, name="wdot_unpack")
+    else:
+        wv = w
+    g = te.reduce_axis((0, g_len), name="g")
+
+    def product(s, c, b, c4, i):
+        kk = b * g_len + g
+        return (xq[s, kk].astype("int32")
+                * wv[c, kk // KB, c4, (kk % KB) // 4, i, kk % 4].astype("int32"))
+
+    part = te.compute((spec.rows, nt, spec.groups, t // 4, 4),
+                      lambda s, c, b, c4, i: te.sum(product(s, c, b, c4, i), axis=g),
+                      name="wdot_part")
+    b = te.reduce_axis((0, spec.groups), name="b")
+    # The row scale goes in with the group scales, so the epilogue reads only the tile.
+    acc = te.compute((spec.rows, nt, t // 4, 4), lambda s, c, c4, i: te.sum(
+        part[s, c, b, c4, i].astype("float32") * (scale[c, b, c4 * 4 + i] * sx[s]), axis=b),
+        name="wdot_acc")
+
+    def out(s, n):
+        v = acc[s, n // t, (n % t) // 4, n % 4]
+        return v + bias[n] if bias is not None else v
+
+    return te.compute((spec.rows, spec.n), out, name="wdot_out")
+
+
+def schedule_wgemv_dot(func, spec: WeightOnlySpec, target, threads: int = 1):
+    try:
+        return _schedule(func, spec, target, threads)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("int8-activation matmul left unscheduled: %s",
+                    str(exc).strip().splitlines()[-1])
+        return func
+
+
+def _schedule(func, spec: WeightOnlySpec, target, threads: int):
+    from tvm import s_tir
+
+    from toolchain.optimizer import qgemm
+
+    sdot = qgemm.dot_instr(target) is qgemm.SDOT
+    sch = s_tir.Schedule(func)
+    xq = sch.get_sblock("wdot_xq")
+    _, k = sch.get_loops(xq)
+    _, kv = sch.split(k, [None, 16])
+    sch.vectorize(kv)
+    part = sch.get_sblock("wdot_part")
+    acc = sch.get_sblock("wdot_acc")
+    out = sch.get_sblock("wdot_out")
+    s, c, c4, i, b = sch.get_loops(acc)
+    s_o, s_i = sch.split(s, [None, spec.row_tile])
+    sch.reorder(s_o, c, b, s_i, c4, i)
+    sch.compute_at(part, b, preserve_unit_loops=True)
+    ploops = sch.get_loops(part)[3:]  # unit loops (s, c, b, c4, i), then g
+    go, gi = sch.split(ploops[-1], [None, KB])
+    ps, _, _, pc4, pi = ploops[:-1]
+    if sdot:
+        sch.reorder(go, ps, pc4, pi, gi)  # (channel, 16 K values): one sdot call
+    else:
+        sch.reorder(go, gi, ps, pc4, pi)  # 4 channels' int32 sums as one vector
+        sch.vectorize(pi)
+    sch.set_scope(part, 0, "local")
+    sch.set_scope(acc, 0, "local")
+    sch.reverse_compute_at(out, c, preserve_unit_loops=True)
+    loops = sch.get_loops(acc)
+    sch.vectorize(loops[-1])
+    sch.unroll(loops[-2])
+    sch.unroll(loops[-3])
+    if spec.bits == 4:
+        unpack = sch.get_sblock("wdot_unpack")
+        sch.compute_at(unpack, go, preserve_unit_loops=True)
+        # (global: the SDOT intrinsic reads its weights from a global-scope buffer; this one is
+        # one 16-K slice of the tile, rewritten per slice and kept in L1)
+        uloops = sch.get_loops(unpack)
+        inner = sch.fuse(*uloops[-3:])  # the 64 bytes of a block
+        _, vec = sch.split(inner, [None, 16])
+        sch.vectorize(vec)
+    sch.decompose_reduction(acc, b)
+    sch.decompose_reduction(part, go)
+    if sdot:
+        qgemm._register(qgemm.SDOT)
+        sch.tensorize(pi, qgemm.SDOT.name)
+    sch.unroll(pc4)
+    sch.unroll(ps)
+    loops = sch.get_loops(out)
+    if spec.n % 4 == 0:
+        _, vec = sch.split(loops[-1], [None, 4])
+        sch.vectorize(vec)
+    if threads > 1 and spec.n_pad // spec.tile >= 2 * threads:
+        sch.parallel(c if spec.rows <= spec.row_tile else sch.fuse(s_o, c))
+    return sch.mod["main"]
+
+
+def make_primfunc(spec: WeightOnlySpec):
+    from tvm import te
+
+    x = te.placeholder((spec.rows, spec.k), "float32", name="x")
+    nt = spec.n_pad // spec.tile
+    wshape = ((nt, spec.k // KB, spec.tile // 4, 4, 4, 4) if spec.bits == 8
+              else (nt, spec.k // KB, spec.tile // 4, BLOCK // 2))
+    w = te.placeholder(wshape, "int8", name="w")
+    sc = te.placeholder((nt, spec.groups, spec.tile), "float32", name="s")
+    args = [x, w, sc]
+    bias = None
+    if spec.has_bias:
+        bias = te.placeholder((spec.n,), "float32", name="bias")
+        args.append(bias)
+    return te.create_prim_func([*args, wgemv_dot_te(x, w, sc, bias, spec)])
