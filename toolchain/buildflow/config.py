@@ -75,7 +75,8 @@ def _freeze(value: Any) -> Any:
 def _field_type(action: argparse.Action) -> Any:
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return bool
-    kind = action.type or str
+    # a converter function (e.g. --prune's prune_value) is no type to annotate with
+    kind = str if action.type is None else action.type if isinstance(action.type, type) else Any
     if isinstance(action, argparse._AppendAction):
         return tuple[kind, ...]
     return kind | None if action.default is None else kind
