@@ -158,7 +158,7 @@ def test_quantizing_twice_is_an_error():
         Quantize("int8").apply(model, ctx)
 
 
-@pytest.mark.parametrize("layer", [nn.Conv1d(1, 4, 3), nn.LSTM(8, 8), nn.Embedding(10, 4)])
+@pytest.mark.parametrize("layer", [nn.Conv1d(1, 4, 3), nn.LSTM(8, 8), nn.ConvTranspose2d(1, 4, 3)])
 def test_unsupported_layer_is_named(layer):
     model = nn.Sequential(layer, nn.Linear(4, 2))
     ctx = Context.for_zoo("mlp16")

@@ -48,7 +48,8 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from toolchain.compress.quantize import (FLOAT_CLASS, QuantLayer, dequantize_in_place,
-                                         fold_batchnorm, output_quant, weight_qparams)
+                                         fold_batchnorm, no_fastpath, output_quant,
+                                         weight_qparams)
 from toolchain.errors import ConfigError, ModelError, VerificationError
 from toolchain.onnx_io import save_model
 from toolchain.outdir import staged_file
@@ -324,6 +325,11 @@ def export_onnx(model: nn.Module, path: Path | str, example_input: np.ndarray, *
     1 by default), None leaves it dynamic. Raises ModelError if the model cannot be exported and
     VerificationError if onnxruntime disagrees with PyTorch.
     """
+    with no_fastpath():
+        return _export(model, path, example_input, steps, mode, input_name, output_name, batch)
+
+
+def _export(model, path, example_input, steps, mode, input_name, output_name, batch):
     torch.set_num_threads(1)
     example_input = np.asarray(example_input)
     # token ids and other integer inputs keep their type (int64, as ONNX's Gather wants)

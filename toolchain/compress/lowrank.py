@@ -35,7 +35,10 @@ def _matrix(m: nn.Module) -> torch.Tensor | None:
 
 
 def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if _matrix(m) is not None]
+    # nn.MultiheadAttention reads out_proj.weight itself: a factorized out_proj would break it
+    inside_mha = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    return [(n, m) for n, m in model.named_modules()
+            if _matrix(m) is not None and id(m) not in inside_mha]
 
 
 def rank_for(s: torch.Tensor, energy: float) -> int:

@@ -152,6 +152,13 @@ def check_io(model: nn.Module, ctx: Context) -> None:
 def compress(model: nn.Module, steps: Sequence[Step], ctx: Context,
              model_name: str = "model") -> tuple[nn.Module, CompressionReport]:
     """Apply ``steps`` in order to a copy of ``model``; returns (compressed model, report)."""
+    from toolchain.compress.quantize import no_fastpath
+
+    with no_fastpath():
+        return _compress(model, steps, ctx, model_name)
+
+
+def _compress(model, steps, ctx, model_name):
     model = copy.deepcopy(model).eval()
     check_io(model, ctx)
     for step in steps:  # before any slow work: a step that needs labels the data lacks

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -49,6 +50,10 @@ log = logging.getLogger(__name__)
 CALIBRATIONS = ("minmax", "percentile", "histogram")
 # Layers with weights that no step knows how to quantize; norms stay float on purpose.
 _FLOAT_OK = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+# Layers every step leaves as they are (float, dense): embedding tables, and attention's packed
+# in_proj (its out_proj is a Linear that pruning reaches; quantize and lowrank skip it, since
+# nn.MultiheadAttention reads the weight directly instead of calling the Linear).
+_KEPT = (nn.Embedding, nn.MultiheadAttention)
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,18 @@ _QCLASS = {nn.Conv2d: QConv2d, nn.Linear: QLinear}
 FLOAT_CLASS = {QConv2d: nn.Conv2d, QLinear: nn.Linear}
 
 
+@contextmanager
+def no_fastpath():
+    """nn.TransformerEncoderLayer's eval fast path reads its Linear weights directly (a fused
+    kernel), which would skip the fake quantizers: the slow path calls the layers."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
 def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, QuantLayer) for m in model.modules())
 
@@ -299,7 +316,8 @@ def check_supported(model: nn.Module, step: str) -> None:
                                  "nn.Conv2d layers to compress; give the model as "
                                  "file.py:ClassName with --weights, or as a pickled .pt")
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear) + _FLOAT_OK) or not list(m.parameters(False)):
+        if isinstance(m, (nn.Conv2d, nn.Linear) + _FLOAT_OK + _KEPT) \
+                or not list(m.parameters(False)):
             if isinstance(m, nn.Conv2d) and (m.padding_mode != "zeros"):
                 raise UnsupportedOpError(type(m).__name__, name, step,
                                          f"padding_mode={m.padding_mode!r}")
