@@ -5,7 +5,9 @@ Models (seeded, written here in the export form ``MatMul(x, DequantizeLinear(Wq,
 - ``gemv_512x2048``, ``gemv_2048x512``: one decode-step matmul, x [1, 1, K], with bias;
 - ``stack``: a model-like stack, 4 blocks of d=256 (four 256x256 projections, a 256x1024
   and a 1024x256 MLP with ReLU, residual adds), x [1, 1, 256];
-- each as ``fp32`` (float weights), ``int8`` (per channel) and ``int4`` (groups of 32).
+- each as ``fp32`` (float weights), ``int8`` (per channel) and ``int4`` (groups of 32), and
+  the int8/int4 files again with ``--pipeline cpu-int8-act`` (``-a8``: activations quantized
+  to int8 per row at run time, sdot on arm-a76; onnxruntime runs the same int8/int4 file).
 
 Host (``--host``): medians of the edgec binary's ``--bench`` against onnxruntime on the same
 file, 1 thread, alternating; onnxruntime with its default (all) graph optimizations (for int4
@@ -34,7 +36,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-VARIANTS = ("fp32", "int8", "int4")
+VARIANTS = ("fp32", "int8", "int4", "int8-a8", "int4-a8")
+# variant -> (the file's weights, edgec --pipeline); "-a8": int8 activations (cpu-int8-act).
+BUILDS = {"fp32": ("fp32", "auto"), "int8": ("int8", "auto"), "int4": ("int4", "auto"),
+          "int8-a8": ("int8", "cpu-int8-act"), "int4-a8": ("int4", "cpu-int8-act")}
+A8_TOLERANCE = "1e-2"  # verify: the activation quantization's error, not float rounding
 MODELS = ("gemv_512x2048", "gemv_2048x512", "stack")
 
 
@@ -132,12 +138,14 @@ def ort_ms(path: Path, runs: int, level: str) -> float:
     return statistics.median(times)
 
 
-def compile_model(path: Path, target: str, out: Path) -> dict:
+def compile_model(path: Path, target: str, out: Path, pipeline: str = "auto") -> dict:
     from toolchain.cli import main as edgec
 
-    if edgec(["--quiet", "compile", str(path), "-t", target, "-o", str(out)]) != 0:
+    if edgec(["--quiet", "compile", str(path), "-t", target, "-o", str(out),
+              "--pipeline", pipeline]) != 0:
         raise SystemExit(f"edgec compile {path.name} -t {target} failed")
-    if edgec(["--quiet", "verify", str(out)]) != 0:
+    tol = ["--tolerance", A8_TOLERANCE] if pipeline == "cpu-int8-act" else []
+    if edgec(["--quiet", "verify", str(out), *tol]) != 0:
         raise SystemExit(f"edgec verify {out} failed")
     return json.loads((out / "report.json").read_text())
 
@@ -154,10 +162,11 @@ def host(models, runs: int, work: Path) -> None:
           f"{'edgec/ort':>9} {'/basic':>7} {'weight B':>9} {'file B':>9}")
     for name in models:
         for variant in VARIANTS:
-            model = make_model(name, variant)
-            path = work / f"{name}_{variant}.onnx"
+            weights, pipeline = BUILDS[variant]
+            model = make_model(name, weights)
+            path = work / f"{name}_{weights}.onnx"
             onnx.save(model, str(path))
-            rep = compile_model(path, "host", work / f"{name}_{variant}_host")
+            rep = compile_model(path, "host", work / f"{name}_{variant}_host", pipeline)
             ours, full, basic = [], [], []
             for _ in range(runs):
                 ours.append(bench_binary(dev, work / f"{name}_{variant}_host" / "model", 200))
@@ -182,11 +191,16 @@ def arm(models, targets, work: Path, ort_runs: int) -> None:
         for target in targets:
             fp32 = None
             for variant in VARIANTS:
-                path = work / f"{name}_{variant}.onnx"
+                weights, pipeline = BUILDS[variant]
+                path = work / f"{name}_{weights}.onnx"
                 if not path.exists():
-                    onnx.save(make_model(name, variant), str(path))
-                row = bac.measure(f"{name}_{variant}", path, target, facts[target], work, args,
-                                  cache)
+                    onnx.save(make_model(name, weights), str(path))
+                if pipeline == "auto":
+                    row = bac.measure(f"{name}_{variant}", path, target, facts[target], work,
+                                      args, cache)
+                else:
+                    row = measure_pipeline(bac, name, variant, path, target, facts[target], work,
+                                           args, cache, pipeline)
                 e, o = row.get("edgec"), row.get("ort")
                 if variant == "fp32":
                     fp32 = e
@@ -199,6 +213,22 @@ def arm(models, targets, work: Path, ort_runs: int) -> None:
                 for key in ("edgec_error", "ort_error"):
                     if key in row:
                         print(f"    {key}: {row[key]}")
+
+
+def measure_pipeline(bac, name, variant, path, target, facts, work, args, cache, pipeline):
+    """``bench_arm_count.measure`` for a build with ``--pipeline``: edgec's count of that
+    build, onnxruntime's of the same file (from the cache when the plain build counted it)."""
+    out = work / f"{name}_{variant}-{target}"
+    rep = compile_model(path, target, out, pipeline)
+    x_npy, x_bin, _ = bac.model_input(path, work)
+    e = bac.edgec_count(out, x_bin, False)
+    row = {"edgec": e["per_inference"], "macs": bac.armcount.macs(path),
+           "weight_bytes": rep["memory"]["weight_bytes"],
+           "max_abs_error": bac.output_error(out, e["output"], path, x_npy)}
+    if facts["triple"].startswith("aarch64"):
+        row["ort"] = bac.ort_count(path, x_npy, facts["cpu"], args.ort_runs, False, cache,
+                                   False)["per_inference"]
+    return row
 
 
 def main() -> None:

@@ -158,40 +158,47 @@ def test_int4_on_arm_verifies_with_int4_bytes(tmp_path):
     assert "sshr" in ops  # int4 nibbles sign-extended in registers
 
 
-@pytest.mark.parametrize("bits,rows", [(4, 1), (8, 4)])
-def test_int8_activation_variant_numerics(bits, rows):
-    """cpu-int8-act on the host: equal (to float rounding) to the same arithmetic in numpy,
-    x quantized per row to int8, and within the activation quantization of onnxruntime."""
-    import onnxruntime as ort
-    import tvm
-    from tvm import relax
+def _quantized_x_reference(model: onnx.ModelProto, x: np.ndarray, bits: int, group: int):
+    """What the int8-activation kernel computes, in numpy: x quantized per row to int8."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = inits["wq"].astype(np.float64)
+    k, n = q.shape
+    s = inits["ws"].reshape(-1 if bits == 8 else k // group, n)
+    w = q * (np.repeat(s, group, axis=0) if bits == 4 else s)
+    rows = x.reshape(-1, k).astype(np.float64)
+    sx = np.abs(rows).max(axis=1, keepdims=True) / 127
+    return (np.clip(np.round(rows / sx), -127, 127) * sx @ w + inits["b"]).reshape(
+        *x.shape[:-1], n)
 
-    from toolchain.optimizer.frontend import import_onnx
-    from toolchain.optimizer.pipeline import PipelineContext, run_pipeline
-    from toolchain.passes import cleanup_passes, transform
+
+@pytest.mark.parametrize("bits,rows", [(4, 1), (8, 4)])
+def test_int8_activation_kernel_numerics(bits, rows):
+    """The int8-activation kernel (its plain-loop form, built for the host) equals the same
+    arithmetic in numpy to float rounding."""
+    import tvm
+
+    from toolchain.optimizer import wgemv, wgemv_dot
     from toolchain.targets import device
     from toolchain.targets.arm.device import CpuDevice
 
     k, n, group = 128, 64, 32
-    model = weight_only_matmul(k, n, rows=rows, bits=bits, group=group, seed=3)
-    target = CpuDevice.from_device(device("host")).tvm_target()
-    mod = import_onnx(transform(model, cleanup_passes()), "host")
-    result = run_pipeline(mod, "cpu-int8-act", PipelineContext(target=target))
-    assert any(gv.name_hint.startswith("wgemv_a8") for gv in result.mod.functions)
-    vm = relax.VirtualMachine(tvm.compile(result.mod, target=target), tvm.cpu())
-    x = np.random.default_rng(5).standard_normal((1, rows, k)).astype(np.float32)
-    got = vm["main"](tvm.runtime.tensor(x)).numpy()[0]
+    model = weight_only_matmul(k, n, rows=rows, bits=bits, group=group if bits == 4 else k,
+                               seed=3)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    q = inits["wq"].astype(np.float64)
-    s = inits["ws"].reshape(-1 if bits == 8 else k // group, n)
-    w = q * (np.repeat(s, group, axis=0) if bits == 4 else s)
-    sx = np.abs(x[0]).max(axis=1, keepdims=True) / 127
-    want_q = np.clip(np.round(x[0] / sx), -127, 127) * sx @ w + inits["b"]
-    assert np.abs(got - want_q).max() <= 1e-5 * np.ptp(want_q)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    ref = ort.InferenceSession(model.SerializeToString(), opts).run(None, {"x": x})[0][0]
-    assert 1e-5 < np.abs(got - ref).max() / np.ptp(ref) < 1e-2
+    q = inits["wq"].astype(np.int16)
+    g = group if bits == 4 else k
+    tile, row_tile = wgemv_dot.dot_tiles(rows, n)
+    spec = wgemv.WeightOnlySpec(rows, k, n, bits, g, tile, row_tile, True, True)
+    target = CpuDevice.from_device(device("host")).tvm_target()
+    func = wgemv_dot.schedule_wgemv_dot(wgemv_dot.make_primfunc(spec), spec, target)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    x = np.random.default_rng(5).standard_normal((rows, k)).astype(np.float32)
+    y = tvm.runtime.tensor(np.zeros((rows, n), np.float32))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (
+        x, wgemv_dot.pack_weights(q, spec),
+        wgemv.pack_scales(inits["ws"].reshape(-1, n), spec), inits["b"])), y)
+    want = _quantized_x_reference(model, x, bits, g)
+    assert np.abs(y.numpy() - want).max() <= 1e-5 * np.ptp(want)
 
 
 @needs_target("arm-a76")
@@ -204,6 +211,12 @@ def test_int8_activation_variant_uses_sdot_on_arm_a76(tmp_path):
     assert main(["compile", str(path), "-t", "arm-a76", "--pipeline", "cpu-int8-act",
                  "--keep-build", "-o", str(out)]) == 0
     assert main(["verify", str(out), "--tolerance", "1e-2"]) == 0
+    from toolchain.targets.registry import backend_for
+
+    x = np.random.default_rng(2).standard_normal((1, 1, k)).astype(np.float32)
+    got = backend_for("arm").run(out, [x])[0]
+    want = _quantized_x_reference(onnx.load(str(path)), x, 4, 32)
+    assert np.abs(got - want).max() <= 1e-5 * np.ptp(want)  # sdot: exact int32 sums
     report = json.loads((out / "report.json").read_text())
     assert report["memory"]["weight_bytes"] == k * n // 2 + 4 * (k // 32 * n + n)
     objdump = shutil.which("aarch64-linux-gnu-objdump")

@@ -238,7 +238,7 @@ def _relax_pass():
             # Weights that all lie in [-8, 7] are stored two per byte (exactly the same values).
             bits = 4 if int(q.min(initial=0)) >= -8 and int(q.max(initial=0)) <= 7 else 8
             rows = int(np.prod(xs[:-1]))
-            if self.int8_act and wgemv_dot.supported(k, block):
+            if self.int8_act and wgemv_dot.supported(k, block, self.target):
                 tile, row_tile = wgemv_dot.dot_tiles(rows, n)
                 return x, q, s, wgemv.WeightOnlySpec(rows, k, n, bits, block, tile, row_tile,
                                                      False, True), out_shape
@@ -328,8 +328,8 @@ def spec_from_attr(text: str):
 def LowerWeightOnlyMatMul(target=None, threads: int = 1,  # noqa: N802  (a pass, by its name)
                           int8_activations: bool = False):
     """``int8_activations``: the int8-activation variant (``wgemv_dot.py``: x quantized per
-    row at run time, int8 dot products, sdot on dot-product cores) where K and the group
-    are multiples of 16; the float-activation kernel elsewhere."""
+    row at run time, int8 dot products with sdot) on dot-product targets where K and the
+    group are multiples of 16; the (exact) float-activation kernel elsewhere."""
     return _relax_pass()(target, threads, int8_activations)
 
 
