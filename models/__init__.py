@@ -22,8 +22,8 @@ Models (input shapes without the batch dimension; data layouts are documented in
 - ``transformer`` 1 pre-norm encoder block (dim 32, 2 heads, ffn 64) over 8 tokens (image rows
   of 8 pixels), mean pool, linear                               input (8, 8)
 - MLPerf Tiny's reference architectures (``toolchain.models.tiny``, on the digits resized to
-  their input shapes): ``kws_dscnn`` (1, 49, 10), ``vww_mobilenet`` (3, 96, 96, seeded
-  weights), ``resnet8`` (3, 32, 32), ``ad_autoencoder`` (640,), seeded weights
+  their input shapes): ``kws_dscnn`` input (1, 49, 10), trained; ``vww_mobilenet`` (3, 96, 96),
+  ``resnet8`` (3, 32, 32) and ``ad_autoencoder`` (640,), seeded weights
 - ``kws``         keyword-spotting LSTM (2 layers, 32 units) over 8 time steps of 8 features
   (the image rows), linear on the last step (``toolchain.models.kws``)   input (8, 8)
 

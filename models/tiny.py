@@ -54,10 +54,11 @@ class KwsDSCNN(nn.Module):
 
     def __init__(self, width: int = 64, blocks: int = 4, classes: int = 10):
         super().__init__()
-        # TensorFlow's "same" padding for a 10x4 kernel at stride 2 on 49x10: 4/5 rows, 1/1
-        # columns (PyTorch pads symmetrically, so the pad is its own layer).
-        layers: list[nn.Module] = [nn.ZeroPad2d((1, 1, 4, 5)),
-                                   nn.Conv2d(1, width, (10, 4), 2, bias=False), *_bn_relu(width)]
+        # 49x10 -> 25x5 as TensorFlow's "same" padding gives, which pads 4 rows above and 5
+        # below; a conv pads symmetrically, so 5 and 5 (the last row is never read). A
+        # separate ZeroPad2d would export as a computed Pad that static shapes cannot follow.
+        layers: list[nn.Module] = [nn.Conv2d(1, width, (10, 4), 2, (5, 1), bias=False),
+                                   *_bn_relu(width)]
         for _ in range(blocks):
             layers += _separable(width, width)
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1))

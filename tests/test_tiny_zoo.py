@@ -53,7 +53,7 @@ def test_reference_layers():
     assert convs[0].kernel_size == (10, 4) and convs[0].stride == (2, 2)
     assert sum(c.groups == 64 for c in convs) == 4 and all(c.out_channels == 64 for c in convs)
     # "same" padding: 49x10 -> 25x5 after the stride-2 stem
-    assert kws.features[:4](torch.zeros(1, 1, 49, 10)).shape == (1, 64, 25, 5)
+    assert kws.features[:3](torch.zeros(1, 1, 49, 10)).shape == (1, 64, 25, 5)
 
     vww = models.build("vww_mobilenet")
     dw = [c for c in _layers(vww, nn.Conv2d) if c.groups > 1]
@@ -100,6 +100,9 @@ def test_compiles_and_verifies(tiny_onnx, tmp_path, name, target):
     assert main(["compile", str(tiny_onnx(name)), "-t", target, "-o", str(out)]) == 0
     assert main(["verify", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    params = sum(p.numel() for p in models.build(name).parameters())
-    # fp32 weights, batchnorm folded: at most the parameters, at least the conv/dense weights
-    assert params * 4 * 0.8 <= report["memory"]["weight_bytes"] <= params * 4
+    model = models.build(name)
+    params = sum(p.numel() for p in model.parameters())
+    tensors = len(model.state_dict())
+    # fp32 weights, batchnorm folded into the layers before it: about the parameters' bytes
+    # (each tensor aligned to 64 bytes)
+    assert params * 4 * 0.8 <= report["memory"]["weight_bytes"] <= params * 4 + 64 * tensors
