@@ -559,6 +559,12 @@ class LowerQDQToInteger:
 _DOT_INSTRS = {"sdot": qgemm.SDOT, "vpdpbusd": qgemm.VNNI, "generic": qgemm.GENERIC}
 
 
+def register_dot_instr(int8_dot: str, instr: qgemm.DotInstr) -> None:
+    """A target folder's own int8 GEMM step for devices whose ``int8_dot`` names it (its
+    tensor intrinsic registered by the folder, e.g. targets/cortexm/int8_dot.py)."""
+    _DOT_INSTRS[int8_dot] = instr
+
+
 def _dot_instr(vector: VectorUnit | None, symmetric_weights: bool) -> qgemm.DotInstr:
     """The int8 GEMM's instruction for the device's ``int8_dot`` fact; with weights in
     [-127, 127], AArch64 NEON sums pairs of products in int16 (3 instructions per 16 products
@@ -567,6 +573,9 @@ def _dot_instr(vector: VectorUnit | None, symmetric_weights: bool) -> qgemm.DotI
         return qgemm.GENERIC
     if vector.int8_dot == "smull":
         return qgemm.NEON_SMLAL if symmetric_weights else qgemm.NEON_SMULL
+    if vector.int8_dot not in _DOT_INSTRS:
+        raise ValueError(f"int8_dot '{vector.int8_dot}' has no registered instruction "
+                         "(its target folder registers it)")
     return _DOT_INSTRS[vector.int8_dot]
 
 

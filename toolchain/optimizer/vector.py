@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-INT8_DOTS = ("generic", "smull", "sdot", "vpdpbusd")
+# "smlad" (Armv7E-M DSP, Cortex-M4/M7) and "mve" (Helium vmladava, Cortex-M55): their steps
+# live in targets/cortexm/int8_dot.py, which registers them (integer.register_dot_instr).
+INT8_DOTS = ("generic", "smull", "sdot", "vpdpbusd", "smlad", "mve")
 
 
 @dataclass(frozen=True)
