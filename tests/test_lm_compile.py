@@ -74,6 +74,10 @@ def test_cache_is_updated_in_place_and_never_shares_memory(tiny):
     names_out = [s.name for s in output_specs(model)]
     writes = [c for c in plan.calls if c.kernel == "kv_write_rows"]
     assert len(writes) == 4 and not any("scatter" in c.kernel for c in plan.calls)
+    caches = set(plan.inputs[2:])
+    for call in plan.calls:  # the caches are only written in place and read by matmuls
+        if caches & set(call.inputs):
+            assert call.kernel == "kv_write_rows" or call.kernel.startswith("matmul"), call
     for name in ("key_0", "value_0", "key_1", "value_1"):  # present is past: one buffer
         assert plan.outputs[names_out.index(f"present_{name}")] == \
             plan.inputs[names_in.index(f"past_{name}")]

@@ -213,10 +213,40 @@ def _make_pass():
             self.caches = caches
             self.done: list[str] = []
             self.refused: list[str] = []
+            self.rewritten_scores = 0
+
+        def _is_cache(self, var) -> bool:
+            """``var`` is a cache after its in-place update."""
+            if not isinstance(var, relax.Var):
+                return False
+            bound = self.lookup_binding(var)
+            return (isinstance(bound, relax.Call)
+                    and getattr(bound.op, "name", "") == "relax.call_tir_inplace"
+                    and bound.args[0].name_hint == "kv_write_rows")
+
+        def _scores_without_transposed_cache(self, call):
+            """matmul(q, permute_dims(K, [0, 1, 3, 2])) -> permute_dims(matmul(K, q^T)):
+            the same products, and no [H, D, T] copy of the key cache per token (q^T and
+            the [T, S] result are S rows, a reshape when S = 1)."""
+            a, b = call.args
+            kt = self.lookup_binding(b) if isinstance(b, relax.Var) else None
+            if not (isinstance(kt, relax.Call) and getattr(kt.op, "name", "") ==
+                    "relax.permute_dims" and kt.attrs.axes is not None
+                    and [int(x) for x in kt.attrs.axes] == [0, 1, 3, 2]
+                    and self._is_cache(kt.args[0]) and len(a.ty.shape.values) == 4):
+                return None
+            swap = [0, 1, 3, 2]
+            qt = self.builder_.emit(relax.op.permute_dims(a, swap))
+            st = self.builder_.emit(relax.op.matmul(kt.args[0], qt, call.attrs.out_dtype))
+            self.rewritten_scores += 1
+            return relax.op.permute_dims(st, swap)
 
         def visit_call_(self, op):
             call = self.visit_expr_post_order(op)
             name = getattr(call.op, "name", "")
+            if name == "relax.matmul":
+                new = self._scores_without_transposed_cache(call)
+                return call if new is None else new
             if name not in ("relax.scatter_elements", "relax.scatter_nd"):
                 return call
             data = call.args[0]
@@ -255,7 +285,8 @@ def _make_pass():
                                  f"indices on the past input ({why})")
             out = rw.builder_.get()
             out.update_func(out.get_global_var("main"), new_main)
-            log.info("KV cache written in place for %d cache tensors", len(rw.done))
+            log.info("KV cache written in place for %d cache tensors; %d attention score "
+                     "matmuls read the key cache untransposed", len(rw.done), rw.rewritten_scores)
             return out
 
     return WriteCacheInPlace
