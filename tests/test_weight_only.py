@@ -17,12 +17,20 @@ from toolchain.cli import main
 
 
 def weight_only_matmul(k: int, n: int, rows: int = 1, bits: int = 4, group: int = 32,
-                       bias: bool = True, rank3: bool = True, seed: int = 0) -> onnx.ModelProto:
-    """``MatMul(x, DequantizeLinear(Wq, scale)) (+ bias)``, the form LM exports write."""
+                       bias: bool = True, rank3: bool = True, seed: int = 0,
+                       int8_blocked: bool = False) -> onnx.ModelProto:
+    """``MatMul(x, DequantizeLinear(Wq, scale)) (+ bias)``, the form LM exports write: int8
+    per channel (or, ``int8_blocked``, in groups like int4), int4 in groups."""
     rng = np.random.default_rng(seed)
     shape = [1, rows, k] if rank3 else [rows, k]
     nodes, inits = [], []
-    if bits == 8:
+    if bits == 8 and int8_blocked:
+        inits += [numpy_helper.from_array(rng.integers(-127, 128, (k, n)).astype(np.int8), "wq"),
+                  numpy_helper.from_array(
+                      rng.uniform(0.001, 0.02, (k // group, n)).astype(np.float32), "ws")]
+        nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=0,
+                                      block_size=group))
+    elif bits == 8:
         inits += [numpy_helper.from_array(rng.integers(-127, 128, (k, n)).astype(np.int8), "wq"),
                   numpy_helper.from_array(rng.uniform(0.001, 0.02, n).astype(np.float32), "ws")]
         nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=1))
@@ -77,19 +85,20 @@ def _constants(mod) -> list[np.ndarray]:
     return found
 
 
-@pytest.mark.parametrize("bits,group", [(8, 64), (4, 32), (4, 64)])
-def test_weights_stay_quantized(bits, group):
+@pytest.mark.parametrize("bits,group,blocked", [(8, 128, False), (8, 32, True), (4, 32, True),
+                                                (4, 64, True)])
+def test_weights_stay_quantized(bits, group, blocked):
     """One wgemv kernel, bias folded in; no float constant of K*N elements (or more than the
     scales and bias) is left, and the int weights take K*N (int8) or K*N/2 (int4) bytes."""
     k, n = 128, 64
-    mod = _lowered(weight_only_matmul(k, n, bits=bits, group=group))
+    mod = _lowered(weight_only_matmul(k, n, bits=bits, group=group, int8_blocked=blocked))
     kernels = [gv.name_hint for gv in mod.functions if gv.name_hint.startswith("wgemv")]
     assert len(kernels) == 1 and kernels[0].startswith(f"wgemv_int{bits}"), kernels
     assert "edgec.wgemv" in mod[kernels[0]].attrs
     consts = _constants(mod)
     floats = [c for c in consts if c.dtype.kind == "f"]
     ints = [c for c in consts if c.dtype == np.int8]
-    assert sum(c.size for c in floats) == (k // group if bits == 4 else 1) * n + n  # scales, bias
+    assert sum(c.size for c in floats) == (k // group) * n + n  # scales, bias
     assert sum(c.nbytes for c in ints) == k * n * bits // 8
 
 

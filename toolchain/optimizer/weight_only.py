@@ -11,7 +11,7 @@ Two steps, before and after the Relax import:
 
 ``ExpandInt4Weights`` (ONNX, at import): TVM's importer takes neither ``INT4`` tensors nor
 blocked DequantizeLinear. An int4 weight becomes an int8 container with the same values, and a
-blocked dequantize an equivalent per-axis one on a ``[K/G * N, G]`` view followed by
+blocked dequantize (int4, or int8 with a group size) an equivalent per-axis one on a ``[K/G * N, G]`` view followed by
 Reshape/Transpose/Reshape back to ``[K, N]``, which TVM imports unchanged and computes right.
 
 ``LowerWeightOnlyMatMul`` (Relax, first in ``simplify``, before FoldConstant would fold the
@@ -44,9 +44,10 @@ def _attr(node, name, default=None):
 
 
 class ExpandInt4Weights(Pass):
-    """int4 DequantizeLinear weights -> int8 containers TVM imports (see the module doc).
+    """int4 and blocked DequantizeLinear weights -> int8 forms TVM imports (module doc).
 
-    Before: ``DequantizeLinear(Wq INT4 initializer, scale[, zero])``, per axis or blocked.
+    Before: ``DequantizeLinear(Wq INT4 initializer, scale[, zero])``, per axis or blocked, or
+    a blocked one of an INT8 initializer (int8 with a group size).
     After: the same values as an INT8 initializer; a blocked one (2-D, axis 0, block size
     dividing K) as a per-axis dequantize of a ``[K/G * N, G]`` view, reshaped back. Anything
     else is left as it was (and refused by the dtype check).
@@ -63,7 +64,9 @@ class ExpandInt4Weights(Pass):
         new_nodes = []
         for node in g.node:
             w = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" and node.input else None
-            if w is None or w.data_type not in _INT4 or used.get(w.name, 0) != 1:
+            blocked = int(_attr(node, "block_size", 0) or 0) if w is not None else 0
+            if w is None or used.get(w.name, 0) != 1 or not (
+                    w.data_type in _INT4 or (w.data_type == onnx.TensorProto.INT8 and blocked)):
                 new_nodes.append(node)
                 continue
             zero = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
