@@ -4,7 +4,8 @@ Exact dynamic instruction counts, not cycles: the counting TCG plugin of example
 (count.c) runs in system mode too (qemu-system-arm -plugin), counting from the entry of
 ``edgec_model_run`` to the first block back in ``main`` of ``model.elf``, for one inference on a
 seeded input (the image keeps its symbols). With --mix it also counts the DSP instructions
-(smlad/smuad, sxtb16) and the FP multiply-adds (vmla/vfma .f32) executed inside it.
+(smlad/smuad, sxtb16), the MVE vmladav(a).s8 and the FP multiply-adds (vmla/vfma .f32)
+executed inside it.
 
     python examples/bench_cortexm.py                           # zoo mlp, cnn, dscnn, cnn int8
     python examples/bench_cortexm.py --targets cortex-m4 --models cnn cnn:int8 --mix
@@ -37,6 +38,7 @@ MIX = {
     "sxtb16": (0xF0C0FFF0, 0xF080FA20),  # SXTB16 (Rn = 15) and SXTAB16
     "vmla.f32": (0x0F50FFB0, 0x0A00EE00),  # VMLA.F32
     "vfma.f32": (0x0F50FFB0, 0x0A00EEA0),  # VFMA.F32
+    "vmladav.s8": (0x0F01FFF1, 0x0F00EEF0),  # MVE VMLADAV(A).S8: 16 signed byte products
 }
 
 
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
                     help="zoo names; NAME:int8 is the int8 QDQ model from edgec compress")
     ap.add_argument("--folder", type=Path, nargs="*", help="compiled folders instead")
     ap.add_argument("--work", type=Path, help="where to keep models and builds (cached)")
-    ap.add_argument("--mix", action="store_true", help="also count smlad/sxtb16/vmla/vfma")
+    ap.add_argument("--mix", action="store_true", help="also count smlad/sxtb16/vmla/vfma/vmladava")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-cortexm-"))

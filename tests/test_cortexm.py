@@ -177,3 +177,55 @@ def test_a_stack_overflow_stops_the_run(tmp_path):
             tmp_path / "deep.elf", tmp_path)
     with pytest.raises(ToolFailedError, match="stack overflow|faulted"):
         run_image(dev, tmp_path / "deep.elf", [], what="running deep.elf", timeout=60)
+
+
+@pytest.fixture(scope="module")
+def int8_cnn(tmp_path_factory):
+    """small_cnn quantized by onnxruntime (QDQ, uint8 activations, int8 per-channel weights)."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    from onnx_graphs import make_small_cnn
+
+    root = tmp_path_factory.mktemp("int8_cnn")
+    fp, q = save(make_small_cnn(), root / "fp.onnx"), root / "small_cnn_int8.onnx"
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.data = iter([{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+                              for _ in range(8)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantize_static(str(fp), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return q
+
+
+def _kernel_ops(out, tmp_path, march: str) -> list[str]:
+    subprocess.run(["arm-none-eabi-ar", "x", str(out / "libmodel.a"), "kernels.o"], cwd=tmp_path,
+                   check=True)
+    text = subprocess.run(["arm-none-eabi-objdump", "-d", f"-m{march}", "--no-show-raw-insn",
+                           "kernels.o"], cwd=tmp_path, capture_output=True, text=True,
+                          check=True).stdout
+    return [ln.split("\t")[1].strip() for ln in text.splitlines() if ln.count("\t") >= 2]
+
+
+@pytest.mark.parametrize("target, march, step", [
+    pytest.param("cortex-m4", "armv7e-m", "smlad", marks=needs_target("cortex-m4")),
+    pytest.param("cortex-m55", "armv8.1-m.main", "vmlava.s8", marks=needs_target("cortex-m55"))])
+def test_int8_gemm_uses_the_dsp_or_helium_step(int8_cnn, tmp_path, target, march, step):
+    """The int8 convs and the matmul reduce with smlad (+ sxtb16) on the M4 and with
+    vmladava.s8 (objdump: vmlava.s8) on the M55, and match onnxruntime."""
+    out = tmp_path / "out"
+    assert main(["compile", str(int8_cnn), "-t", target, "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["pipeline"] == "cpu-int"
+    results = verify_folder(out, seed=0)
+    assert all(c.ok and c.output_range > 0 for c in results), results
+    ops = _kernel_ops(out, tmp_path, march)
+    assert ops.count(step) >= 8, sorted(set(ops))
+    if step == "smlad":
+        assert "sxtb16" in ops and "smlabb" not in ops

@@ -81,7 +81,7 @@ class CortexMBackend(Backend):
         from toolchain.onnx_io import input_specs, output_specs
         from toolchain.passes import cleanup_passes, transform
         from toolchain.targets.arm import driver
-        from toolchain.targets.cortexm import board, fit
+        from toolchain.targets.cortexm import board, fit, int8_dot
         from toolchain.targets.cortexm.cc import find_compiler
 
         dev = McuDevice.from_device(device)
@@ -104,7 +104,9 @@ class CortexMBackend(Backend):
         timings["import"] = time.perf_counter() - t0
 
         target = dev.tvm_target()
-        ctx = PipelineContext(target=target, schedule="auto", threads=1)
+        int8_dot.register_all()
+        ctx = PipelineContext(target=target, schedule="auto", threads=1,
+                              vector=dev.vector_unit())
         result = run_pipeline(mod, pipeline, ctx)
         for rec in result.stages:
             timings[f"pipeline.{rec.name}"] = rec.seconds

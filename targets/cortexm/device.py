@@ -25,6 +25,8 @@ class McuDevice:
     qemu_machine: str  # e.g. "mps2-an386"
     qemu_cpu: str
     debian_packages: tuple[str, ...] = ()
+    vector_bits: int = 128  # MVE: 128; no SIMD (M4/M7): 128 too, LLVM scalarizes the 4 lanes
+    int8_dot: str = "generic"  # the int8 GEMM step: "smlad" (DSP), "mve" (Helium)
 
     @property
     def has_dsp(self) -> bool:
@@ -53,11 +55,21 @@ class McuDevice:
                        stack_bytes=int(f.get("stack_bytes", 8192)), qemu=str(f["qemu"]),
                        qemu_machine=str(f["qemu_machine"]), qemu_cpu=str(f["qemu_cpu"]),
                        debian_packages=tuple(str(x) for x in f.get("debian_packages", ())),
-                       **ints)
+                       vector_bits=int(f.get("vector_bits", 128)),
+                       int8_dot=str(f.get("int8_dot", "generic")), **ints)
         except KeyError as exc:
             raise ConfigError(f"device file for '{dev.name}' lacks the key {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"device file for '{dev.name}': {exc}") from None
+
+    def vector_unit(self):
+        """The SIMD facts the CPU rules and the int8 lowering read (optimizer/vector.py)."""
+        from toolchain.optimizer.vector import VectorUnit
+
+        try:
+            return VectorUnit(self.vector_bits, False, self.int8_dot)
+        except ValueError as exc:
+            raise ConfigError(f"device file for '{self.name}': {exc}") from None
 
     @property
     def install_hint(self) -> str:
