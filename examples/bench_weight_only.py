@@ -116,26 +116,28 @@ def weight_bytes_of(model: onnx.ModelProto) -> int:
     return total
 
 
-def ort_ms(path: Path, runs: int, level: str) -> float:
-    import onnxruntime as ort
+class OrtTimer:
+    """One onnxruntime session (1 thread) kept for all rounds; ``ms(n)``: mean of n runs."""
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal(sess.get_inputs()[0].shape).astype(np.float32)
-    for _ in range(20):
-        sess.run(None, {"x": x})
-    reps = 50
-    times = []
-    for _ in range(runs):
+    def __init__(self, path: Path, level: str):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        opts.log_severity_level = 3
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        shape = self.sess.get_inputs()[0].shape
+        self.feeds = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        for _ in range(10):
+            self.sess.run(None, self.feeds)
+
+    def ms(self, n: int) -> float:
         t0 = time.perf_counter()
-        for _ in range(reps):
-            sess.run(None, {"x": x})
-        times.append((time.perf_counter() - t0) * 1e3 / reps)
-    return statistics.median(times)
+        for _ in range(n):
+            self.sess.run(None, self.feeds)
+        return (time.perf_counter() - t0) * 1e3 / n
 
 
 def compile_model(path: Path, target: str, out: Path, pipeline: str = "auto") -> dict:
@@ -156,8 +158,8 @@ def host(models, runs: int, work: Path) -> None:
     from toolchain.targets.arm.runner import bench_binary
 
     dev = CpuDevice.from_device(device("host"))
-    print(f"host ({dev.cpu}), 1 thread, medians of {runs} rounds (edgec --bench 200 per round;"
-          " onnxruntime 50 runs per round), alternating")
+    print(f"host ({dev.cpu}), 1 thread, medians of {runs} rounds (edgec --bench 200, "
+          "onnxruntime 200 runs per round, its basic-optimization session 2), alternating")
     print(f"{'model':16} {'variant':6} {'edgec us':>9} {'ort us':>8} {'ort-basic':>9} "
           f"{'edgec/ort':>9} {'/basic':>7} {'weight B':>9} {'file B':>9}")
     for name in models:
@@ -167,12 +169,13 @@ def host(models, runs: int, work: Path) -> None:
             path = work / f"{name}_{weights}.onnx"
             onnx.save(model, str(path))
             rep = compile_model(path, "host", work / f"{name}_{variant}_host", pipeline)
-            ours, full, basic = [], [], []
-            for _ in range(runs):
+            full, basic = OrtTimer(path, "ORT_ENABLE_ALL"), OrtTimer(path, "ORT_ENABLE_BASIC")
+            ours, peer, plain = [], [], []
+            for _ in range(runs):  # alternating, so both see the same machine load
                 ours.append(bench_binary(dev, work / f"{name}_{variant}_host" / "model", 200))
-                full.append(ort_ms(path, 1, "ORT_ENABLE_ALL"))
-                basic.append(ort_ms(path, 1, "ORT_ENABLE_BASIC"))
-            e, o, b = (statistics.median(v) * 1e3 for v in (ours, full, basic))
+                peer.append(full.ms(200))
+                plain.append(basic.ms(2 if weights != "fp32" else 200))
+            e, o, b = (statistics.median(v) * 1e3 for v in (ours, peer, plain))
             print(f"{name:16} {variant:6} {e:9.1f} {o:8.1f} {b:9.1f} {e / o:9.2f} {e / b:7.2f} "
                   f"{rep['memory']['weight_bytes']:9d} {weight_bytes_of(model):9d}", flush=True)
 

@@ -235,3 +235,35 @@ def test_int8_activation_variant_uses_sdot_on_arm_a76(tmp_path):
     ops = _mnemonics(objdump, out / "build" / "kernels.o", f"{kernel}_compute_")
     # The reduction is sdot (4 channels x 4 products each), unrolled over the tile.
     assert ops.count("sdot") >= 16, sorted(set(ops))
+
+
+@pytest.mark.parametrize("int8_act", [False, True])
+def test_threads_split_column_tiles(int8_act):
+    """--threads 2: the column-tile loop is parallel and the result unchanged."""
+    import tvm
+
+    from toolchain.optimizer import wgemv, wgemv_dot
+    from toolchain.targets import device
+    from toolchain.targets.arm.device import CpuDevice
+
+    target = CpuDevice.from_device(device("host")).tvm_target()
+    rows, k, n, group = 3, 128, 256, 32
+    kind = wgemv_dot if int8_act else wgemv
+    tile, row_tile = (wgemv_dot.dot_tiles(rows, n) if int8_act
+                      else wgemv.choose_tiles(target, rows, n, 4))
+    spec = wgemv.WeightOnlySpec(rows, k, n, 4, group, tile, row_tile, False, int8_act)
+    rng = np.random.default_rng(1)
+    q = rng.integers(-8, 8, (k, n))
+    s = rng.uniform(0.001, 0.02, (k // group, n)).astype(np.float32)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    outs = []
+    for threads in (1, 2):
+        func = (wgemv_dot.schedule_wgemv_dot(kind.make_primfunc(spec), spec, target, threads)
+                if int8_act else wgemv.schedule_wgemv(kind.make_primfunc(spec), spec, threads))
+        assert ("T.parallel" in func.script()) == (threads > 1)
+        lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+        y = tvm.runtime.tensor(np.zeros((rows, n), np.float32))
+        lib["main"](*(tvm.runtime.tensor(a) for a in (
+            x, kind.pack_weights(q, spec), wgemv.pack_scales(s, spec))), y)
+        outs.append(y.numpy())
+    assert np.array_equal(outs[0], outs[1])

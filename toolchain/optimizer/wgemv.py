@@ -176,6 +176,10 @@ def _schedule(func, spec: WeightOnlySpec, threads: int):
     sch.set_scope(part, 0, "local")
     sch.set_scope(acc, 0, "local")
     sch.reverse_compute_at(out, c, preserve_unit_loops=True)
+    if threads > 1 and spec.n_pad // spec.tile >= 2 * threads:
+        # Column tiles over the threads (before decompose_reduction, which parallel refuses).
+        c = sch.fuse(s_o, c) if spec.rows > spec.row_tile else c
+        sch.parallel(c)
     # Innermost: the tile's channels as vectors, rows and nibble halves unrolled (before
     # decompose_reduction: vectorize refuses an update block without its init).
     for block in (part, acc):
@@ -193,8 +197,6 @@ def _schedule(func, spec: WeightOnlySpec, threads: int):
     if spec.n % spec.tile == 0:
         _, vec = sch.split(loops[-1], [None, spec.tile // spec.halves])
         sch.vectorize(vec)
-    if threads > 1 and spec.n_pad // spec.tile >= 2 * threads:
-        sch.parallel(sch.fuse(s_o, c) if spec.rows > spec.row_tile else c)
     return sch.mod["main"]
 
 

@@ -152,6 +152,10 @@ def _schedule(func, spec: WeightOnlySpec, target, threads: int):
     sch.set_scope(part, 0, "local")
     sch.set_scope(acc, 0, "local")
     sch.reverse_compute_at(out, c, preserve_unit_loops=True)
+    if threads > 1 and spec.n_pad // spec.tile >= 2 * threads:
+        # Column tiles over the threads (before decompose_reduction, which parallel refuses).
+        c = sch.fuse(s_o, c) if spec.rows > spec.row_tile else c
+        sch.parallel(c)
     loops = sch.get_loops(acc)
     sch.vectorize(loops[-1])
     sch.unroll(loops[-2])
@@ -176,8 +180,6 @@ def _schedule(func, spec: WeightOnlySpec, target, threads: int):
     if spec.n % 4 == 0:
         _, vec = sch.split(loops[-1], [None, 4])
         sch.vectorize(vec)
-    if threads > 1 and spec.n_pad // spec.tile >= 2 * threads:
-        sch.parallel(c if spec.rows <= spec.row_tile else sch.fuse(s_o, c))
     return sch.mod["main"]
 
 
