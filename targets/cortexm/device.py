@@ -25,7 +25,7 @@ class McuDevice:
     qemu_machine: str  # e.g. "mps2-an386"
     qemu_cpu: str
     debian_packages: tuple[str, ...] = ()
-    vector_bits: int = 128  # MVE: 128; no SIMD (M4/M7): 128 too, LLVM scalarizes the 4 lanes
+    vector_bits: int = 128  # MVE 128; no float SIMD (M4/M7) 32: one float per lane
     int8_dot: str = "generic"  # the int8 GEMM step: "smlad" (DSP), "mve" (Helium)
 
     @property
