@@ -180,10 +180,10 @@ def _quantized_x_reference(model: onnx.ModelProto, x: np.ndarray, bits: int, gro
         *x.shape[:-1], n)
 
 
-@pytest.mark.parametrize("bits,rows", [(4, 1), (8, 4)])
-def test_int8_activation_kernel_numerics(bits, rows):
-    """The int8-activation kernel (its plain-loop form, built for the host) equals the same
-    arithmetic in numpy to float rounding."""
+@pytest.mark.parametrize("bits,rows,sdot", [(4, 1, False), (8, 4, False), (4, 2, True)])
+def test_int8_activation_kernel_numerics(bits, rows, sdot):
+    """The int8-activation kernel, in its int16-pair form and in sdot's layout (plain loops
+    on the host), equals the same arithmetic in numpy to float rounding."""
     import tvm
 
     from toolchain.optimizer import wgemv, wgemv_dot
@@ -196,9 +196,10 @@ def test_int8_activation_kernel_numerics(bits, rows):
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     q = inits["wq"].astype(np.int16)
     g = group if bits == 4 else k
-    tile, row_tile = wgemv_dot.dot_tiles(rows, n)
-    spec = wgemv.WeightOnlySpec(rows, k, n, bits, g, tile, row_tile, True, True)
     target = CpuDevice.from_device(device("host")).tvm_target()
+    tile, row_tile = (wgemv_dot.dot_tiles(rows, n) if sdot
+                      else wgemv.choose_tiles(target, rows, n, bits))
+    spec = wgemv.WeightOnlySpec(rows, k, n, bits, g, tile, row_tile, True, True, sdot)
     func = wgemv_dot.schedule_wgemv_dot(wgemv_dot.make_primfunc(spec), spec, target)
     lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
     x = np.random.default_rng(5).standard_normal((rows, k)).astype(np.float32)
@@ -251,7 +252,7 @@ def test_threads_split_column_tiles(int8_act):
     kind = wgemv_dot if int8_act else wgemv
     tile, row_tile = (wgemv_dot.dot_tiles(rows, n) if int8_act
                       else wgemv.choose_tiles(target, rows, n, 4))
-    spec = wgemv.WeightOnlySpec(rows, k, n, 4, group, tile, row_tile, False, int8_act)
+    spec = wgemv.WeightOnlySpec(rows, k, n, 4, group, tile, row_tile, False, int8_act, int8_act)
     rng = np.random.default_rng(1)
     q = rng.integers(-8, 8, (k, n))
     s = rng.uniform(0.001, 0.02, (k // group, n)).astype(np.float32)
@@ -267,3 +268,21 @@ def test_threads_split_column_tiles(int8_act):
             x, kind.pack_weights(q, spec), wgemv.pack_scales(s, spec))), y)
         outs.append(y.numpy())
     assert np.array_equal(outs[0], outs[1])
+
+
+@needs_target("arm-a72")
+def test_int8_activation_variant_on_plain_neon(tmp_path):
+    """arm-a72 (no dot product): int16 pair products, smull/smlal + saddw in the kernel."""
+    k, n = 128, 64
+    path = save(weight_only_matmul(k, n, bits=8, int8_blocked=True, group=32), tmp_path / "w.onnx")
+    out = tmp_path / "out"
+    assert main(["compile", str(path), "-t", "arm-a72", "--pipeline", "cpu-int8-act",
+                 "--keep-build", "-o", str(out)]) == 0
+    assert main(["verify", str(out), "--tolerance", "1e-2"]) == 0
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump is None:
+        pytest.skip("aarch64-linux-gnu-objdump missing (binutils-aarch64-linux-gnu)")
+    report = json.loads((out / "report.json").read_text())
+    kernel = next(name for name in report["kernels"] if name.startswith("wgemv_a8"))
+    ops = set(_mnemonics(objdump, out / "build" / "kernels.o", f"{kernel}_compute_"))
+    assert {"smull", "smlal", "saddw"} <= ops, sorted(ops)

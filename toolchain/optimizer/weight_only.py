@@ -242,9 +242,11 @@ def _relax_pass():
             bits = 4 if int(q.min(initial=0)) >= -8 and int(q.max(initial=0)) <= 7 else 8
             rows = int(np.prod(xs[:-1]))
             if self.int8_act and wgemv_dot.supported(k, block, self.target):
-                tile, row_tile = wgemv_dot.dot_tiles(rows, n)
+                sdot = wgemv_dot.has_sdot(self.target)
+                tile, row_tile = (wgemv_dot.dot_tiles(rows, n) if sdot
+                                  else wgemv.choose_tiles(self.target, rows, n, bits))
                 return x, q, s, wgemv.WeightOnlySpec(rows, k, n, bits, block, tile, row_tile,
-                                                     False, True), out_shape
+                                                     False, True, sdot), out_shape
             tile, row_tile = wgemv.choose_tiles(self.target, rows, n, bits)
             if bits == 4 and tile % 2:
                 bits = 8
@@ -314,7 +316,8 @@ def _relax_pass():
     return LowerWeightOnlyMatMul
 
 
-_SPEC_FIELDS = ("rows", "k", "n", "bits", "group", "tile", "row_tile", "has_bias", "int8_act")
+_SPEC_FIELDS = ("rows", "k", "n", "bits", "group", "tile", "row_tile", "has_bias", "int8_act",
+                "sdot")
 
 
 def _spec_attr(spec) -> str:
@@ -325,14 +328,14 @@ def spec_from_attr(text: str):
     from toolchain.optimizer.wgemv import WeightOnlySpec
 
     vals = [int(v) for v in str(text).split(",")]
-    return WeightOnlySpec(*vals[:-2], bool(vals[-2]), bool(vals[-1]))
+    return WeightOnlySpec(*vals[:7], *(bool(v) for v in vals[7:]))
 
 
 def LowerWeightOnlyMatMul(target=None, threads: int = 1,  # noqa: N802  (a pass, by its name)
                           int8_activations: bool = False):
     """``int8_activations``: the int8-activation variant (``wgemv_dot.py``: x quantized per
-    row at run time, int8 dot products with sdot) on dot-product targets where K and the
-    group are multiples of 16; the (exact) float-activation kernel elsewhere."""
+    row at run time, int8 products summed in int32: sdot on dot-product cores, smull/smlal
+    on other AArch64 ones); the (exact) float-activation kernel where it does not apply."""
     return _relax_pass()(target, threads, int8_activations)
 
 

@@ -46,6 +46,7 @@ class WeightOnlySpec:
     row_tile: int  # rows per register tile (R)
     has_bias: bool
     int8_act: bool = False  # x quantized to int8 per row at run time (wgemv_dot.py)
+    sdot: bool = False  # int8_act: sdot's packed form (else int16 pair products)
 
     @property
     def halves(self) -> int:

@@ -41,18 +41,84 @@ def dot_tiles(rows: int, n: int) -> tuple[int, int]:
     return t, (2 if rows % 2 == 0 else 1)
 
 
-def supported(k: int, group: int, target) -> bool:
-    """Whether the variant applies: groups of whole 16-K blocks, on a target with sdot.
-    Without a dot instruction the int32 loops cost more instructions than the float kernel
-    (arm-a72: 3.7M against 1.0M for a 512x2048 int4 GEMV), so that one is kept there."""
+def has_sdot(target) -> bool:
     from toolchain.optimizer import qgemm
 
-    return (group % KB == 0 and k % group == 0 and target is not None
-            and qgemm.dot_instr(target) is qgemm.SDOT)
+    return target is not None and qgemm.dot_instr(target) is qgemm.SDOT
+
+
+def supported(k: int, group: int, target) -> bool:
+    """Whether the variant applies: with sdot, groups of whole 16-K blocks; on other AArch64
+    cores (plain NEON: smull/smlal + saddw) groups of an even size. x86 keeps the float
+    kernel (not measured there)."""
+    if k % group:
+        return False
+    if has_sdot(target):
+        return group % KB == 0
+    return str(target.attrs.get("mtriple", "")).startswith("aarch64") and group % 2 == 0
+
+
+def pair_te(x, w, scale, bias, spec: WeightOnlySpec):
+    """The form without dot instructions: ``wgemv.py``'s layout and schedule, with pairs of
+    int8 x int8 products summed in int16 (|a b| <= 127 * 128: two fit) and widened into the
+    int32 group sum: smull + smlal + saddw on NEON, 16 products in 4 instructions."""
+    from tvm import te, tirx
+
+    t, h, g_len = spec.tile, spec.halves, spec.group
+    tj, nt = t // h, spec.n_pad // t
+    sx, xq = _quantize_rows(x, spec)
+
+    def weight(c, kk, hh, j):
+        byte = w[c, kk, j]
+        if spec.bits == 8:
+            return byte
+        low = tirx.shift_right(tirx.shift_left(byte, tirx.const(4, "int8")), tirx.const(4, "int8"))
+        return tirx.if_then_else(hh == 0, low, tirx.shift_right(byte, tirx.const(4, "int8")))
+
+    g = te.reduce_axis((0, g_len // 2), name="g")
+
+    def pair(s, c, b, hh, j):
+        k0 = b * g_len + 2 * g
+        return (xq[s, k0].astype("int16") * weight(c, k0, hh, j).astype("int16")
+                + xq[s, k0 + 1].astype("int16") * weight(c, k0 + 1, hh, j).astype("int16")
+                ).astype("int32")
+
+    part = te.compute((spec.rows, nt, spec.groups, h, tj),
+                      lambda s, c, b, hh, j: te.sum(pair(s, c, b, hh, j), axis=g),
+                      name="wgemv_part")
+    b = te.reduce_axis((0, spec.groups), name="b")
+    acc = te.compute((spec.rows, nt, h, tj), lambda s, c, hh, j: te.sum(
+        part[s, c, b, hh, j].astype("float32") * (scale[c, b, hh * tj + j] * sx[s]), axis=b),
+        name="wgemv_acc")
+
+    def out(s, n):
+        v = acc[s, n // t, (n % t) // tj, n % tj]
+        return v + bias[n] if bias is not None else v
+
+    return te.compute((spec.rows, spec.n), out, name="wgemv_out")
+
+
+def _quantize_rows(x, spec: WeightOnlySpec):
+    """(s_x [S], xq [S, K] int8): symmetric per-row int8 quantization of x."""
+    from tvm import te, tirx
+
+    rk = te.reduce_axis((0, spec.k), name="rk")
+    amax = te.compute((spec.rows,), lambda s: te.max(tirx.abs(x[s, rk]), axis=rk),
+                      name="wdot_amax")
+    sx = te.compute((spec.rows,), lambda s: tirx.if_then_else(
+        amax[s] > 0, amax[s] / 127.0, tirx.const(1.0, "float32")), name="wdot_sx")
+    xq = te.compute((spec.rows, spec.k), lambda s, k: tirx.max(tirx.min(
+        tirx.round(x[s, k] / sx[s]), 127.0), -127.0).astype("int8"), name="wdot_xq")
+    return sx, xq
 
 
 def pack_weights(q_kn: np.ndarray, spec: WeightOnlySpec) -> np.ndarray:
-    """int weights [K, N] -> [N/T, K/16, T/4, 4, 4, 4] int8 (int4: [.., 32] nibble pairs)."""
+    """int weights [K, N] -> [N/T, K/16, T/4, 4, 4, 4] int8 (int4: [.., 32] nibble pairs);
+    without sdot, ``wgemv.pack_weights``'s layout."""
+    if not spec.sdot:
+        from toolchain.optimizer import wgemv
+
+        return wgemv.pack_weights(q_kn, spec)
     k, t = spec.k, spec.tile
     q = np.zeros((k, spec.n_pad), np.int16)
     q[:, :spec.n] = q_kn
@@ -70,15 +136,11 @@ def wgemv_dot_te(x, w, scale, bias, spec: WeightOnlySpec):
     ``wgemv.pack_scales`` ([N/T, K/G, T]), ``bias`` [N] or None."""
     from tvm import te, tirx
 
+    if not spec.sdot:
+        return pair_te(x, w, scale, bias, spec)
     t, g_len = spec.tile, spec.group
     nt = spec.n_pad // t
-    rk = te.reduce_axis((0, spec.k), name="rk")
-    amax = te.compute((spec.rows,), lambda s: te.max(tirx.abs(x[s, rk]), axis=rk),
-                      name="wdot_amax")
-    sx = te.compute((spec.rows,), lambda s: tirx.if_then_else(
-        amax[s] > 0, amax[s] / 127.0, tirx.const(1.0, "float32")), name="wdot_sx")
-    xq = te.compute((spec.rows, spec.k), lambda s, k: tirx.max(tirx.min(
-        tirx.round(x[s, k] / sx[s]), 127.0), -127.0).astype("int8"), name="wdot_xq")
+    sx, xq = _quantize_rows(x, spec)
     if spec.bits == 4:
         def unpack(c, kk, c4, a, i, j):
             f = a * 16 + i * 4 + j
@@ -115,6 +177,10 @@ def wgemv_dot_te(x, w, scale, bias, spec: WeightOnlySpec):
 
 
 def schedule_wgemv_dot(func, spec: WeightOnlySpec, target, threads: int = 1):
+    if not spec.sdot:
+        from toolchain.optimizer import wgemv
+
+        return _vectorize_quantize(wgemv.schedule_wgemv(func, spec, threads))
     try:
         return _schedule(func, spec, target, threads)
     except Exception as exc:  # noqa: BLE001
@@ -123,17 +189,28 @@ def schedule_wgemv_dot(func, spec: WeightOnlySpec, target, threads: int = 1):
         return func
 
 
+def _vectorize_quantize(func):
+    """The row quantization's elementwise loop as 16-byte vectors (when K allows)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        _, k = sch.get_loops(sch.get_sblock("wdot_xq"))
+        _, kv = sch.split(k, [None, 16])
+        sch.vectorize(kv)
+    except Exception as exc:  # noqa: BLE001  (a scalar loop: correct, a little slower)
+        log.debug("row quantization not vectorized: %s", str(exc).splitlines()[0])
+        return func
+    return sch.mod["main"]
+
+
 def _schedule(func, spec: WeightOnlySpec, target, threads: int):
     from tvm import s_tir
 
     from toolchain.optimizer import qgemm
 
     sdot = qgemm.dot_instr(target) is qgemm.SDOT
-    sch = s_tir.Schedule(func)
-    xq = sch.get_sblock("wdot_xq")
-    _, k = sch.get_loops(xq)
-    _, kv = sch.split(k, [None, 16])
-    sch.vectorize(kv)
+    sch = s_tir.Schedule(_vectorize_quantize(func))
     part = sch.get_sblock("wdot_part")
     acc = sch.get_sblock("wdot_acc")
     out = sch.get_sblock("wdot_out")
@@ -190,6 +267,8 @@ def make_primfunc(spec: WeightOnlySpec):
     nt = spec.n_pad // spec.tile
     wshape = ((nt, spec.k // KB, spec.tile // 4, 4, 4, 4) if spec.bits == 8
               else (nt, spec.k // KB, spec.tile // 4, BLOCK // 2))
+    if not spec.sdot:
+        wshape = (nt, spec.k, spec.tile // spec.halves)
     w = te.placeholder(wshape, "int8", name="w")
     sc = te.placeholder((nt, spec.groups, spec.tile), "float32", name="s")
     args = [x, w, sc]
