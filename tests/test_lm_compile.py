@@ -122,6 +122,7 @@ def test_host_lm_verifies_and_generates(host_lm):
     assert "limited to 3" in limited.stderr and len(limited.stdout.splitlines()) == 4
     full = _run(host_lm, "--prompt", "x" * 33, check=False)
     assert full.returncode == 2 and "context full" in full.stderr
+    assert "context 32 tokens, 1 per graph call" in _run(host_lm, "--help").stdout
     bench = _run(host_lm, "--bench-tokens", "40").stdout.splitlines()
     assert bench[-1].startswith("decode_tokens_per_s ") and float(bench[-1].split()[1]) > 0
 

@@ -297,6 +297,15 @@ static int lm_main(int argc, char **argv) {
     const char *a = argv[i];
     int has = i + 1 < argc;
     if (!strcmp(a, "--ids")) { as_ids = 1; continue; }
+    if (!strcmp(a, "--help")) {
+      printf("usage: %s --prompt TEXT [--tokens N (32)] [--temperature T (0.8; 0: greedy)]\\n"
+             "         [--top-k K (40; 0: all)] [--seed S (0)] [--ids] [--logits FILE]\\n"
+             "       %s --bench-tokens N\\n"
+             "       %s IN0.bin ... OUT0.bin ... | --bench N | --info   (one graph call)\\n"
+             "context %d tokens, %d per graph call, token ids 0..%d\\n", argv[0], argv[0],
+             argv[0], EDGEC_LM_CONTEXT, EDGEC_LM_SEQ, EDGEC_LM_TOKENS - 1);
+      return 0;
+    }
     if (!has) { fprintf(stderr, "model: %s needs a value\\n", a); return 2; }
     const char *v = argv[++i];
     if (!strcmp(a, "--prompt")) text = v;
