@@ -115,6 +115,21 @@ def test_training_is_deterministic_and_lowers_bits_per_byte():
     assert lm.bits_per_byte(a, held) < before - 1.0
 
 
+def test_distillation_pulls_the_student_towards_the_teacher():
+    teacher, student = tiny(seed=1), tiny(seed=0)
+    x = torch.tensor(list(text.held_out_bytes()[:64])).reshape(4, 16)
+
+    def kl() -> float:
+        with torch.no_grad():
+            return float(nn.functional.kl_div(student(x).log_softmax(-1),
+                                              teacher(x).softmax(-1), reduction="batchmean"))
+
+    before = kl()
+    lm.train_lm(student, lm.LMRecipe(steps=15, batch=4, warmup=2), text.train_bytes(),
+                teacher=teacher, temperature=1.0, alpha=1.0)
+    assert kl() < before / 2
+
+
 def test_zoo_entries(tmp_path, monkeypatch):
     assert models.names("lm") == ["lm", "lm-teacher"]
     assert "lm" not in models.names("classifier") and "mlp" in models.names()
