@@ -192,15 +192,23 @@ def test_non_power_of_two_scale_is_refused():
         lower(model, "fpga-xcu250")
 
 
-def test_branches_are_refused():
+def test_branches_merge_in_an_add():
     model = _mlp(sizes=(16, 32, 32, 32), softmax=False)
     last = model.graph.output[0].name
     model.graph.node.append(helper.make_node("Add", [last, "g1"], ["sum"], name="skip_add"))
     model.graph.output[0].name = "sum"
     del model.graph.value_info[:]
     model = fix_input_shapes(model, {})
-    with pytest.raises(UnsupportedOpError, match="'Add' in node 'skip_add'"):
-        lower(model, "fpga-xcu250")
+    graph = lower(model, "fpga-xcu250")
+    add = graph.layers[-1]
+    producer = {"g1": next(l.name for l in graph.layers if l.node.startswith("fc1")),
+                last: graph.layers[-2].name}
+    assert add.kind == "add" and add.node == "skip_add"
+    assert set(add.inputs) == {producer["g1"], producer[last]}
+    design = assign_types(graph, _cfg())
+    a, b = (design.layer(n).result_type for n in add.inputs)
+    s = design.layers[-1].input_type  # the exact sum of the two
+    assert s.integer == max(a.integer, b.integer) + 1 and s.frac == max(a.frac, b.frac)
 
 
 # ------------------------------------------------------------------ reuse factors and estimates

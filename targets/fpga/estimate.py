@@ -93,8 +93,8 @@ def _depth(terms: int, clock_ns: float, multiply: bool = True) -> int:
 
 
 def _pixels(shape: tuple[int, ...]) -> int:
-    """Pixels of a (C, H, W) tensor; 1 for a vector."""
-    return int(np.prod(shape[1:])) if len(shape) == 3 else 1
+    """Pixels of a (C, H, W) or (C, W) tensor; 1 for a vector."""
+    return int(np.prod(shape[1:])) if len(shape) >= 2 else 1
 
 
 def _elementwise(p: PlannedLayer, clock_ns: float, io_type: str) -> LayerEstimate:
@@ -114,10 +114,16 @@ def _elementwise(p: PlannedLayer, clock_ns: float, io_type: str) -> LayerEstimat
         per_op = 2 * width if kind == "maxpool2d" else width + math.ceil(math.log2(window))
         lut = n * (window - 1) * per_op
         depth = _depth(window, clock_ns, multiply=False)
+    elif kind == "concat":  # wiring
+        lut, depth = 0, 0
+    elif kind == "add":  # one adder as wide as the sum per value (nnet_merge.h)
+        lut, depth = n * p.result_type.width, 0
+    elif kind in ("relu6", "relu1"):  # a sign test, a compare with the top and a select
+        lut, depth = n * width, 0
     else:  # relu: a sign test and a W-bit select per value
         lut, depth = n * max(width // 2, 1), 0
     cycles, ii = depth, 1
-    if io_type == "io_stream" and len(p.layer.in_shape) == 3:
+    if io_type == "io_stream" and len(p.layer.in_shape) >= 2:
         # nnet_pooling_stream.h / nnet_activation_stream.h: one input pixel per cycle
         ii = _pixels(p.layer.in_shape)
         cycles = ii + STREAM_DEPTH - (kind == "relu")
@@ -129,7 +135,7 @@ def _elementwise(p: PlannedLayer, clock_ns: float, io_type: str) -> LayerEstimat
 def estimate_layer(p: PlannedLayer, strategy: str, clock_ns: float,
                    io_type: str = "io_parallel") -> LayerEstimate:
     kind = p.layer.kind
-    if kind not in ("dense", "conv2d"):
+    if not p.has_weights:
         return _elementwise(p, clock_ns, io_type)
     rf = p.reuse_factor
     w = p.quantized_weight()
@@ -171,10 +177,10 @@ def estimate_layer(p: PlannedLayer, strategy: str, clock_ns: float,
     ff = (adds * acc // 2 + n_out * acc + lut_mults * (bx + bw)) if depth else 0
     # io_parallel: one output pixel per II (parallelization factor 1); io_stream: the line
     # buffer takes one input pixel per II (nnet_conv2d_stream.h)
-    pixels = _pixels(p.layer.out_shape) if kind == "conv2d" else 1
+    pixels = _pixels(p.layer.out_shape) if kind != "dense" else 1
     ii = rf * pixels
     cycles = ii - 1 + depth
-    if io_type == "io_stream" and kind == "conv2d":
+    if io_type == "io_stream" and kind != "dense":
         ii = rf * _pixels(p.layer.in_shape)
         cycles = ii + max(depth, STREAM_DEPTH)
     return LayerEstimate(p.name, kind, strategy, rf, int(cycles), int(ii), int(mults), int(dsp),
@@ -227,9 +233,8 @@ def fifo_for(stream: str, depth: int, channels: int, bits: int,
 def _stream_of(shape: tuple[int, ...]) -> tuple[int, int]:
     """(depth, elements per entry) of hls4ml's stream for a channels-first ``shape``: one
     entry per pixel holding all its channels (depth = size / last dim, channels last)."""
-    if len(shape) == 3:
-        c, h, w = shape
-        return h * w, c
+    if len(shape) >= 2:
+        return int(np.prod(shape[1:])), shape[0]
     return 1, int(np.prod(shape))
 
 
@@ -243,23 +248,29 @@ def fifos(design: Design, hls_backend: str = "vitis") -> list[FifoEstimate]:
     against the STREAM pragmas of generated projects.
     """
     out = []
-    in_bits = design.input_type.width
+    types = {"": design.input_type, **{p.name: p.result_type for p in design.layers}}
     last = len(design.layers) - 1
     for i, p in enumerate(design.layers):
         layer = p.layer
-        pad = layer.attrs.get("padding", (0, 0)) if layer.kind == "conv2d" else (0, 0)
+        in_bits = types[layer.inputs[0]].width
+        pad = layer.attrs.get("padding", (0,)) if layer.kind in ("conv1d", "conv2d") else (0,)
         if any(pad):
-            c, h, w = layer.in_shape
-            out.append(fifo_for(f"{p.name}_zeropad", (h + 2 * pad[0]) * (w + 2 * pad[1]),
-                                c, in_bits, hls_backend))
+            c, *size = layer.in_shape
+            padded = int(np.prod([d + 2 * q for d, q in zip(size, pad)]))
+            out.append(fifo_for(f"{p.name}_zeropad", padded, c, in_bits, hls_backend))
         if layer.kind == "flatten":
-            if len(layer.in_shape) == 3:
-                c, h, w = layer.in_shape
-                out.append(fifo_for(f"{p.name}_transpose", c * h, w, in_bits, hls_backend))
+            if len(layer.in_shape) >= 2:  # back to channels first: C*H entries of W values
+                c, *rest = layer.in_shape
+                out.append(fifo_for(f"{p.name}_transpose", c * int(np.prod(rest[:-1])),
+                                    rest[-1], in_bits, hls_backend))
         elif i < last:
             depth, elems = _stream_of(tuple(layer.out_shape))
             out.append(fifo_for(p.name, depth, elems, p.result_type.width, hls_backend))
-        in_bits = p.result_type.width
+            # a stream read by k layers: hls4ml's clone layer copies it into k more
+            readers = sum(p.name in later.layer.inputs for later in design.layers)
+            if readers > 1:
+                out.extend(fifo_for(f"{p.name}_cpy{k + 1}", depth, elems, p.result_type.width,
+                                    hls_backend) for k in range(readers))
     return out
 
 

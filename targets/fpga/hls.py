@@ -1,9 +1,10 @@
 """The one module that talks to hls4ml: write the project, build and run its C emulation.
 
-The planned layer chain is rebuilt as a small PyTorch module (hls4ml's PyTorch front end is
+The planned layer graph is rebuilt as a small PyTorch module (hls4ml's PyTorch front end is
 its best-tested path for MLPs and CNNs, including the channels-first to channels-last
-conversion), with every tensor type set explicitly in the hls4ml config, so hls4ml infers
-nothing. The C emulation library hls4ml builds is loaded directly with ctypes, both to predict
+conversion; branches meet in ``torch.add`` / ``torch.cat``, which it converts to Merge and
+Concatenate layers), with every tensor type set explicitly in the hls4ml config, so hls4ml
+infers nothing. The C emulation library hls4ml builds is loaded directly with ctypes, both to predict
 and to read each layer's output (hls4ml's trace), without rebuilding the project.
 """
 
@@ -32,51 +33,108 @@ INPUT_LAYER = "x"  # the argument name of the generated module's forward()
 TB_SAMPLES = 16
 
 
+def _layer_module(p):
+    """The PyTorch module hls4ml converts for one planned layer (None: a merge function)."""
+    from torch import nn
+
+    layer = p.layer
+    if layer.kind == "dense":
+        return _with_weights(nn.Linear(layer.fan_in, layer.n_out, bias=True), p)
+    if layer.kind in ("conv1d", "conv2d"):
+        co, ci, *k = layer.weight.shape
+        conv = nn.Conv2d if layer.kind == "conv2d" else nn.Conv1d
+        return _with_weights(conv(ci, co, tuple(k), stride=layer.attrs["stride"],
+                                  padding=layer.attrs["padding"], bias=True), p)
+    simple = {"relu": nn.ReLU, "relu6": nn.ReLU6, "flatten": nn.Flatten}
+    if layer.kind in simple:
+        return simple[layer.kind]()
+    if layer.kind == "relu1":
+        return nn.Hardtanh(0.0, 1.0)
+    if layer.kind == "softmax":
+        return nn.Softmax(dim=-1)
+    if layer.kind == "maxpool2d":
+        return nn.MaxPool2d(layer.attrs["kernel"])
+    if layer.kind == "avgpool2d":
+        return nn.AvgPool2d(layer.attrs["kernel"])
+    if layer.kind in ("add", "concat"):
+        return None
+    raise AssertionError(layer.kind)  # lower.py only produces the kinds above
+
+
+def _with_weights(m, p):
+    import torch
+
+    with torch.no_grad():
+        m.weight.copy_(torch.from_numpy(p.quantized_weight().astype(np.float32)))
+        m.bias.copy_(torch.from_numpy(p.quantized_bias().astype(np.float32)))
+    return m
+
+
 def _torch_module(design: Design):
+    """The design as a module whose forward follows its graph: modules for the layers,
+    ``torch.add`` / ``torch.cat`` for the merges (hls4ml converts those functions)."""
     import torch
     from torch import nn
 
-    mods: list[tuple[str, nn.Module]] = []
-    for p in design.layers:
-        layer = p.layer
-        if layer.kind == "dense":
-            m = nn.Linear(layer.fan_in, layer.n_out, bias=True)
-            with torch.no_grad():
-                m.weight.copy_(torch.from_numpy(p.quantized_weight().astype(np.float32)))
-                m.bias.copy_(torch.from_numpy(p.quantized_bias().astype(np.float32)))
-        elif layer.kind == "conv2d":
-            co, ci, kh, kw = layer.weight.shape
-            m = nn.Conv2d(ci, co, (kh, kw), stride=layer.attrs["stride"],
-                          padding=layer.attrs["padding"], bias=True)
-            with torch.no_grad():
-                m.weight.copy_(torch.from_numpy(p.quantized_weight().astype(np.float32)))
-                m.bias.copy_(torch.from_numpy(p.quantized_bias().astype(np.float32)))
-        elif layer.kind == "relu":
-            m = nn.ReLU()
-        elif layer.kind == "softmax":
-            m = nn.Softmax(dim=-1)
-        elif layer.kind == "flatten":
-            m = nn.Flatten()
-        elif layer.kind == "maxpool2d":
-            m = nn.MaxPool2d(layer.attrs["kernel"])
-        elif layer.kind == "avgpool2d":
-            m = nn.AvgPool2d(layer.attrs["kernel"])
-        else:  # lower.py only produces the kinds above
-            raise AssertionError(layer.kind)
-        mods.append((layer.name, m))
+    steps = [(p.name, p.layer.kind, p.layer.inputs, _layer_module(p)) for p in design.layers]
 
-    class Chain(nn.Module):
+    class Graph(nn.Module):
         def __init__(self):
             super().__init__()
-            for name, mod in mods:
-                self.add_module(name, mod)
+            for name, _, _, mod in steps:
+                if mod is not None:
+                    self.add_module(name, mod)
 
         def forward(self, x):
-            for mod in self.children():
-                x = mod(x)
-            return x
+            values = {"": x}
+            for name, kind, inputs, _ in steps:
+                args = [values[i] for i in inputs]
+                if kind == "add":
+                    values[name] = torch.add(args[0], args[1])
+                elif kind == "concat":
+                    values[name] = torch.cat((args[0], args[1]), dim=1)
+                else:
+                    values[name] = getattr(self, name)(args[0])
+            return values[steps[-1][0]]
 
-    return Chain().eval()
+    return Graph().eval()
+
+
+def hls_names(module, design: Design) -> dict[str, str]:
+    """edgec layer name -> hls4ml's (the fx node's: modules keep theirs, merges become
+    ``add``, ``add_1``, ``cat``... in the order they are called)."""
+    from hls4ml.utils.torch import CustomFXTracer
+
+    graph = CustomFXTracer().trace(module)
+    calls = [n.name for n in graph.nodes if n.op in ("call_module", "call_function")]
+    if len(calls) != len(design.layers):
+        raise ToolFailedError(f"tracing the design found {len(calls)} operations for "
+                              f"{len(design.layers)} layers")
+    return {p.name: c for p, c in zip(design.layers, calls)}
+
+
+def _relu_handler(activation: str):
+    """hls4ml 1.3's PyTorch front end has no ReLU6 / Hardtanh; its HLS library has relu6 and
+    relu1 (``nnet_activation.h``): map the modules to those activations."""
+
+    def handler(operation, layer_name, input_names, input_shapes, node, class_object,
+                data_reader, config):
+        if operation == "Hardtanh" and (class_object.min_val, class_object.max_val) != (0, 1):
+            raise Exception("only Hardtanh(0, 1) maps to an hls4ml activation (relu1)")
+        layer = {"class_name": "Activation", "activation": activation, "name": layer_name,
+                 "inputs": input_names}
+        return layer, input_shapes[0]
+
+    return handler
+
+
+def _register_handlers(hls4ml) -> None:
+    from hls4ml.converters.pytorch_to_hls import get_supported_pytorch_layers
+
+    known = set(get_supported_pytorch_layers())
+    for cls, act in (("ReLU6", "relu6"), ("Hardtanh", "relu1")):
+        if cls not in known:
+            hls4ml.converters.register_pytorch_layer_handler(cls, _relu_handler(act))
 
 
 def _hls_config(hls4ml, module, design: Design, cfg: FpgaConfig) -> dict:
@@ -91,8 +149,9 @@ def _hls_config(hls4ml, module, design: Design, cfg: FpgaConfig) -> dict:
     names.setdefault(INPUT_LAYER, {}).setdefault("Precision", {})
     names[INPUT_LAYER]["Precision"]["result"] = design.input_type.hls()
     names[INPUT_LAYER]["Trace"] = True
+    hls = hls_names(module, design)
     for p in design.layers:
-        entry = names.setdefault(p.name, {})
+        entry = names.setdefault(hls[p.name], {})
         prec = entry.setdefault("Precision", {})
         prec["result"] = p.result_type.hls()
         entry["Trace"] = True
@@ -113,6 +172,7 @@ def write_project(design: Design, cfg: FpgaConfig, device: FpgaDevice, out: Path
     except ImportError:
         raise ToolMissingError(f"hls4ml is not installed: pip install hls4ml=={HLS4ML_VERSION}") \
             from None
+    _register_handlers(hls4ml)
     module = _torch_module(design)
     conf = _hls_config(hls4ml, module, design, cfg)
     chatter = io.StringIO()
@@ -208,6 +268,8 @@ class CEmulation:
         x = np.asarray(x, dtype=np.float64)
         if self.info["input_layout"] == "channels_last" and x.ndim == 4:
             x = x.transpose(0, 2, 3, 1)
+        elif self.info["input_layout"] == "channels_last" and x.ndim == 3:  # (N, C, W)
+            x = x.transpose(0, 2, 1)
         return np.ascontiguousarray(x.reshape(x.shape[0], -1))
 
     def predict(self, x: np.ndarray) -> np.ndarray:

@@ -4,8 +4,10 @@ Before: a checked ONNX model with static shapes; plain float or QDQ (QuantizeLin
 DequantizeLinear pairs with power-of-two scales). After: a list of ``Layer`` in data order,
 each with float weights in PyTorch layout and the fixed-point grid its QDQ nodes imply.
 
-The FPGA designs here are feed-forward chains (one data input per node). A node the target
-cannot map raises UnsupportedOpError naming the node and the op; nothing is written then.
+The FPGA designs are feed-forward graphs with one input and one output: each layer names the
+layers it reads (``inputs``), and branches meet in an Add (hls4ml's Merge) or a Concat
+(hls4ml's Concatenate, two tensors at a time, so a Concat of n becomes n-1 layers). A node the
+target cannot map raises UnsupportedOpError naming the node and the op; nothing is written.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from toolchain.errors import UnsupportedOpError
 
 from .precision import Fixed
 
-SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Conv", "BatchNormalization", "Relu", "Softmax",
-                 "Flatten", "Reshape", "MaxPool", "AveragePool", "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear",
-                 "Identity", "Dropout")
+SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Concat", "Conv", "BatchNormalization", "Relu",
+                 "Clip", "Softmax", "Flatten", "Reshape", "MaxPool", "AveragePool",
+                 "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear", "Identity", "Dropout")
+WEIGHTED_KINDS = ("dense", "conv1d", "conv2d")
 
 
 @dataclass
@@ -32,7 +35,8 @@ class Layer:
     """One layer of the chain. ``weight`` uses PyTorch layout: (out, in) or (co, ci, kh, kw)."""
 
     name: str
-    kind: str  # dense | conv2d | relu | softmax | flatten | maxpool2d | avgpool2d
+    kind: str  # dense | conv1d | conv2d | relu | relu6 | relu1 | softmax | flatten |
+    #            maxpool2d | avgpool2d | add | concat
     node: str  # the ONNX node it came from
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
@@ -42,6 +46,7 @@ class Layer:
     weight_type: Fixed | None = None  # exact grid of quantized weights (from DQ or metadata)
     bias_type: Fixed | None = None
     out_type: Fixed | None = None  # grid of a Q/DQ pair right after this layer
+    inputs: tuple[str, ...] = ("",)  # the layers it reads, "" for the graph input
 
     @property
     def fan_in(self) -> int:
@@ -173,6 +178,46 @@ def _shape_of(model: onnx.ModelProto, name: str) -> tuple[int, ...]:
     raise KeyError(name)
 
 
+def _clip_bounds(consts: "_Constants", node: onnx.NodeProto, a: dict) -> tuple[float, float]:
+    lo, hi = a.get("min", -np.inf), a.get("max", np.inf)
+    if len(node.input) > 1 and node.input[1]:
+        lo = float(np.asarray(consts.get(node.input[1])).reshape(()))
+    if len(node.input) > 2 and node.input[2]:
+        hi = float(np.asarray(consts.get(node.input[2])).reshape(()))
+    return float(lo), float(hi)
+
+
+# Clip(min, max) bounds hls4ml has an activation for (nnet_activation.h)
+CLIP_ACTIVATIONS = {(0.0, np.inf): "relu", (0.0, 6.0): "relu6", (0.0, 1.0): "relu1"}
+
+
+class _Builder:
+    """Layers in data order; which layer (or the graph input, "") produces each tensor."""
+
+    def __init__(self, model: onnx.ModelProto, target: str, input_name: str):
+        self.model, self.target = model, target
+        self.layers: list[Layer] = []
+        self.used: set[str] = set()
+        self.producer: dict[str, str] = {input_name: ""}  # tensor -> layer name, "" = input
+        self.readers: dict[str, int] = {}
+        for node in model.graph.node:
+            for i in node.input:
+                self.readers[i] = self.readers.get(i, 0) + 1
+        for o in model.graph.output:
+            self.readers[o.name] = self.readers.get(o.name, 0) + 1
+        self.input_type: Fixed | None = None
+
+    def by_name(self, name: str) -> Layer | None:
+        return next((l for l in self.layers if l.name == name), None) if name else None
+
+    def add(self, layer: Layer, output: str) -> None:
+        self.layers.append(layer)
+        self.producer[output] = layer.name
+
+    def sole_reader(self, tensor: str) -> bool:
+        return self.readers.get(tensor, 0) == 1
+
+
 def lower(model: onnx.ModelProto, target: str) -> LayerGraph:
     """Turn ``model`` into a LayerGraph; raises UnsupportedOpError for anything unmappable."""
     consts = _Constants(model)
@@ -183,11 +228,8 @@ def lower(model: onnx.ModelProto, target: str) -> LayerGraph:
         raise UnsupportedOpError(node.op_type, node.name or node.output[0], target,
                                  "FPGA designs take one input and one output")
     inp = graph_inputs[0]
-    current = inp.name
-    layers: list[Layer] = []
-    used: set[str] = set()
-    input_type: Fixed | None = None
-    pending_q: tuple[onnx.NodeProto, Fixed] | None = None
+    b = _Builder(model, target, inp.name)
+    quantizers: dict[str, tuple[onnx.NodeProto, Fixed, str]] = {}  # Q output -> (node, grid, x)
 
     for node in model.graph.node:
         if consts.fold(node, target):
@@ -197,126 +239,224 @@ def lower(model: onnx.ModelProto, target: str) -> LayerGraph:
         if node.op_type not in SUPPORTED_OPS:
             raise UnsupportedOpError(node.op_type, label, target,
                                      "the FPGA backend maps " + ", ".join(SUPPORTED_OPS))
-        if data_in != [current]:
+        unknown = [i for i in data_in if i not in b.producer and i not in quantizers]
+        if unknown:
             raise UnsupportedOpError(node.op_type, label, target,
-                                     "branching graphs are not supported (each node must take "
-                                     "the previous node's output as its only data input)")
-        op = node.op_type
-        a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
-        in_shape = _shape_of(model, current)[1:]
-        out_shape = _shape_of(model, node.output[0])[1:]
-        current = node.output[0]
-        if op in ("Identity", "Dropout"):
-            continue
-        if op == "QuantizeLinear":
-            scale = consts.get(node.input[1])
-            zero = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            dtype = zero.dtype if zero is not None else np.dtype(np.uint8)
-            pending_q = (node, _pow2_type(node, scale, zero, dtype, target))
-            continue
-        if op == "DequantizeLinear":
-            if pending_q is None:
-                raise UnsupportedOpError(op, label, target, "a DequantizeLinear on the data "
-                                         "path must follow a QuantizeLinear")
-            grid = pending_q[1]
-            pending_q = None
-            if layers:
-                layers[-1].out_type = grid
-            else:  # ties to even, as QuantizeLinear; the cast happens before the FPGA's port
-                input_type = replace(grid, rounding="RND_CONV")
-            continue
-        if pending_q is not None:
-            raise UnsupportedOpError(pending_q[0].op_type, pending_q[0].name, target,
-                                     "a QuantizeLinear must be followed by a DequantizeLinear")
-        name = _sanitize(label, used)
-        if op in ("Gemm", "MatMul"):
-            w_name = node.input[1]
-            w = consts.get(w_name).astype(np.float32)
-            if op == "MatMul" or not a.get("transB", 0):
-                w = w.T
-            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
-                raise UnsupportedOpError(op, label, target, "only transA=0, alpha=beta=1")
-            if len(in_shape) != 1:
-                raise UnsupportedOpError(op, label, target, "dense layers take flat inputs")
-            b = consts.get(node.input[2]).astype(np.float32) if len(node.input) > 2 \
-                and node.input[2] else None
-            layers.append(Layer(name, "dense", label, in_shape, out_shape, np.ascontiguousarray(w),
-                                b, {"weight_name": w_name}, consts.grids.get(w_name),
-                                bias_type=consts.grids.get(node.input[2]) if b is not None
-                                else None))
-        elif op == "Add":
-            prev = layers[-1] if layers else None
-            c = consts.get(node.input[1] if node.input[0] == data_in[0] else node.input[0])
-            if prev is None or prev.kind != "dense" or prev.bias is not None:
-                raise UnsupportedOpError(op, label, target,
-                                         "Add is mapped only as the bias of a MatMul")
-            prev.bias = np.broadcast_to(c, (prev.n_out,)).astype(np.float32).copy()
-            prev.out_shape = out_shape
-        elif op == "Conv":
-            if len(in_shape) != 3 or a.get("group", 1) != 1 or any(
-                    d != 1 for d in a.get("dilations", [1, 1])):
-                raise UnsupportedOpError(op, label, target,
-                                         "only 2D convolutions without groups or dilation")
-            pads = list(a.get("pads", [0, 0, 0, 0]))
-            if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or \
-                    pads[0] != pads[2] or pads[1] != pads[3]:
-                raise UnsupportedOpError(op, label, target, "only symmetric explicit padding")
-            w_name = node.input[1]
-            b = consts.get(node.input[2]).astype(np.float32) if len(node.input) > 2 \
-                and node.input[2] else None
-            layers.append(Layer(name, "conv2d", label, in_shape, out_shape,
-                                consts.get(w_name).astype(np.float32), b,
-                                {"stride": tuple(a.get("strides", [1, 1])),
-                                 "padding": (pads[0], pads[1]), "weight_name": w_name},
-                                weight_type=consts.grids.get(w_name)))
-        elif op == "BatchNormalization":
-            prev = layers[-1] if layers else None
-            if prev is None or prev.kind not in ("conv2d", "dense"):
-                raise UnsupportedOpError(op, label, target, "BatchNormalization is folded into "
-                                         "the Conv or Gemm before it, and there is none")
-            gamma, beta, mean, var = (consts.get(n).astype(np.float64) for n in node.input[1:5])
-            k = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
-            w = prev.weight.astype(np.float64) * k.reshape(-1, *([1] * (prev.weight.ndim - 1)))
-            b0 = prev.bias.astype(np.float64) if prev.bias is not None else 0.0
-            prev.weight = w.astype(np.float32)
-            prev.bias = ((b0 - mean) * k + beta).astype(np.float32)
-            prev.weight_type = prev.bias_type = None  # folding leaves the quantized grid
-            prev.node += f"+{label}"
-        elif op == "Relu":
-            layers.append(Layer(name, "relu", label, in_shape, out_shape))
-        elif op == "Softmax":
-            axis = a.get("axis", -1)
-            if len(out_shape) != 1 or axis not in (-1, 1):
-                raise UnsupportedOpError(op, label, target, "softmax over the last axis of a "
-                                         "flat tensor only")
-            layers.append(Layer(name, "softmax", label, in_shape, out_shape))
-        elif op in ("Flatten", "Reshape"):
-            if len(out_shape) != 1:
-                raise UnsupportedOpError(op, label, target, "only flattening to (N, features)")
-            if len(in_shape) > 1:
-                layers.append(Layer(name, "flatten", label, in_shape, out_shape))
-        elif op in ("MaxPool", "AveragePool", "GlobalAveragePool"):
-            if op == "GlobalAveragePool":
-                k = tuple(in_shape[1:])
-                s = k
-            else:
-                k = tuple(a.get("kernel_shape"))
-                s = tuple(a.get("strides", k))
-            if len(k) != 2 or k != s or any(a.get("pads", [0, 0, 0, 0])):
-                raise UnsupportedOpError(op, label, target,
-                                         "only 2D pooling with stride = kernel, no padding")
-            kind = "maxpool2d" if op == "MaxPool" else "avgpool2d"
-            layers.append(Layer(name, kind, label, in_shape, out_shape, attrs={"kernel": k}))
-    if current != model.graph.output[0].name:
-        raise UnsupportedOpError("(graph output)", model.graph.output[0].name, target,
-                                 "the graph output is not produced by the layer chain")
-    if not any(l.kind in ("dense", "conv2d") for l in layers):
+                                     f"its input '{unknown[0]}' comes from no mapped layer")
+        _lower_node(b, consts, quantizers, node, label, data_in)
+    for q, (node, _, _) in quantizers.items():
+        raise UnsupportedOpError(node.op_type, node.name or q, target,
+                                 "a QuantizeLinear must be followed by a DequantizeLinear")
+    out = model.graph.output[0].name
+    if out not in b.producer or not b.producer[out]:
+        raise UnsupportedOpError("(graph output)", out, target,
+                                 "the graph output is not produced by a mapped layer")
+    layers = b.layers
+    if not any(l.kind in WEIGHTED_KINDS for l in layers):
         raise UnsupportedOpError(model.graph.node[0].op_type, model.graph.node[0].name, target,
                                  "the model has no Gemm, MatMul or Conv to implement")
+    if layers[-1].name != b.producer[out]:
+        raise UnsupportedOpError("(graph output)", out, target,
+                                 "the graph output must be the last layer's")
+    dead = set(l.name for l in layers) - {i for l in layers for i in l.inputs} - {layers[-1].name}
+    if dead:
+        raise UnsupportedOpError("(graph output)", out, target,
+                                 f"layer '{sorted(dead)[0]}' feeds no output (FPGA designs "
+                                 "have one output)")
     meta = {p.key: p.value for p in model.metadata_props}
     compression = json.loads(meta["edgec.compression"]) if "edgec.compression" in meta else {}
     _apply_metadata(layers, compression)
-    return LayerGraph(inp.name, _shape_of(model, inp.name)[1:], input_type, layers, compression)
+    return LayerGraph(inp.name, _shape_of(model, inp.name)[1:], b.input_type, layers,
+                      compression)
+
+
+def _lower_node(b: _Builder, consts: _Constants, quantizers: dict, node: onnx.NodeProto,
+                label: str, data_in: list[str]) -> None:
+    target, model = b.target, b.model
+    op = node.op_type
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+    if op == "DequantizeLinear":
+        if not data_in or data_in[0] not in quantizers:
+            raise UnsupportedOpError(op, label, target, "a DequantizeLinear on the data "
+                                     "path must follow a QuantizeLinear")
+        q_node, grid, x = quantizers.pop(data_in[0])
+        src = b.producer[x]
+        layer = b.by_name(src)
+        if layer is None:  # ties to even, as QuantizeLinear; the cast is before the port
+            if b.input_type not in (None, replace(grid, rounding="RND_CONV")):
+                raise UnsupportedOpError(op, label, target, "the input is quantized twice "
+                                         "with different grids")
+            b.input_type = replace(grid, rounding="RND_CONV")
+        else:
+            if layer.out_type not in (None, grid):
+                raise UnsupportedOpError(op, label, target, f"layer '{layer.node}' is "
+                                         "quantized twice with different grids")
+            layer.out_type = grid
+        b.producer[node.output[0]] = src
+        return
+    if any(i in quantizers for i in data_in):
+        q = quantizers[next(i for i in data_in if i in quantizers)][0]
+        raise UnsupportedOpError(q.op_type, q.name, target,
+                                 "a QuantizeLinear must be followed by a DequantizeLinear")
+    if op == "QuantizeLinear":
+        scale = consts.get(node.input[1])
+        zero = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        dtype = zero.dtype if zero is not None else np.dtype(np.uint8)
+        quantizers[node.output[0]] = (node, _pow2_type(node, scale, zero, dtype, target),
+                                      data_in[0])
+        return
+    if op in ("Add", "Concat") and len(data_in) > 1:
+        _lower_merge(b, node, label, data_in, a)
+        return
+    if len(data_in) != 1:
+        raise UnsupportedOpError(op, label, target, f"{len(data_in)} data inputs; only Add "
+                                 "and Concat merge branches")
+    x = data_in[0]
+    src = b.producer[x]
+    in_shape = _shape_of(model, x)[1:]
+    out_shape = _shape_of(model, node.output[0])[1:]
+    if op in ("Identity", "Dropout"):
+        b.producer[node.output[0]] = src
+        return
+    name = _sanitize(label, b.used)
+    inputs = (src,)
+    if op in ("Gemm", "MatMul"):
+        w_name = node.input[1]
+        w = consts.get(w_name).astype(np.float32)
+        if op == "MatMul" or not a.get("transB", 0):
+            w = w.T
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            raise UnsupportedOpError(op, label, target, "only transA=0, alpha=beta=1")
+        if len(in_shape) != 1:
+            raise UnsupportedOpError(op, label, target, "dense layers take flat inputs")
+        bias = consts.get(node.input[2]).astype(np.float32) if len(node.input) > 2 \
+            and node.input[2] else None
+        b.add(Layer(name, "dense", label, in_shape, out_shape, np.ascontiguousarray(w), bias,
+                    {"weight_name": w_name}, consts.grids.get(w_name),
+                    bias_type=consts.grids.get(node.input[2]) if bias is not None else None,
+                    inputs=inputs), node.output[0])
+    elif op == "Add":  # with a constant: the bias of the MatMul before it
+        prev = b.by_name(src)
+        c = consts.get(node.input[1] if node.input[0] == x else node.input[0])
+        if prev is None or prev.kind != "dense" or prev.bias is not None \
+                or not b.sole_reader(x) or prev.out_type is not None:
+            raise UnsupportedOpError(op, label, target, "Add of a constant is mapped only as "
+                                     "the bias of a MatMul")
+        prev.bias = np.broadcast_to(c, (prev.n_out,)).astype(np.float32).copy()
+        prev.out_shape = out_shape
+        b.producer[node.output[0]] = src
+    elif op == "Conv":
+        _lower_conv(b, consts, node, label, a, name, in_shape, out_shape, inputs)
+    elif op == "BatchNormalization":
+        prev = b.by_name(src)
+        if prev is None or prev.kind not in WEIGHTED_KINDS or not b.sole_reader(x) \
+                or prev.out_type is not None:
+            raise UnsupportedOpError(op, label, target, "BatchNormalization is folded into "
+                                     "the Conv or Gemm before it, and there is none")
+        gamma, beta, mean, var = (consts.get(n).astype(np.float64) for n in node.input[1:5])
+        k = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
+        w = prev.weight.astype(np.float64) * k.reshape(-1, *([1] * (prev.weight.ndim - 1)))
+        b0 = prev.bias.astype(np.float64) if prev.bias is not None else 0.0
+        prev.weight = w.astype(np.float32)
+        prev.bias = ((b0 - mean) * k + beta).astype(np.float32)
+        prev.weight_type = prev.bias_type = None  # folding leaves the quantized grid
+        prev.node += f"+{label}"
+        b.producer[node.output[0]] = src
+    elif op in ("Relu", "Clip"):
+        kind = "relu"
+        if op == "Clip":
+            bounds = _clip_bounds(consts, node, a)
+            kind = CLIP_ACTIVATIONS.get(bounds)
+            if kind is None:
+                raise UnsupportedOpError(op, label, target, f"bounds {list(bounds)}: hls4ml "
+                                         "has activations for Clip(0, 6) (ReLU6), Clip(0, 1) "
+                                         "and Clip(0, inf) (ReLU) only")
+        b.add(Layer(name, kind, label, in_shape, out_shape, inputs=inputs), node.output[0])
+    elif op == "Softmax":
+        axis = a.get("axis", -1)
+        if len(out_shape) != 1 or axis not in (-1, 1):
+            raise UnsupportedOpError(op, label, target, "softmax over the last axis of a "
+                                     "flat tensor only")
+        b.add(Layer(name, "softmax", label, in_shape, out_shape, inputs=inputs), node.output[0])
+    elif op in ("Flatten", "Reshape"):
+        if len(out_shape) != 1:
+            raise UnsupportedOpError(op, label, target, "only flattening to (N, features)")
+        if len(in_shape) > 1:
+            b.add(Layer(name, "flatten", label, in_shape, out_shape, inputs=inputs),
+                  node.output[0])
+        else:
+            b.producer[node.output[0]] = src
+    elif op in ("MaxPool", "AveragePool", "GlobalAveragePool"):
+        if op == "GlobalAveragePool":
+            k = tuple(in_shape[1:])
+            st = k
+        else:
+            k = tuple(a.get("kernel_shape"))
+            st = tuple(a.get("strides", k))
+        if len(k) != 2 or k != st or any(a.get("pads", [0, 0, 0, 0])):
+            raise UnsupportedOpError(op, label, target,
+                                     "only 2D pooling with stride = kernel, no padding")
+        kind = "maxpool2d" if op == "MaxPool" else "avgpool2d"
+        b.add(Layer(name, kind, label, in_shape, out_shape, attrs={"kernel": k},
+                    inputs=inputs), node.output[0])
+
+
+def _lower_conv(b, consts, node, label, a, name, in_shape, out_shape, inputs) -> None:
+    target, op = b.target, node.op_type
+    rank = len(in_shape) - 1
+    if rank not in (1, 2):
+        raise UnsupportedOpError(op, label, target, "only 1D and 2D convolutions")
+    if a.get("group", 1) != 1:
+        raise UnsupportedOpError(op, label, target, f"group={a['group']}: hls4ml 1.3's "
+                                 "PyTorch front end builds grouped and depthwise convolutions "
+                                 "as full ones (it ignores groups), so edgec does not map them")
+    if any(d != 1 for d in a.get("dilations", [1] * rank)):
+        raise UnsupportedOpError(op, label, target, "dilated convolutions are not mapped")
+    pads = list(a.get("pads", [0] * 2 * rank))
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or \
+            pads[:rank] != pads[rank:]:
+        raise UnsupportedOpError(op, label, target, "only symmetric explicit padding")
+    w_name = node.input[1]
+    bias = consts.get(node.input[2]).astype(np.float32) if len(node.input) > 2 \
+        and node.input[2] else None
+    b.add(Layer(name, "conv2d" if rank == 2 else "conv1d", label, in_shape, out_shape,
+                consts.get(w_name).astype(np.float32), bias,
+                {"stride": tuple(a.get("strides", [1] * rank)), "padding": tuple(pads[:rank]),
+                 "weight_name": w_name},
+                weight_type=consts.grids.get(w_name), inputs=inputs), node.output[0])
+
+
+def _lower_merge(b: _Builder, node, label, data_in, a) -> None:
+    """Add of two branches (hls4ml Merge) or Concat (pairwise: hls4ml merges two at a time)."""
+    target, model = b.target, b.model
+    shapes = [_shape_of(model, i)[1:] for i in data_in]
+    out_shape = _shape_of(model, node.output[0])[1:]
+    srcs = [b.producer[i] for i in data_in]
+    if "" in srcs:
+        raise UnsupportedOpError(node.op_type, label, target, "the graph input feeds a merge "
+                                 "directly; hls4ml merges layer outputs")
+    if node.op_type == "Add":
+        if len(data_in) != 2 or shapes[0] != shapes[1]:
+            raise UnsupportedOpError(node.op_type, label, target, "Add of two tensors of one "
+                                     f"shape only (got {shapes}; hls4ml's Merge does not "
+                                     "broadcast)")
+        name = _sanitize(label, b.used)
+        b.add(Layer(name, "add", label, shapes[0], out_shape, inputs=tuple(srcs)),
+              node.output[0])
+        return
+    rank = len(out_shape) + 1
+    axis = a.get("axis", 1)
+    axis = axis + rank if axis < 0 else axis
+    if axis != 1 or rank > 4:
+        raise UnsupportedOpError(node.op_type, label, target, "Concat along the channel axis "
+                                 "(axis 1) of tensors of rank <= 4 only")
+    left, left_shape = srcs[0], shapes[0]
+    for k, (src, shape) in enumerate(zip(srcs[1:], shapes[1:])):
+        joined = (left_shape[0] + shape[0],) + tuple(left_shape[1:])
+        name = _sanitize(label if k == 0 else f"{label}_{k}", b.used)
+        b.add(Layer(name, "concat", label, left_shape, joined, attrs={"axis": 1},
+                    inputs=(left, src)), node.output[0])
+        left, left_shape = name, joined
 
 
 def _apply_metadata(layers: list[Layer], compression: dict) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from toolchain.errors import ConfigError
 
 from .config import FpgaConfig
-from .lower import Layer, LayerGraph
+from .lower import WEIGHTED_KINDS, Layer, LayerGraph
 from .precision import Fixed, accumulator, fit_values, integer_bits_for
 
 
@@ -36,7 +36,7 @@ class PlannedLayer:
 
     @property
     def has_weights(self) -> bool:
-        return self.layer.kind in ("dense", "conv2d")
+        return self.layer.kind in WEIGHTED_KINDS
 
     def quantized_weight(self) -> np.ndarray:
         return self.weight_type.cast(self.layer.weight)
@@ -79,14 +79,15 @@ def assign_types(graph: LayerGraph, cfg: FpgaConfig) -> Design:
     default = cfg.default_precision
     _move_quantizers_before_flatten(graph.layers)
     quantized = graph.input_type is not None or any(l.out_type for l in graph.layers)
-    x = graph.input_type or default
+    types: dict[str, Fixed] = {"": graph.input_type or default}  # layer name -> result type
     planned: list[PlannedLayer] = []
     for i, layer in enumerate(graph.layers):
         kind = layer.kind
+        x = types[layer.inputs[0]]
         # In a QDQ model, values stay exact until the next quantizer rounds them, once, as
         # onnxruntime does; float models round every result to the default precision.
         exact = layer.out_type is None and quantized and _quantizer_follows(graph.layers, i)
-        if kind in ("dense", "conv2d"):
+        if kind in WEIGHTED_KINDS:
             w_t = layer.weight_type or fit_values(layer.weight, default.width)
             if layer.bias is None:
                 b_t = Fixed(2, 1)
@@ -101,6 +102,17 @@ def assign_types(graph: LayerGraph, cfg: FpgaConfig) -> Design:
         elif kind == "relu":  # without a quantizer: the non-negative part, exactly
             out = layer.out_type or Fixed(max(x.width - 1, 1), max(x.integer - 1, 0), False)
             planned.append(PlannedLayer(layer, x, out))
+        elif kind in ("relu6", "relu1"):  # [0, 6] needs 3 integer bits, [0, 1] one
+            top = 3 if kind == "relu6" else 1
+            integer = min(max(x.integer - 1, 0), top) if x.signed else min(x.integer, top)
+            out = layer.out_type or Fixed(max(integer + x.frac, 1), integer, False)
+            planned.append(PlannedLayer(layer, x, out))
+        elif kind in ("add", "concat"):
+            ins = [types[n] for n in layer.inputs]
+            union = _union(ins, grow=1 if kind == "add" else 0)
+            # a concat passes values through; a sum rounds like a dense layer's result
+            out = layer.out_type or (union if exact or kind == "concat" else default)
+            planned.append(PlannedLayer(layer, union, out))
         elif kind == "softmax":
             out = layer.out_type or Fixed(default.width, 1, False)
             planned.append(PlannedLayer(layer, x, out))
@@ -113,28 +125,41 @@ def assign_types(graph: LayerGraph, cfg: FpgaConfig) -> Design:
             planned.append(PlannedLayer(layer, x, out, accum_type=acc))
         else:  # flatten, maxpool2d: values pass through unchanged
             planned.append(PlannedLayer(layer, x, layer.out_type or x))
-        x = planned[-1].result_type
+        types[layer.name] = planned[-1].result_type
     return Design(graph, graph.input_type or default, planned)
 
 
-_VALUE_PRESERVING = ("relu", "maxpool2d", "avgpool2d", "flatten")
+def _union(types: list[Fixed], grow: int) -> Fixed:
+    """A type holding every value of ``types`` exactly (``grow`` more integer bits: a sum)."""
+    signed = any(t.signed for t in types)
+    # an unsigned type needs one more integer bit beside a signed one
+    integer = max(t.integer + (1 if signed and not t.signed else 0) for t in types) + grow
+    frac = max(t.frac for t in types)
+    return Fixed(integer + frac, integer, signed)
+
+
+_VALUE_PRESERVING = ("relu", "relu6", "relu1", "maxpool2d", "avgpool2d", "flatten")
 
 
 def _quantizer_follows(layers: list[Layer], i: int) -> bool:
-    """Whether a Q/DQ grid comes after layer i with only ReLU/pooling/flatten in between."""
-    for later in layers[i + 1:]:
-        if later.kind not in _VALUE_PRESERVING:
+    """Whether a Q/DQ grid comes after layer i with only ReLU/pooling/flatten in between (and
+    no branch: every layer on the way has one reader)."""
+    name = layers[i].name
+    while True:
+        readers = [l for l in layers if name in l.inputs]
+        if len(readers) != 1 or readers[0].kind not in _VALUE_PRESERVING:
             return False
-        if later.out_type is not None:
+        if readers[0].out_type is not None:
             return True
-    return False
+        name = readers[0].name
 
 
 def _move_quantizers_before_flatten(layers: list[Layer]) -> None:
     """hls4ml's Flatten casts nothing, so a grid after it goes to the layer before it."""
-    for i, layer in enumerate(layers):
-        if layer.kind == "flatten" and layer.out_type is not None and i > 0:
-            prev = layers[i - 1]
+    by_name = {l.name: l for l in layers}
+    for layer in layers:
+        if layer.kind == "flatten" and layer.out_type is not None and layer.inputs[0]:
+            prev = by_name[layer.inputs[0]]
             if prev.out_type is None or prev.out_type == layer.out_type:
                 prev.out_type, layer.out_type = layer.out_type, None
 

@@ -135,7 +135,7 @@ def compile_folder(args) -> dict:
             "outputs": [s.to_json() for s in output_specs(model)],
             "tolerance": report.get("tolerance", 1e-4),
             # quantized outputs: onnxruntime and the artifact may differ by one step
-            "output_steps": output_steps(model),
+            "output_steps": report.get("output_steps", output_steps(model)),
             "options": _options_json(args),
             **({"lm": report["lm"]} if "lm" in report else {}),  # a language model
         }
