@@ -110,8 +110,9 @@ PIPELINES: dict[str, tuple[tuple[str, Stage], ...]] = {
             ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
     "cpu-int": (("simplify", simplify_integer), ("kv_cache", kv_cache), ("legalize", legalize),
                 ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
-    "cpu-int8-act": (("simplify", simplify_int8_activations), ("legalize", legalize),
-                     ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
+    "cpu-int8-act": (("simplify", simplify_int8_activations), ("kv_cache", kv_cache),
+                     ("legalize", legalize), ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir),
+                     ("schedule", cpu_schedule)),
     "cpu-nofuse": (("simplify", simplify), ("kv_cache", kv_cache), ("legalize", legalize),
                    ("schedule", cpu_schedule)),
 }
