@@ -53,6 +53,19 @@ def test_contract_recognised_and_half_contracts_refused(tiny, small_cnn):
         lm_contract(broken)
 
 
+def test_cache_read_elsewhere_is_a_one_line_error(tiny, tmp_path, capsys):
+    from onnx import helper
+
+    m = onnx.load(str(tiny["elements"]))  # the past cache is read by another node too
+    m.graph.node.append(helper.make_node("ReduceSum", ["past_key_0"], ["extra"], keepdims=0))
+    m.graph.output.append(helper.make_tensor_value_info("extra", onnx.TensorProto.FLOAT, []))
+    onnx.save(m, str(tmp_path / "bad.onnx"))
+    assert main(["compile", str(tmp_path / "bad.onnx"), "-t", "host", "-o",
+                 str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "past_key_0 are read by more than the node" in err and "Traceback" not in err
+
+
 def test_cache_is_updated_in_place_and_never_shares_memory(tiny):
     from toolchain.onnx_io import fix_input_shapes, input_specs, load_model, output_specs
     from toolchain.optimizer.frontend import import_onnx

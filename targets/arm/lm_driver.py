@@ -357,7 +357,10 @@ static int lm_main(int argc, char **argv) {
       if (rc) { if (lf) fclose(lf); return lm_fail(rc); }
     }
   }
-  if (lf && fclose(lf) != 0) { fprintf(stderr, "model: cannot write %s\\n", logits_path); return 2; }
+  if (lf && fclose(lf) != 0) {
+    fprintf(stderr, "model: cannot write %s\\n", logits_path);
+    return 2;
+  }
   if (!as_ids) putchar('\\n');
   printf("prefill %.1f tokens/s (%zu tokens), decode %.1f tokens/s (%d tokens)\\n",
          t_prefill > 0 ? len * 1e3 / t_prefill : 0.0, len,

@@ -204,7 +204,12 @@ def _uses(func) -> dict:
 
 def _make_pass():
     import tvm
+    import tvm_ffi
     from tvm import relax
+
+    # A ModelError raised inside the pass crosses TVM's FFI: registered, it comes back as
+    # itself (a one-line error) instead of a RuntimeError with a traceback.
+    tvm_ffi.register_error(ModelError)
 
     @relax.expr_functor.mutator
     class _Rewrite(relax.PyExprMutator):
