@@ -4,6 +4,7 @@ no labels = calibration and pruning only; one-line errors for bad data."""
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 
 import numpy as np
@@ -207,3 +208,115 @@ def test_bad_data_reference(user, ref, message):
 def test_a_model_file_needs_data(user, capsys):
     assert main(["compress", "net.pt", "--quantize", "int8", "-o", "x.onnx"]) != 0
     assert "give its data with --data" in capsys.readouterr().err
+
+
+class _Sensor(nn.Module):
+    """Conv1d, a residual add and a transposed conv: edgec's own quantizer refuses them."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn = nn.Conv1d(3, 8, 5, padding=2), nn.BatchNorm1d(8)
+        self.c2 = nn.Conv1d(8, 8, 3, padding=1)
+        self.up, self.fc = nn.ConvTranspose1d(8, 4, 2, stride=2), nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.c1(x)))
+        y = torch.relu(self.c2(y)) + y
+        return self.fc(torch.relu(self.up(y)).mean(2))
+
+
+@pytest.fixture
+def sensor(tmp_path):
+    torch.manual_seed(0)
+    torch.save(_Sensor().eval(), tmp_path / "sensor.pt")
+    x = np.random.default_rng(0).standard_normal((60, 3, 32)).astype(np.float32)
+    np.savez(tmp_path / "sensor.npz", x=x)
+    return tmp_path
+
+
+def _compress_sensor(folder, *extra):
+    out = folder / "s.onnx"
+    assert main(["compress", str(folder / "sensor.pt"), "--module-path", str(folder.parent),
+                 "--data", str(folder / "sensor.npz"), "--prune", "0.5", "--quantize", "int8",
+                 *extra, "-o", str(out)]) == 0
+    return out
+
+
+def test_torchao_quantizes_what_edgecs_quantizer_refuses(sensor, monkeypatch):
+    monkeypatch.setitem(sys.modules, __name__, sys.modules[__name__])
+    out = _compress_sensor(sensor)
+    r = _report(out)
+    quant = r["steps"][1]
+    assert quant["after"]["bytes"] < 0.35 * quant["before"]["bytes"]  # int8 weights
+    assert r["export"]["quantized"] and r["export"]["max_abs_error"] <= r["export"]["tolerance"]
+    proto = onnx.load(str(out))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    inits = {t.name: t for t in proto.graph.initializer}
+    layers = metadata_of(proto)["layers"]
+    for op in ("Conv", "ConvTranspose", "Gemm"):
+        nodes = [n for n in proto.graph.node if n.op_type == op]
+        assert nodes
+        for n in nodes:
+            dq = producer[n.input[1]]
+            assert dq.op_type == "DequantizeLinear"
+            assert inits[dq.input[0]].data_type == onnx.TensorProto.INT8
+            assert producer[n.input[0]].op_type == "DequantizeLinear"  # quantized activation
+            entry = layers[n.name]
+            assert entry["weight_bits"] == 8 and entry["act_bits"] == 8
+            assert entry["weight_axis"] == (1 if op == "ConvTranspose" else 0)
+    # the pruned zeros survive torchao's conversion
+    assert min(e["sparsity"] for e in layers.values()) >= 0.45
+
+
+def test_edgec_quantizer_still_refuses_when_asked(sensor, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, __name__, sys.modules[__name__])
+    rc = main(["compress", str(sensor / "sensor.pt"), "--data", str(sensor / "sensor.npz"),
+               "--quantize", "int8", "--quantizer", "edgec", "-o", str(sensor / "x.onnx")])
+    assert rc != 0 and "unsupported op 'Conv1d' in node 'c1'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchao_quantized_sensor_net_compiles_and_verifies(sensor, monkeypatch):
+    monkeypatch.setitem(sys.modules, __name__, sys.modules[__name__])
+    out = _compress_sensor(sensor)
+    for target in ("host", "arm-a72"):
+        folder = sensor / target
+        assert main(["compile", str(out), "-t", target, "-o", str(folder)]) == 0
+        assert main(["verify", str(folder)]) == 0
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.b1, self.bn = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        y = torch.relu(y + self.dw(torch.relu(self.bn(self.b1(y)))))  # residual + depthwise
+        return self.fc(y.mean((2, 3)))
+
+
+def test_structured_pruning_goes_through_residual_adds(tmp_path):
+    """The fx remover must leave stem and dw alone (they feed the Add): torch-pruning's
+    dependency graph shrinks both sides of the residual together."""
+    from toolchain.compress import PruneChannels, Quantize, compress, export_onnx
+    from toolchain.compress.channels import find_groups
+
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    x = np.random.default_rng(0).standard_normal((40, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    ctx = load_data(str(tmp_path / "d.npz"))
+    assert find_groups(model, x)[1]  # the fx remover skips the residual producers
+    small, report = compress(model, [PruneChannels(0.5, epochs=0), Quantize("int8")], ctx)
+    assert small.stem.out_channels == small.dw.out_channels == small.fc.in_features == 8
+    assert small.b1.out_channels == 8  # (its batchnorm, also 8, is folded by quantize)
+    assert small.fc.out_features == 5  # the output layer keeps its outputs
+    assert report.steps[0].after.params < 0.35 * report.initial.params
+    res = export_onnx(small, tmp_path / "r.onnx", ctx.X_test)
+    assert res.quantized and res.max_abs_error <= res.tolerance
+    with pytest.raises(Exception, match="no layer can lose channels"):
+        compress(model, [PruneChannels(0.5, epochs=0, engine="fx")], ctx)

@@ -91,6 +91,9 @@ def register_compress(sub) -> None:
                    help="remove this fraction of the channels / neurons of each prunable layer")
     p.add_argument("--quantize", metavar="MODE", help="int8, int4 or fixed<W,I> (e.g. fixed<8,3>)")
     p.add_argument("--calibration", default="minmax", help="minmax, percentile or histogram")
+    p.add_argument("--quantizer", default="auto",
+                   help="auto (default: edgec's own; torchao's PT2E flow for Conv1d / "
+                        "ConvTranspose, which edgec's refuses), edgec, or torchao (int8 PTQ)")
     p.add_argument("--qat-epochs", type=int, default=0,
                    help="quantization-aware fine-tuning epochs after calibration")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs after prune / lowrank steps "
@@ -160,7 +163,8 @@ def build_steps(args, teacher=None, teacher_name: str | None = None,
         wanted["prune"] = Prune(args.prune, scope=args.prune_scope, **extra)
     if args.quantize is not None:
         wanted["quantize"] = Quantize(args.quantize, calibration=args.calibration,
-                                      qat_epochs=args.qat_epochs)
+                                      qat_epochs=args.qat_epochs,
+                                      quantizer=getattr(args, "quantizer", "auto"))
     order = _order(args.steps)
     missing = [s for s in wanted if s not in order]
     if missing:

@@ -9,7 +9,9 @@ A group starts at a Conv2d (groups=1) or Linear (the producer) and follows its o
 ops that keep channels separate (batchnorm, activations, pooling, dropout, depthwise convs,
 flatten) to the next Conv2d / Linear (the consumer). A producer whose output reaches anything
 else (an add, a concat, a reshape, the model output) is left alone: its channel count is fixed
-by that op. Channels are ranked by the L1 norm of the producer's weights times the |scale| of
+by that op. When that happens (or fx cannot trace the model), ``engine="auto"`` hands the
+model to torch-pruning's dependency graph instead (``tp_channels.py``), which prunes through
+residual adds, concats, depthwise groups and attention. Channels are ranked by the L1 norm of the producer's weights times the |scale| of
 the batchnorm that follows, if any.
 """
 
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from toolchain.compress import tp_channels
 from toolchain.compress.quantize import check_supported, is_quantized
 from toolchain.errors import ConfigError, UnsupportedOpError
 from toolchain.compress.finetune import finetune, labels_needed
@@ -32,6 +35,7 @@ from toolchain.models.train import MASK, Recipe
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("auto", "fx", "torch-pruning")
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU,
                  nn.Hardswish, nn.Dropout, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
                  nn.AdaptiveAvgPool2d)
@@ -193,13 +197,22 @@ class PruneChannels:
     name: ClassVar[str] = "prune-channels"
     fraction: float = 0.5
     epochs: int = 15
+    # auto: the fx remover below, or torch-pruning (tp_channels.py) when the fx remover has to
+    # leave a layer alone (residual add, concat, attention) or cannot trace the model
+    engine: str = "auto"
 
     def __post_init__(self):
         if not isinstance(self.fraction, (int, float)) or not 0.0 < self.fraction < 1.0:
             raise ConfigError(f"prune-channels fraction must be in (0, 1), got {self.fraction}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown prune-channels engine '{self.engine}'; use "
+                              f"{', '.join(ENGINES)}")
 
     def to_json(self) -> dict:
-        return {"step": self.name, "fraction": self.fraction, "epochs": self.epochs}
+        out = {"step": self.name, "fraction": self.fraction, "epochs": self.epochs}
+        if self.engine != "auto":
+            out["engine"] = self.engine
+        return out
 
     def labels_needed(self, ctx) -> None:
         if self.epochs:
@@ -210,7 +223,20 @@ class PruneChannels:
         if is_quantized(model):
             raise ConfigError("prune-channels must come before quantize")
         model.eval()
-        groups, skipped = find_groups(model, ctx.X_train)
+        masked = any(hasattr(m, MASK) for m in model.modules())
+        try:
+            groups, skipped = find_groups(model, ctx.X_train)
+        except UnsupportedOpError:
+            if self.engine == "fx" or masked or not tp_channels.available():
+                raise
+            groups, skipped = [], ["the model does not trace with torch.fx"]
+        # (a layer that produces the model output keeps its outputs either way)
+        blocked = [line for line in skipped if not line.endswith("(model output)")]
+        if self.engine == "torch-pruning" or (self.engine == "auto" and blocked and not masked
+                                              and tp_channels.available()):
+            # residual adds, concats, attention: torch-pruning's dependency graph
+            tp_channels.prune_channels(model, ctx.X_train, self.fraction)
+            return self._finetune(model, ctx)
         if not groups:
             detail = "; ".join(skipped) if skipped else "no Conv2d or Linear layer"
             raise UnsupportedOpError("prune-channels", type(model).__name__, self.name,
@@ -222,6 +248,9 @@ class PruneChannels:
             keep = torch.sort(torch.topk(_scores(model, g), k).indices).values
             shrink(model, g, keep)
             log.info("prune-channels: %s %d -> %d", g.producer, g.channels, k)
+        return self._finetune(model, ctx)
+
+    def _finetune(self, model: nn.Module, ctx) -> nn.Module:
         if self.epochs:
             finetune(model, ctx,
                      Recipe(epochs=self.epochs, lr=ctx.finetune_lr, batch=ctx.batch, seed=ctx.seed))

@@ -107,7 +107,7 @@ class Metric:
             except (TypeError, ValueError):
                 raise ConfigError(f"metric {self.name} returned a {type(value).__name__}, "
                                   "not a number") from None
-        return round(self.fn(outputs, labels, reference), 6)
+        return float(f"{self.fn(outputs, labels, reference):.6g}")  # 6 significant digits
 
 
 BUILTIN = {

@@ -50,6 +50,7 @@ from torch import nn
 from toolchain.compress.quantize import (FLOAT_CLASS, QuantLayer, dequantize_in_place,
                                          fold_batchnorm, no_fastpath, output_quant,
                                          weight_qparams)
+from toolchain.compress.pt2e import PT2EQuantized, export_proto, layers_from_graph
 from toolchain.errors import ConfigError, ModelError, VerificationError
 from toolchain.onnx_io import save_model
 from toolchain.outdir import staged_file
@@ -338,11 +339,15 @@ def _export(model, path, example_input, steps, mode, input_name, output_name, ba
     model.eval()
     with torch.no_grad():
         ref = model(x).numpy()
-    dep, layers, out_info = _deployable(model)
     if batch is not None and batch < 1:
         raise ConfigError(f"export batch must be >= 1 (or None for dynamic), got {batch}")
-    proto = _torch_export(dep, x, input_name, output_name, batch)
-    _rewrite(proto, layers, out_info, output_name)
+    if isinstance(model, PT2EQuantized):  # torchao's graph: QDQ written by its own symbolics
+        proto = export_proto(model, x, input_name, output_name, batch, OPSET)
+        layers, out_info = layers_from_graph(proto), None
+    else:
+        dep, layers, out_info = _deployable(model)
+        proto = _torch_export(dep, x, input_name, output_name, batch)
+        _rewrite(proto, layers, out_info, output_name)
     quantized = any(i["weight_bits"] is not None for i in layers.values())
     meta = {"format": 1, "steps": list(steps), "quantization": mode or {"mode": "float"},
             "layers": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
@@ -365,6 +370,9 @@ def _export(model, path, example_input, steps, mode, input_name, output_name, ba
     if quantized and out_info is not None:
         step = float(out_info["act_scale"])
         tol = step * 1.0001
+    elif quantized:  # torchao: float output after the last dequantized layer; QDQ as written
+        step = None
+        tol = FLOAT_TOLERANCE * max(float(ref.max() - ref.min()), 1.0)
     else:
         step = None
         tol = FLOAT_TOLERANCE * max(float(ref.max() - ref.min()), 1.0)

@@ -70,14 +70,54 @@ def count_macs(model: nn.Module, example: np.ndarray) -> tuple[int, int]:
     return int(totals[0]), int(round(totals[1]))
 
 
+def _graph_macs(model: nn.Module, example: np.ndarray) -> int:
+    """MACs of a model with no Conv2d / Linear modules (a torch.export program), from torch's
+    FLOP counter on its aten ops (2 FLOPs per multiply-accumulate)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.tensor(np.asarray(example[:1])))
+    return int(counter.get_total_flops() // 2)
+
+
+# layers count_macs does not know: their models are counted by torch's FLOP counter instead
+_OTHER_LAYERS = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                 nn.ConvTranspose3d, nn.MultiheadAttention)
+
+
+def _program_tensors(program: nn.Module):
+    """(tensor, bits) the graph of a torch.export / torchao program reads: its parameters,
+    and torchao's int8 weights (buffers); scales and zero points are left out."""
+    params, bufs = dict(program.named_parameters()), dict(program.named_buffers())
+    for node in program.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        if node.target in params:
+            yield params[node.target].detach(), 32
+        elif node.target in bufs and bufs[node.target].dtype == torch.int8:
+            yield bufs[node.target], 8
+
+
 def model_stats(model: nn.Module, example: np.ndarray) -> ModelStats:
     params = nonzeros = 0
     nbytes = 0.0
+    program = getattr(model, "program", None)
+    if program is not None and hasattr(program, "graph"):  # a torch.export / torchao program
+        for t, bits in _program_tensors(program):
+            params += t.numel()
+            nonzeros += int((t != 0).sum())
+            nbytes += t.numel() * bits / 8
+        macs = _graph_macs(model, example)
+        return ModelStats(params, nonzeros, macs, macs, int(np.ceil(nbytes)))
     for m in model.modules():
         for pname, p in m.named_parameters(recurse=False):
             params += p.numel()
             nonzeros += int((p.detach() != 0).sum())
             bits = m.weight_bits if isinstance(m, QuantLayer) and pname == "weight" else 32
             nbytes += p.numel() * bits / 8
+    if any(isinstance(m, _OTHER_LAYERS) for m in model.modules()):
+        macs = _graph_macs(model, example)
+        return ModelStats(params, nonzeros, macs, macs, int(np.ceil(nbytes)))
     macs, macs_nz = count_macs(model, example)
     return ModelStats(params, nonzeros, macs, macs_nz, int(np.ceil(nbytes)))

@@ -1,6 +1,6 @@
-"""Prune: unstructured magnitude pruning of Conv2d / Linear weights, with fine-tuning.
+"""Prune: unstructured magnitude pruning of convolution / Linear weights, with fine-tuning.
 
-Before: any model with Conv2d or Linear layers. After: the same model in which a fraction
+Before: any model with Conv1d/2d/3d, ConvTranspose or Linear layers. After: the same model in which a fraction
 ``sparsity`` of those weights are exactly zero, either in every layer (``scope="layer"``) or
 over all layers together (``scope="global"``: smaller-magnitude layers lose more). The masks are
 computed by ``torch.nn.utils.prune`` (L1Unstructured), reached in ``rounds`` equal steps with
@@ -27,8 +27,13 @@ log = logging.getLogger(__name__)
 SCOPES = ("layer", "global")
 
 
+# magnitude pruning only needs a weight tensor: every convolution kind and Linear
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+            nn.ConvTranspose3d, nn.Linear)
+
+
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
 
 
 def weight_sparsity(model: nn.Module) -> float:
@@ -74,7 +79,7 @@ class Prune:
             labels_needed(ctx, self.name, f"fine-tuning ({self.epochs} epochs per round)")
 
     def apply(self, model: nn.Module, ctx) -> nn.Module:
-        check_supported(model, self.name)
+        check_supported(model, self.name, PRUNABLE)
         layers = [m for _, m in prunable_layers(model)]
         if not layers:
             raise UnsupportedOpError("none", type(model).__name__, self.name,

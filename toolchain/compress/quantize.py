@@ -48,6 +48,9 @@ from toolchain.models.train import Recipe
 log = logging.getLogger(__name__)
 
 CALIBRATIONS = ("minmax", "percentile", "histogram")
+QUANTIZERS = ("auto", "edgec", "torchao")
+# layers edgec's quantizer refuses that torchao's PT2E x86 quantizer takes (--quantizer auto)
+TORCHAO_TAKES = ("Conv1d", "ConvTranspose1d", "ConvTranspose2d", "Conv3d")
 # Layers with weights that no step knows how to quantize; norms stay float on purpose.
 _FLOAT_OK = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 # Layers every step leaves as they are (float, dense): embedding tables, and attention's packed
@@ -306,8 +309,9 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
-def check_supported(model: nn.Module, step: str) -> None:
-    """UnsupportedOpError for a layer with weights that ``step`` cannot handle."""
+def check_supported(model: nn.Module, step: str, also: tuple = ()) -> None:
+    """UnsupportedOpError for a layer with weights that ``step`` cannot handle (``also``:
+    further layer types this step takes)."""
     from toolchain.compress.program import ExportedProgramModule
 
     if isinstance(model, ExportedProgramModule):
@@ -316,7 +320,7 @@ def check_supported(model: nn.Module, step: str) -> None:
                                  "nn.Conv2d layers to compress; give the model as "
                                  "file.py:ClassName with --weights, or as a pickled .pt")
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear) + _FLOAT_OK + _KEPT) \
+        if isinstance(m, (nn.Conv2d, nn.Linear) + _FLOAT_OK + _KEPT + tuple(also)) \
                 or not list(m.parameters(False)):
             if isinstance(m, nn.Conv2d) and (m.padding_mode != "zeros"):
                 raise UnsupportedOpError(type(m).__name__, name, step,
@@ -337,9 +341,13 @@ class Quantize:
     percentile: float = 99.99
     calibration_samples: int = 512
     qat_epochs: int = 0
+    quantizer: str = "auto"  # edgec | torchao | auto (torchao for layers edgec's refuses)
 
     def __post_init__(self):
         parse_mode(self.mode)
+        if self.quantizer not in QUANTIZERS:
+            raise ConfigError(f"unknown quantizer '{self.quantizer}'; use "
+                              f"{', '.join(QUANTIZERS)}")
         if self.calibration not in CALIBRATIONS:
             raise ConfigError(f"unknown calibration '{self.calibration}'; "
                               f"use one of {', '.join(CALIBRATIONS)}")
@@ -349,8 +357,28 @@ class Quantize:
             raise ConfigError("qat_epochs must be >= 0 and calibration_samples >= 1")
 
     def to_json(self) -> dict:
-        return {"step": self.name, "mode": self.mode, "calibration": self.calibration,
-                "percentile": self.percentile, "qat_epochs": self.qat_epochs}
+        out = {"step": self.name, "mode": self.mode, "calibration": self.calibration,
+               "percentile": self.percentile, "qat_epochs": self.qat_epochs}
+        if self.quantizer != "auto":
+            out["quantizer"] = self.quantizer
+        return out
+
+    def _torchao(self, model: nn.Module, ctx, spec: QuantSpec) -> nn.Module:
+        from toolchain.compress.pt2e import quantize_pt2e
+
+        try:
+            import torchao  # noqa: F401
+        except ImportError:
+            raise ConfigError("quantize: this model needs torchao's PT2E quantizer, which is not "
+                              "installed: pip install torchao==0.18.0") from None
+
+        if spec.mode != "int8" or self.qat_epochs:
+            raise UnsupportedOpError(type(model).__name__, "model", self.name,
+                                     "the torchao path (for layers edgec's quantizer refuses) "
+                                     "does int8 post-training quantization only")
+        model.eval()
+        log.info("quantize: folded %d batchnorm layer(s)", fold_batchnorm(model))
+        return quantize_pt2e(model, ctx.X_train, self.calibration_samples)
 
     def labels_needed(self, ctx) -> None:
         from toolchain.compress.finetune import labels_needed
@@ -361,9 +389,17 @@ class Quantize:
 
     def apply(self, model: nn.Module, ctx) -> nn.Module:
         spec = parse_mode(self.mode)
-        if is_quantized(model):
+        if is_quantized(model) or getattr(model, "weight_bits", None):
             raise ConfigError("quantize: the model is already quantized (one quantize step only)")
-        check_supported(model, self.name)
+        if self.quantizer == "torchao":
+            return self._torchao(model, ctx, spec)
+        try:
+            check_supported(model, self.name)
+        except UnsupportedOpError as exc:
+            if self.quantizer == "auto" and exc.op_type in TORCHAO_TAKES:
+                log.info("quantize: %s; quantizing with torchao's PT2E flow instead", exc)
+                return self._torchao(model, ctx, spec)
+            raise
         model.eval()
         log.info("quantize: folded %d batchnorm layer(s)", fold_batchnorm(model))
         frac = spec.fixed[0] - spec.fixed[1] if spec.fixed else None
