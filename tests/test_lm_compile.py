@@ -53,6 +53,21 @@ def test_contract_recognised_and_half_contracts_refused(tiny, small_cnn):
         lm_contract(broken)
 
 
+def test_windowed_prefill_graph_generates_what_the_step_graph_does(tiny):
+    """The S=4 graph, fed as the driver feeds it (padded windows, the window moved back to
+    T - S near the end of the context), gives the S=1 graph's tokens and logits (same weights)."""
+    from toolchain.lm_reference import OrtGenerator
+    from toolchain.optimizer.kvcache import lm_contract
+
+    one, four = (OrtGenerator(tiny[k], lm_contract(onnx.load(str(tiny[k]))))
+                 for k in ("elements", "nd"))
+    for prompt in (b"def main(args):\n", b"x" * 30, b"ab"):
+        ids1, logits1 = one.generate(list(prompt), 40)
+        ids4, logits4 = four.generate(list(prompt), 40)
+        assert ids1 == ids4 and len(ids1) == 33 - len(prompt)
+        np.testing.assert_allclose(logits1, logits4, atol=1e-5)
+
+
 def test_cache_read_elsewhere_is_a_one_line_error(tiny, tmp_path, capsys):
     from onnx import helper
 
