@@ -12,7 +12,8 @@ parameter ``past_*`` that nothing else reads; legalized, that kernel copies the 
 and then writes the rows. After: a ``call_tir_inplace`` of a kernel that writes only the
 updates into the past buffer (indices normalized as ONNX says, and any index outside the
 cache skipped, never written out of bounds), so the plan binds past and present to one
-buffer and no token copies the cache.
+buffer and no token copies the cache. A graph whose ``past_*`` inputs no scatter writes is
+left as it is.
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ def lm_contract(model: onnx.ModelProto) -> LMContract | None:
             need(cache in (None, shp), f"{past} is shaped {list(shp)}, unlike the other caches")
             cache = shp
             need(present in outs, f"output {present} is missing")
+            pshape = outs[present][1]
+            need(outs[present][0] == F32 and (not pshape or all(d is None for d in pshape)
+                                               or pshape == shp),
+                 f"{present} is not shaped like {past} {list(shp)} (a static cache of T rows, "
+                 "not one that grows)")
     expected = {"input_ids", "position"} | {f"past_{kv}_{i}" for i in range(layers)
                                             for kv in ("key", "value")}
     need(set(ins) == expected, f"it has other inputs too: {sorted(set(ins) - expected)}")
@@ -202,6 +208,21 @@ def _uses(func) -> dict:
     return counts
 
 
+def _scattered(func, caches) -> set:
+    """The caches that a scatter_elements / scatter_nd call takes as its data."""
+    from tvm import relax
+
+    found = set()
+
+    def visit(expr):
+        if (isinstance(expr, relax.Call) and getattr(expr.op, "name", "") in
+                ("relax.scatter_elements", "relax.scatter_nd") and expr.args[0] in caches):
+            found.add(expr.args[0])
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return found
+
+
 def _make_pass():
     import tvm
     import tvm_ffi
@@ -273,6 +294,9 @@ def _make_pass():
             main = mod["main"]
             caches = [p for p in main.params if _PAST.match(p.name)]
             if not caches:
+                return mod
+            scattered = _scattered(main, caches)
+            if not scattered:  # past_* inputs of some other design: not this pass's business
                 return mod
             uses = _uses(main)
             shared = [p.name for p in caches if uses.get(p, 0) > 1]
