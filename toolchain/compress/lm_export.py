@@ -183,7 +183,6 @@ def _name_parameters(g: onnx.GraphProto, model: nn.Module) -> dict[str, str]:
     named after the module; returns {weight initializer: module path} of the Linears."""
     modules = dict(model.named_modules())
     values = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    producers = {o: n for n in g.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
         for i in n.input:
@@ -233,7 +232,6 @@ def _name_parameters(g: onnx.GraphProto, model: nn.Module) -> dict[str, str]:
     for name in clash:  # an old deduplicated initializer that had the module's name
         _rename_initializer(g, name, f"{name}.unused")
     g.initializer.extend(numpy_helper.from_array(a, name) for name, a in fresh.items())
-    del producers
     return weights
 
 
