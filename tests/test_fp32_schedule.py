@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_graphs import needs_target, save
 from toolchain.cli import main
 from toolchain.commands.build import verify_folder
-from toolchain.optimizer.schedule import _conv_register_tile
+from toolchain.optimizer.schedule import _conv_register_tile, _pointwise_row_tile
 
 
 def make_conv_mix() -> onnx.ModelProto:
@@ -62,6 +62,14 @@ def test_avx512_half_vectors_when_16_does_not_divide():
     assert _conv_register_tile(1000, 13, 16) == (8, 13)  # squeezenet's conv10
     vf, _ = _conv_register_tile(64, 55, 16, 3, True)
     assert vf % 16 == 0  # whole zmm vectors whenever they divide
+
+
+@pytest.mark.parametrize("channels,width", [(256, 56), (64, 56), (256, 14), (2048, 7), (1000, 13)])
+def test_pointwise_tile_fits_the_registers_with_its_input_vectors(channels, width):
+    vf, px = _pointwise_row_tile(channels, width, 4)
+    assert vf and channels % vf == 0 and width % px == 0
+    assert vf // 4 * px + vf // 4 + -(-px // 4) <= 32  # accumulators, weights, input row
+    assert vf // 4 * px >= 8  # enough independent fmla per step to hide their latency
 
 
 def test_3x3_tile_leaves_room_for_the_sliding_inputs():
