@@ -13,9 +13,12 @@ Weights are packed for ``sdot`` by element (qgemm's ``SDOT`` tensor intrinsic): 
 ``T`` channels, and per 16 values of K blocks of ``[4 k-groups][4 channels][4 bytes]``, i.e.
 ``[N/T, K/16, T/4, 4, 4, 4]`` int8; one intrinsic call loads 16 activation bytes once and does
 4 sdot (4 channels x 16 products each). int4 weights keep each 64-byte block as 32 bytes (the
-first 32 values in the low nibbles, the last 32 in the high ones), unpacked per block in
-registers right before its sdot. Without dot-product instructions the same kernel runs as
-plain vectorized int32 loops (``supported`` keeps the float kernel there instead).
+first 32 values in the low nibbles, the last 32 in the high ones), unpacked in registers right
+before their sdot as 16 x the weight (the nibble in the byte's top half: one shl or and per 16
+weights, no sign extension), the 1/16 folded into the row scale.
+
+Without dot-product instructions (arm-a72), ``pair_te``: the float kernel's layout with pairs
+of int8 products summed in int16 (smull + smlal + saddw). x86 keeps the float kernel.
 """
 
 from __future__ import annotations
@@ -131,6 +134,105 @@ def pack_weights(q_kn: np.ndarray, spec: WeightOnlySpec) -> np.ndarray:
     return np.ascontiguousarray(((lo & 0xF) | ((hi & 0xF) << 4)).astype(np.uint8).view(np.int8))
 
 
+def nibble16(byte, ka):
+    """16 x the weight of k-group ``ka`` (0-3) from its packed byte (groups 0-1 in the low
+    nibbles, 2-3 in the high ones): the nibble moved to, or kept in, the byte's top half, one
+    instruction per 16 bytes (shl, or and 0xF0), exact in int8; the 1/16 goes into the row
+    scale."""
+    from tvm import tirx
+
+    return tirx.if_then_else(ka < 2, tirx.shift_left(byte, tirx.const(4, "int8")),
+                             tirx.bitwise_and(byte, tirx.const(-16, "int8")))
+
+
+SDOT_INT4 = "edgec_wgemv_sdot_int4_4x16"
+SDOT_INT8 = "edgec_wgemv_sdot_int8_4x16"
+_REGISTERED: set[str] = set()
+
+
+def _register_sdot() -> None:
+    """sdot by element, 4 channels x 16 K values per call, the 16 activation bytes loaded
+    once: on int8 weights (64 bytes, qgemm's sdot sequence), and on int4 weights (32 packed
+    bytes unpacked in registers: shl + sshr for the low nibbles, sshr for the high ones)."""
+    if SDOT_INT4 in _REGISTERED:
+        return
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    from toolchain.optimizer.qgemm import _sdot_by_lane
+
+    @T.prim_func(s_tir=True)
+    def desc8(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (16,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4, 4, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:16], B[0:4, 0:4, 0:4])
+            T.writes(C[0:4])
+            for i, ka, kj in T.grid(4, 4, 4):
+                with T.sblock("update"):
+                    vi, va, vj = T.axis.remap("SRR", [i, ka, kj])
+                    C[vi] = C[vi] + T.Cast("int32", A[va * 4 + vj]) * T.Cast("int32",
+                                                                              B[va, vi, vj])
+
+    @T.prim_func(s_tir=True)
+    def impl8(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (16,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4, 4, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:16], B[0:4, 0:4, 0:4])
+            T.writes(C[0:4])
+            C[T.ramp(0, 1, 4)] = _sdot_by_lane(C.vload([0], "int32x4"), A.vload([0], "int8x16"),
+                                               B, T)
+
+    TensorIntrin.register(SDOT_INT8, desc8, impl8, override=True)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (16,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (32,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:16], B[0:32])
+            T.writes(C[0:4])
+            for i, ka, kj in T.grid(4, 4, 4):
+                with T.sblock("update"):
+                    vi, va, vj = T.axis.remap("SRR", [i, ka, kj])
+                    C[vi] = C[vi] + T.Cast("int32", A[va * 4 + vj]) * T.Cast("int32", T.if_then_else(
+                        va < 2, T.shift_left(B[va % 2 * 16 + vi * 4 + vj], T.int8(4)),
+                        T.bitwise_and(B[va % 2 * 16 + vi * 4 + vj], T.int8(-16))))
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (16,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (32,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:16], B[0:32])
+            T.writes(C[0:4])
+            C[T.ramp(0, 1, 4)] = _sdot4(C.vload([0], "int32x4"), A.vload([0], "int8x16"),
+                                        B.vload([0], "int8x16"), B.vload([16], "int8x16"), T)
+
+    TensorIntrin.register(SDOT_INT4, desc, impl, override=True)
+    _REGISTERED.add(SDOT_INT4)
+
+
+def _sdot4(acc, a16, lo, hi, T):
+    """acc + sdot of the 4 k-groups, 16 x their weights: the low nibbles of lo and hi moved
+    up (shl), then their high nibbles (and 0xF0)."""
+    four, top = T.broadcast(T.int8(4), 16), T.broadcast(T.int8(-16), 16)
+    groups = [T.shift_left(lo, four), T.shift_left(hi, four), T.bitwise_and(lo, top),
+              T.bitwise_and(hi, top)]
+    words = T.reinterpret(a16, dtype="int32x4")
+    for g, wv in enumerate(groups):
+        lane = T.reinterpret(T.Shuffle([words], [g, g, g, g]), dtype="int8x16")
+        acc = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), acc, wv, lane,
+            dtype="int32x4")
+    return acc
+
+
 def wgemv_dot_te(x, w, scale, bias, spec: WeightOnlySpec):
     """TE: ``x`` float32 [S, K] -> [S, N]; ``w`` from ``pack_weights``, ``scale`` from
     ``wgemv.pack_scales`` ([N/T, K/G, T]), ``bias`` [N] or None."""
@@ -141,32 +243,26 @@ def wgemv_dot_te(x, w, scale, bias, spec: WeightOnlySpec):
     t, g_len = spec.tile, spec.group
     nt = spec.n_pad // t
     sx, xq = _quantize_rows(x, spec)
-    if spec.bits == 4:
-        def unpack(c, kk, c4, a, i, j):
-            f = a * 16 + i * 4 + j
-            byte = w[c, kk, c4, f % (BLOCK // 2)]
-            low = tirx.shift_right(tirx.shift_left(byte, tirx.const(4, "int8")),
-                                   tirx.const(4, "int8"))
-            return tirx.if_then_else(f < BLOCK // 2, low,
-                                     tirx.shift_right(byte, tirx.const(4, "int8")))
-
-        wv = te.compute((nt, spec.k // KB, t // 4, 4, 4, 4), unpack, name="wdot_unpack")
-    else:
-        wv = w
-    g = te.reduce_axis((0, g_len), name="g")
+    go = te.reduce_axis((0, g_len // KB), name="go")
+    ka = te.reduce_axis((0, 4), name="ka")  # the k-group of 4 within 16 K values
+    kj = te.reduce_axis((0, 4), name="kj")  # the byte within a k-group
 
     def product(s, c, b, c4, i):
-        kk = b * g_len + g
-        return (xq[s, kk].astype("int32")
-                * wv[c, kk // KB, c4, (kk % KB) // 4, i, kk % 4].astype("int32"))
+        kb = b * (g_len // KB) + go
+        a = xq[s, kb * KB + ka * 4 + kj].astype("int32")
+        if spec.bits == 8:
+            return a * w[c, kb, c4, ka, i, kj].astype("int32")
+        return a * nibble16(w[c, kb, c4, (ka % 2) * 16 + i * 4 + kj], ka).astype("int32")
 
     part = te.compute((spec.rows, nt, spec.groups, t // 4, 4),
-                      lambda s, c, b, c4, i: te.sum(product(s, c, b, c4, i), axis=g),
+                      lambda s, c, b, c4, i: te.sum(product(s, c, b, c4, i), axis=[go, ka, kj]),
                       name="wdot_part")
     b = te.reduce_axis((0, spec.groups), name="b")
     # The row scale goes in with the group scales, so the epilogue reads only the tile.
+    row = (lambda s: sx[s] * tirx.const(1 / 16, "float32")) if spec.bits == 4 else (
+        lambda s: sx[s])
     acc = te.compute((spec.rows, nt, t // 4, 4), lambda s, c, c4, i: te.sum(
-        part[s, c, b, c4, i].astype("float32") * (scale[c, b, c4 * 4 + i] * sx[s]), axis=b),
+        part[s, c, b, c4, i].astype("float32") * (scale[c, b, c4 * 4 + i] * row(s)), axis=b),
         name="wdot_acc")
 
     def out(s, n):
@@ -218,13 +314,11 @@ def _schedule(func, spec: WeightOnlySpec, target, threads: int):
     s_o, s_i = sch.split(s, [None, spec.row_tile])
     sch.reorder(s_o, c, b, s_i, c4, i)
     sch.compute_at(part, b, preserve_unit_loops=True)
-    ploops = sch.get_loops(part)[3:]  # unit loops (s, c, b, c4, i), then g
-    go, gi = sch.split(ploops[-1], [None, KB])
-    ps, _, _, pc4, pi = ploops[:-1]
+    ps, _, _, pc4, pi, go, ka, kj = sch.get_loops(part)[3:]  # unit loops, then go, ka, kj
     if sdot:
-        sch.reorder(go, ps, pc4, pi, gi)  # (channel, 16 K values): one sdot call
+        sch.reorder(go, ps, pc4, pi, ka, kj)  # (4 channels, 16 K values): one intrinsic call
     else:
-        sch.reorder(go, gi, ps, pc4, pi)  # 4 channels' int32 sums as one vector
+        sch.reorder(go, ka, kj, ps, pc4, pi)  # 4 channels' int32 sums as one vector
         sch.vectorize(pi)
     sch.set_scope(part, 0, "local")
     sch.set_scope(acc, 0, "local")
@@ -237,20 +331,11 @@ def _schedule(func, spec: WeightOnlySpec, target, threads: int):
     sch.vectorize(loops[-1])
     sch.unroll(loops[-2])
     sch.unroll(loops[-3])
-    if spec.bits == 4:
-        unpack = sch.get_sblock("wdot_unpack")
-        sch.compute_at(unpack, go, preserve_unit_loops=True)
-        # (global: the SDOT intrinsic reads its weights from a global-scope buffer; this one is
-        # one 16-K slice of the tile, rewritten per slice and kept in L1)
-        uloops = sch.get_loops(unpack)
-        inner = sch.fuse(*uloops[-3:])  # the 64 bytes of a block
-        _, vec = sch.split(inner, [None, 16])
-        sch.vectorize(vec)
     sch.decompose_reduction(acc, b)
     sch.decompose_reduction(part, go)
     if sdot:
-        qgemm._register(qgemm.SDOT)
-        sch.tensorize(pi, qgemm.SDOT.name)
+        _register_sdot()
+        sch.tensorize(pi, SDOT_INT4 if spec.bits == 4 else SDOT_INT8)
     sch.unroll(pc4)
     sch.unroll(ps)
     loops = sch.get_loops(out)
