@@ -320,3 +320,13 @@ def test_structured_pruning_goes_through_residual_adds(tmp_path):
     assert res.quantized and res.max_abs_error <= res.tolerance
     with pytest.raises(Exception, match="no layer can lose channels"):
         compress(model, [PruneChannels(0.5, epochs=0, engine="fx")], ctx)
+
+
+def test_conv1d_net_loses_channels_and_quantizes(sensor, monkeypatch):
+    monkeypatch.setitem(sys.modules, __name__, sys.modules[__name__])
+    out = sensor / "pc.onnx"
+    assert main(["compress", str(sensor / "sensor.pt"), "--data", str(sensor / "sensor.npz"),
+                 "--prune-channels", "0.5", "--quantize", "int8", "-o", str(out)]) == 0
+    r = _report(out)
+    assert r["steps"][0]["after"]["params"] < 0.4 * r["initial"]["params"]
+    assert r["export"]["quantized"] and r["export"]["max_abs_error"] <= r["export"]["tolerance"]

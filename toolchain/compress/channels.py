@@ -219,11 +219,20 @@ class PruneChannels:
             labels_needed(ctx, self.name, f"fine-tuning ({self.epochs} epochs)")
 
     def apply(self, model: nn.Module, ctx) -> nn.Module:
-        check_supported(model, self.name)
+        from toolchain.compress.prune import PRUNABLE
+
+        # the fx remover knows Conv2d and Linear; torch-pruning every conv kind
+        other = [m for m in model.modules() if isinstance(m, PRUNABLE)
+                 and not isinstance(m, (nn.Conv2d, nn.Linear))]
+        check_supported(model, self.name, PRUNABLE if other and self.engine != "fx"
+                        and tp_channels.available() else ())
         if is_quantized(model):
             raise ConfigError("prune-channels must come before quantize")
         model.eval()
         masked = any(hasattr(m, MASK) for m in model.modules())
+        if other and not masked:
+            tp_channels.prune_channels(model, ctx.X_train, self.fraction)
+            return self._finetune(model, ctx)
         try:
             groups, skipped = find_groups(model, ctx.X_train)
         except UnsupportedOpError:
