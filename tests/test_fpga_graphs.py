@@ -35,8 +35,8 @@ def _export(module, shape) -> onnx.ModelProto:
 
 
 def residual_net():
-    """conv-relu -> conv + skip (Add) -> relu -> [relu6 | skip] (Concat) -> 1x1 conv -> pool
-    -> linear: every merge hls4ml has, on an 8x8 image."""
+    """conv-relu -> depthwise conv -> conv + skip (Add) -> relu -> [relu6 | skip] (Concat)
+    -> 1x1 conv -> pool -> linear: every merge hls4ml has, on an 8x8 image."""
     import torch
     from torch import nn
 
@@ -44,12 +44,13 @@ def residual_net():
         def __init__(self):
             super().__init__()
             self.c1, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
             self.c3, self.pool = nn.Conv2d(8, 4, 1), nn.MaxPool2d(2)
             self.fc = nn.Linear(64, 5)
 
         def forward(self, x):
             a = torch.relu(self.c1(x))
-            b = torch.relu(self.c2(a) + a)
+            b = torch.relu(self.c2(self.dw(a)) + a)
             c = torch.cat((nn.functional.relu6(b), a), dim=1)
             return self.fc(torch.flatten(self.pool(torch.relu(self.c3(c))), 1))
 
@@ -122,14 +123,15 @@ def _design(model, **cfg):
 def test_residual_graph_lowers_to_merge_layers():
     design = _design(residual_net())
     kinds = [p.layer.kind for p in design.layers]
-    assert kinds == ["conv2d", "relu", "conv2d", "add", "relu", "relu6", "concat", "conv2d",
-                     "relu", "maxpool2d", "flatten", "dense"]
+    assert kinds == ["conv2d", "relu", "dwconv2d", "conv2d", "add", "relu", "relu6", "concat",
+                     "conv2d", "relu", "maxpool2d", "flatten", "dense"]
     by = {p.layer.kind: p for p in design.layers}
     relu1 = design.layers[1].name
-    assert set(by["add"].layer.inputs) == {design.layers[2].name, relu1}
+    assert set(by["add"].layer.inputs) == {design.layers[3].name, relu1}
+    assert by["dwconv2d"].layer.fan_in == 9 and by["dwconv2d"].layer.n_out == 4
     assert by["concat"].layer.inputs == (by["relu6"].name, relu1)
     assert by["relu6"].result_type.integer == 3 and not by["relu6"].result_type.signed
-    # relu's output is read by the second conv, the Add and the Concat: io_stream clones it
+    # relu's output is read by the depthwise conv, the Add and the Concat: io_stream clones it
     streams = [f.stream for f in fifos(design)]
     assert sum(s.startswith(f"{relu1}_cpy") for s in streams) == 3
     assert estimate(design, "latency", 5.0).totals()["lut"] > 0
@@ -158,8 +160,9 @@ def _conv_graph(**attrs) -> onnx.ModelProto:
 
 
 def test_depthwise_and_odd_clips_are_refused_by_node():
-    with pytest.raises(UnsupportedOpError, match="'Conv' in node 'dw'.*group=4.*ignores groups"):
-        lower(_conv_graph(group=4), TARGET)
+    assert lower(_conv_graph(group=4), TARGET).layers[0].kind == "dwconv2d"
+    with pytest.raises(UnsupportedOpError, match="'Conv' in node 'dw'.*group=2.*no other grouped"):
+        lower(_conv_graph(group=2), TARGET)
     model = residual_net()
     clip = next(n for n in model.graph.node if n.op_type == "Clip")
     clip.input[2] = "one"
@@ -196,11 +199,11 @@ def test_quantized_residual_design_matches_onnxruntime_to_output_steps(tmp_path)
     assert step == 4 * 2.0 ** -5  # VERIFY_STEPS steps of fixed<8,3>
     firmware = (out / "hls" / "firmware" / "edgec_fpga.cpp").read_text()
     assert "nnet::add" in firmware and "nnet::concatenate3d" in firmware
-    assert "nnet::relu6" in firmware
+    assert "nnet::relu6" in firmware and "nnet::depthwise_conv_2d" in firmware
     for seed in (0, 1):
         (c,) = verify_folder(out, seed=seed)
         assert c.ok and c.abs_tolerance == pytest.approx(step * 1.0001), c
-    assert not report["rtl"]["available"] and "add" in report["rtl"]["reason"]
+    assert not report["rtl"]["available"] and "has no RTL path" in report["rtl"]["reason"]
 
 
 @pytest.mark.slow

@@ -253,7 +253,8 @@ def fifos(design: Design, hls_backend: str = "vitis") -> list[FifoEstimate]:
     for i, p in enumerate(design.layers):
         layer = p.layer
         in_bits = types[layer.inputs[0]].width
-        pad = layer.attrs.get("padding", (0,)) if layer.kind in ("conv1d", "conv2d") else (0,)
+        pad = layer.attrs.get("padding", (0,)) if layer.kind in ("conv1d", "conv2d", "dwconv2d") \
+            else (0,)
         if any(pad):
             c, *size = layer.in_shape
             padded = int(np.prod([d + 2 * q for d, q in zip(size, pad)]))

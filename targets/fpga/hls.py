@@ -45,6 +45,10 @@ def _layer_module(p):
         conv = nn.Conv2d if layer.kind == "conv2d" else nn.Conv1d
         return _with_weights(conv(ci, co, tuple(k), stride=layer.attrs["stride"],
                                   padding=layer.attrs["padding"], bias=True), p)
+    if layer.kind == "dwconv2d":
+        c, _, kh, kw = layer.weight.shape
+        return _with_weights(DepthwiseConv2d(c, (kh, kw), layer.attrs["stride"],
+                                             layer.attrs["padding"]), p)
     simple = {"relu": nn.ReLU, "relu6": nn.ReLU6, "flatten": nn.Flatten}
     if layer.kind in simple:
         return simple[layer.kind]()
@@ -59,6 +63,55 @@ def _layer_module(p):
     if layer.kind in ("add", "concat"):
         return None
     raise AssertionError(layer.kind)  # lower.py only produces the kinds above
+
+
+def _depthwise_module():
+    import torch
+    from hls4ml.utils.torch import HLS4MLModule
+
+    class Depthwise2d(HLS4MLModule):
+        """One 2D filter per channel; a leaf for hls4ml's tracer, converted by
+        ``_depthwise_handler`` (hls4ml 1.3's PyTorch front end refuses a Conv2d with groups;
+        the class name has no "Conv" so that its Conv checks leave it alone)."""
+
+        def __init__(self, channels, kernel, stride, padding):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(channels, channels, kernel, stride, padding,
+                                        groups=channels)
+            self.weight, self.bias = self.conv.weight, self.conv.bias
+
+        def forward(self, x):
+            return self.conv(x)
+
+    return Depthwise2d
+
+
+def DepthwiseConv2d(*args):  # noqa: N802  (built lazily: hls4ml imports torch)
+    global _DEPTHWISE
+    if _DEPTHWISE is None:
+        _DEPTHWISE = _depthwise_module()
+    return _DEPTHWISE(*args)
+
+
+_DEPTHWISE = None
+
+
+def _depthwise_handler(operation, layer_name, input_names, input_shapes, node, class_object,
+                       data_reader, config):
+    """hls4ml's DepthwiseConv2D layer (reached from Keras only in 1.3) from the module's
+    channels-first weight (C, 1, kh, kw); the channels-last conversion transposes it to
+    (kh, kw, 1, C), the order of Keras' (kh, kw, C, 1)."""
+    conv = class_object.conv
+    _, c, h, w = input_shapes[0]
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    layer = {"class_name": "DepthwiseConv2D", "name": layer_name, "inputs": input_names,
+             "data_format": "channels_first", "depthwise_data": conv.weight.data.numpy(),
+             "bias_data": conv.bias.data.numpy(), "in_height": h, "in_width": w,
+             "n_chan": c, "depth_multiplier": 1, "n_filt": c, "filt_height": kh,
+             "filt_width": kw, "stride_height": sh, "stride_width": sw, "pad_top": ph,
+             "pad_bottom": ph, "pad_left": pw, "pad_right": pw,
+             "out_height": (h + 2 * ph - kh) // sh + 1, "out_width": (w + 2 * pw - kw) // sw + 1}
+    return layer, [input_shapes[0][0], c, layer["out_height"], layer["out_width"]]
 
 
 def _with_weights(m, p):
@@ -135,6 +188,8 @@ def _register_handlers(hls4ml) -> None:
     for cls, act in (("ReLU6", "relu6"), ("Hardtanh", "relu1")):
         if cls not in known:
             hls4ml.converters.register_pytorch_layer_handler(cls, _relu_handler(act))
+    if "Depthwise2d" not in known:
+        hls4ml.converters.register_pytorch_layer_handler("Depthwise2d", _depthwise_handler)
 
 
 def _hls_config(hls4ml, module, design: Design, cfg: FpgaConfig) -> dict:

@@ -27,7 +27,7 @@ from .precision import Fixed
 SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Concat", "Conv", "BatchNormalization", "Relu",
                  "Clip", "Softmax", "Flatten", "Reshape", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear", "Identity", "Dropout")
-WEIGHTED_KINDS = ("dense", "conv1d", "conv2d")
+WEIGHTED_KINDS = ("dense", "conv1d", "conv2d", "dwconv2d")
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Layer:
     """One layer of the chain. ``weight`` uses PyTorch layout: (out, in) or (co, ci, kh, kw)."""
 
     name: str
-    kind: str  # dense | conv1d | conv2d | relu | relu6 | relu1 | softmax | flatten |
+    kind: str  # dense | conv1d | conv2d | dwconv2d | relu | relu6 | relu1 | softmax | flatten |
     #            maxpool2d | avgpool2d | add | concat
     node: str  # the ONNX node it came from
     in_shape: tuple[int, ...]
@@ -406,10 +406,13 @@ def _lower_conv(b, consts, node, label, a, name, in_shape, out_shape, inputs) ->
     rank = len(in_shape) - 1
     if rank not in (1, 2):
         raise UnsupportedOpError(op, label, target, "only 1D and 2D convolutions")
-    if a.get("group", 1) != 1:
-        raise UnsupportedOpError(op, label, target, f"group={a['group']}: hls4ml 1.3's "
-                                 "PyTorch front end builds grouped and depthwise convolutions "
-                                 "as full ones (it ignores groups), so edgec does not map them")
+    group = a.get("group", 1)
+    weight = consts.get(node.input[1])
+    depthwise = group == in_shape[0] and weight.shape[0] == group and rank == 2
+    if group != 1 and not depthwise:
+        raise UnsupportedOpError(op, label, target, f"group={group}: hls4ml 1.3 has depthwise "
+                                 "2D convolutions (one filter per channel) but no other "
+                                 "grouped or 1D depthwise convolution")
     if any(d != 1 for d in a.get("dilations", [1] * rank)):
         raise UnsupportedOpError(op, label, target, "dilated convolutions are not mapped")
     pads = list(a.get("pads", [0] * 2 * rank))
@@ -419,7 +422,8 @@ def _lower_conv(b, consts, node, label, a, name, in_shape, out_shape, inputs) ->
     w_name = node.input[1]
     bias = consts.get(node.input[2]).astype(np.float32) if len(node.input) > 2 \
         and node.input[2] else None
-    b.add(Layer(name, "conv2d" if rank == 2 else "conv1d", label, in_shape, out_shape,
+    kind = "dwconv2d" if group != 1 else ("conv2d" if rank == 2 else "conv1d")
+    b.add(Layer(name, kind, label, in_shape, out_shape,
                 consts.get(w_name).astype(np.float32), bias,
                 {"stride": tuple(a.get("strides", [1] * rank)), "padding": tuple(pads[:rank]),
                  "weight_name": w_name},
