@@ -1,6 +1,6 @@
 """The C runtime pieces model.c embeds in place of a TVM runtime.
 
-SERIAL_RUNTIME: the kernels' workspace allocator (a bump allocator over a static buffer,
+SERIAL_RUNTIME: the kernels' workspace allocator (a stack allocator over a static buffer,
 reset before every kernel call) and the error buffer. THREADED_RUNTIME (``--threads`` > 1):
 per-thread workspace stacks and ``__TVMBackendParallelLaunch`` over a static pthread pool.
 Both expect EDGEC_ALIGN and edgec_workspace defined before them; the threaded one also
@@ -73,29 +73,54 @@ EDGEC_SOFT_PCS double __aeabi_ul2d(uint64_t v) { return edgec_ul2d(v); }
 """
 
 SERIAL_RUNTIME = """\
-/* Kernel scratch memory: TVM kernels ask the runtime for workspace; here a bump allocator
- * over a static buffer serves them, reset before every kernel call. */
+/* Kernel scratch memory: TVM kernels ask the runtime for workspace; here a stack allocator
+ * over a static buffer serves them, reset before every kernel call. TVM frees each buffer at
+ * the end of its scope (nested, last in first out), so freeing the latest allocation gives its
+ * space back: a buffer allocated inside a loop takes its size once, not once per iteration.
+ * Any other free is ignored (that space stays taken until the next kernel call). */
+#define EDGEC_WS_DEPTH 32
 static size_t edgec_ws_top;
 static char edgec_error[256];
+static int edgec_ws_depth;
+static void *edgec_ws_ptr[EDGEC_WS_DEPTH];
+static size_t edgec_ws_mark[EDGEC_WS_DEPTH];  /* edgec_ws_top before that allocation */
 
 static void *edgec_ws_alloc(int device_type, int device_id, uint64_t nbytes, int code, int bits) {
   (void)device_type; (void)device_id; (void)code; (void)bits;
+  if (edgec_ws_top == 0) edgec_ws_depth = 0;  /* a new kernel call (or all freed) */
   size_t start = (edgec_ws_top + EDGEC_ALIGN - 1) & ~(size_t)(EDGEC_ALIGN - 1);
   if (start + nbytes > sizeof(edgec_workspace)) {
     strncpy(edgec_error, "kernel workspace exhausted", sizeof(edgec_error) - 1);
     return NULL;
+  }
+  if (edgec_ws_depth < EDGEC_WS_DEPTH) {
+    edgec_ws_ptr[edgec_ws_depth] = edgec_workspace + start;
+    edgec_ws_mark[edgec_ws_depth++] = edgec_ws_top;
   }
   edgec_ws_top = start + (size_t)nbytes;
   return edgec_workspace + start;
 }
 
 static int edgec_ws_free(int device_type, int device_id, void *ptr) {
-  (void)device_type; (void)device_id; (void)ptr;
+  (void)device_type; (void)device_id;
+  if (edgec_ws_depth > 0 && edgec_ws_ptr[edgec_ws_depth - 1] == ptr)
+    edgec_ws_top = edgec_ws_mark[--edgec_ws_depth];
   return 0;
 }
 
 void *(*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = edgec_ws_alloc;
 int (*__TVMBackendFreeWorkspace)(int, int, void *) = edgec_ws_free;
+
+/* A kernel that TVM itself made parallel (e.g. its scatter, written with a parallel loop)
+ * still calls the launch hook in a one-thread build: run it as one task, here. */
+typedef struct { void *sync_handle; int32_t num_task; } edgec_parallel_env;
+typedef int (*edgec_parallel_lambda)(int, edgec_parallel_env *, void *);
+static int edgec_serial_launch(edgec_parallel_lambda fn, void *closure, int num_task) {
+  (void)num_task;
+  edgec_parallel_env env = {NULL, 1};
+  return fn(0, &env, closure);
+}
+int (*__TVMBackendParallelLaunch)(edgec_parallel_lambda, void *, int) = edgec_serial_launch;
 """
 
 # Threaded builds. TVM's codegen lowers a parallel loop to

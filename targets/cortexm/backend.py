@@ -83,6 +83,7 @@ class CortexMBackend(Backend):
         from toolchain.targets.arm import driver
         from toolchain.targets.cortexm import board, fit, int8_dot
         from toolchain.targets.cortexm.cc import find_compiler
+        from toolchain.targets.cortexm.workspace import compacted_workspace_bytes
 
         dev = McuDevice.from_device(device)
         stack = getattr(args, "stack_bytes", None)
@@ -121,7 +122,7 @@ class CortexMBackend(Backend):
             build = Path(tmp)
             t0 = time.perf_counter()
             kmod = codegen.kernel_module(result.mod, plan.kernels())
-            ws = codegen.workspace_bytes(kmod)
+            ws = compacted_workspace_bytes(kmod)
             layout, blob = driver.layout_weights(plan)
             # Before the slow steps: the arena, workspace and stack must fit the SRAM, the
             # weights the flash.
