@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.errors import ModelError
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,13 @@ def workspace_bytes(kmod) -> int:
     for gv, func in kmod.functions.items():
         sch = Schedule(func)
         total = 0
-        stack = [sch.get_sblock("root")]
+        try:
+            stack = [sch.get_sblock("root")]
+        except Exception:  # noqa: BLE001  (hand-built TIR with no blocks, e.g. TVM's scatter)
+            if "alloc" in func.script():
+                raise ModelError(f"kernel {gv.name_hint} allocates scratch memory outside "
+                                 "any block; its size cannot be planned") from None
+            continue
         while stack:
             block = stack.pop()
             for buf in sch.get(block).alloc_buffers:

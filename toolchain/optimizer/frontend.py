@@ -16,6 +16,7 @@ import io
 import logging
 from typing import Callable
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -162,12 +163,53 @@ def check_known_wrong(model: onnx.ModelProto, target: str) -> None:
                                          f"{why}; refused rather than computed wrongly")
 
 
+_SCATTERS = frozenset({"ScatterElements", "ScatterND", "Scatter"})
+
+
+def check_scatter_indices(model: onnx.ModelProto, target: str) -> None:
+    """TVM's scatter kernels write wherever an index points, with no bounds check. Constant
+    indices are checked here; indices computed at run time are refused, except on a
+    language model's cache inputs (``past_*``), whose writes the kv_cache stage replaces by
+    a bounds-checked kernel."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in model.graph.initializer}
+    consts.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
+    inputs = {v.name for v in model.graph.input}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(model.graph.input) + list(model.graph.value_info)}
+    for idx, node in enumerate(model.graph.node):
+        if node.op_type not in _SCATTERS or len(node.input) < 2:
+            continue
+        data, indices = node.input[0], node.input[1]
+        if indices not in consts:
+            if data in inputs and data.startswith("past_"):
+                continue
+            raise UnsupportedOpError(node.op_type, node_label(node, idx), target,
+                                     "its indices are computed at run time and TVM's scatter "
+                                     "kernel does not bound-check them")
+        shape = shapes.get(data)
+        if not shape or not all(shape):
+            continue
+        ind = numpy_helper.to_array(consts[indices]).astype(np.int64)
+        if node.op_type == "ScatterND":
+            bounds = np.array(shape[:ind.shape[-1]], np.int64)
+        else:
+            axis = int(_attr(node, "axis", 0)) % len(shape)
+            bounds = np.int64(shape[axis])
+        if ind.size and (np.any(ind < -bounds) or np.any(ind >= bounds)):
+            raise ModelError(f"node {node_label(node, idx)} ({node.op_type}): an index lies "
+                             f"outside the data's shape {shape}")
+
+
 def check_model(model: onnx.ModelProto, target: str) -> None:
     """Everything refused before TVM sees the model (UnsupportedOpError or ModelError)."""
     check_ops(model, target)
     check_dtypes(model, target)
     check_static_shapes(model, target)
     check_known_wrong(model, target)
+    check_scatter_indices(model, target)
 
 
 @contextlib.contextmanager

@@ -395,6 +395,10 @@ def schedule_func(func, target, threads: int = 1, vector: VectorUnit | None = No
     by_element = vector.fma_by_element
     sch = Schedule(func)
     try:
+        sch.get_sblock("root")
+    except Exception:  # noqa: BLE001  (hand-built TIR, e.g. TVM's scatter: no blocks to tile)
+        return func
+    try:
         _inline_injective(sch)
     except Exception as exc:  # noqa: BLE001
         log.debug("inline failed: %s", exc)
