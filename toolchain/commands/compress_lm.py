@@ -170,15 +170,15 @@ def cmd_compress_lm(args) -> int:
     out_json = args.output.with_suffix(".json")
     with staged_file(out_json) as tmp:
         tmp.write_text(json.dumps(out, indent=2) + "\n")
-    first, last = report.initial, report.final
+    first, last = out["initial"], out["final"]  # the rounded figures OUT.json holds
     print(f"{name}: {' -> '.join(s.name for s in steps) or 'no step (float export)'}")
     for s in report.steps:
         print(f"  {s['step']:<9} bpb {s['before']['bpb']:.4f} -> {s['after']['bpb']:.4f} "
               f"({s['bpb_change_percent']:+.2f}%), weight bytes {s['before']['weight_bytes']} "
               f"-> {s['after']['weight_bytes']}")
-    print(f"  held-out bits per byte {first.bpb:.4f} -> {last.bpb:.4f}, params {first.params} "
-          f"-> {last.params}, non-zeros {first.nonzeros} -> {last.nonzeros}, weight bytes "
-          f"{first.weight_bytes} -> {last.weight_bytes}")
+    print(f"  held-out bits per byte {first['bpb']:.4f} -> {last['bpb']:.4f}, params "
+          f"{first['params']} -> {last['params']}, non-zeros {first['nonzeros']} -> "
+          f"{last['nonzeros']}, weight bytes {first['weight_bytes']} -> {last['weight_bytes']}")
     print(f"  wrote {args.output} ({result.file_bytes} bytes, onnxruntime vs PyTorch "
           f"{result.max_abs_error:.2g}) and {out_json}")
     return 0
