@@ -204,7 +204,7 @@ def test_integer_input_without_gather_keeps_the_small_range():
 
 def test_copied_transformer_layers_export_and_quantize(tmp_path):
     """nn.TransformerEncoder deep-copies its layer: the exporter shares the equal weights."""
-    from toolchain.compress import Quantize, compress, load_data
+    from toolchain.compress import PruneChannels, Quantize, compress, load_data
 
     torch.manual_seed(0)
     enc = nn.Sequential(nn.TransformerEncoder(nn.TransformerEncoderLayer(
@@ -215,4 +215,10 @@ def test_copied_transformer_layers_export_and_quantize(tmp_path):
     np.savez(tmp_path / "d.npz", x=x)
     small, _ = compress(enc, [Quantize("int8")], load_data(str(tmp_path / "d.npz")))
     q = export_onnx(small, tmp_path / "q.onnx", x[:8])  # checked exact against PyTorch
+    assert q.quantized and q.max_abs_error <= q.tolerance
+    # structured pruning of the encoder goes through torch-pruning (fx sees it as one leaf)
+    small, report = compress(enc, [PruneChannels(0.5, epochs=0), Quantize("int8")],
+                             load_data(str(tmp_path / "d.npz")))
+    assert report.steps[0].after.params < 0.9 * report.initial.params
+    q = export_onnx(small, tmp_path / "pq.onnx", x[:8])
     assert q.quantized and q.max_abs_error <= q.tolerance

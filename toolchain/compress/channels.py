@@ -241,8 +241,8 @@ class PruneChannels:
             groups, skipped = [], ["the model does not trace with torch.fx"]
         # (a layer that produces the model output keeps its outputs either way)
         blocked = [line for line in skipped if not line.endswith("(model output)")]
-        if self.engine == "torch-pruning" or (self.engine == "auto" and blocked and not masked
-                                              and tp_channels.available()):
+        if self.engine == "torch-pruning" or (self.engine == "auto" and (blocked or not groups)
+                                              and not masked and tp_channels.available()):
             # residual adds, concats, attention: torch-pruning's dependency graph
             tp_channels.prune_channels(model, ctx.X_train, self.fraction)
             return self._finetune(model, ctx)

@@ -55,6 +55,7 @@ def prune_channels(model: nn.Module, example: np.ndarray, fraction: float) -> nn
     x = torch.tensor(np.asarray(example[:1]))
     with torch.no_grad():
         before = model(x).shape
+    n_before = sum(p.numel() for p in model.parameters())
     ignored = _output_layers(model, x)
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     try:
@@ -71,6 +72,10 @@ def prune_channels(model: nn.Module, example: np.ndarray, fraction: float) -> nn
     if after != before:
         raise ModelError(f"prune-channels: the output shape changed from {tuple(before)} to "
                          f"{tuple(after)}; the layer producing the output was not found")
-    log.info("prune-channels (torch-pruning): %d parameters left",
-             sum(p.numel() for p in model.parameters()))
+    n_after = sum(p.numel() for p in model.parameters())
+    if n_after == n_before:
+        raise UnsupportedOpError("prune-channels", type(model).__name__, "prune-channels",
+                                 "no layer can lose channels (only the output layers have "
+                                 "channels to remove, and they keep them)")
+    log.info("prune-channels (torch-pruning): %d -> %d parameters", n_before, n_after)
     return model
