@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_graphs import needs_target, save
+from onnx_graphs import needs_target
 from toolchain.cli import main
 from toolchain.errors import ModelError, UnsupportedOpError
 from toolchain.passes import transform
