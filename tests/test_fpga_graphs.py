@@ -203,6 +203,9 @@ def test_quantized_residual_design_matches_onnxruntime_to_output_steps(tmp_path)
     for seed in (0, 1):
         (c,) = verify_folder(out, seed=seed)
         assert c.ok and c.abs_tolerance == pytest.approx(step * 1.0001), c
+        # exact but for rounding ties: 0 or 1 step measured on seeds 0-5 (this design's
+        # outputs span only ~9 steps, so the 4-step allowance alone would say little)
+        assert c.max_abs_error <= 2 * 2.0 ** -5, c
     assert not report["rtl"]["available"] and "has no RTL path" in report["rtl"]["reason"]
 
 
