@@ -126,7 +126,10 @@ class CortexMBackend(Backend):
             layout, blob = driver.layout_weights(plan)
             # Before the slow steps: the arena, workspace and stack must fit the SRAM, the
             # weights the flash.
-            fit.check_planned(dev, Path(model_path).name, mem.arena_bytes, ws, layout.total)
+            io_bytes = 0 if dev.harness_bytes else sum(
+                plan.buffers[b].nbytes for b in (*plan.inputs, *plan.outputs))
+            fit.check_planned(dev, Path(model_path).name, mem.arena_bytes, ws, layout.total,
+                              io_bytes)
             codegen.compile_kernels(kmod, target, build / "kernels.o")
             cc.drop_unwind_tables(build / "kernels.o")
             _refuse_soft_conversions(dev, cc.undefined_symbols(build / "kernels.o"))
@@ -140,7 +143,7 @@ class CortexMBackend(Backend):
             sources = {
                 "model.h": driver.header(plan, names_in, names_out, Path(model_path).name),
                 "model.c": driver.model_c(plan, mem, layout, ws),
-                "main.c": board.main_c(plan),
+                "main.c": board.main_c(plan, dev),
                 "link.ld": board.linker_script(dev),
                 **{name: board.board_source(name) for name in board.BOARD_FILES},
             }

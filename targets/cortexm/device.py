@@ -25,6 +25,8 @@ class McuDevice:
     qemu_machine: str  # e.g. "mps2-an386"
     qemu_cpu: str
     debian_packages: tuple[str, ...] = ()
+    harness_origin: int = 0  # board memory for main.c's test I/O buffers (0: none, in RAM)
+    harness_bytes: int = 0
     vector_bits: int = 128  # MVE 128; no float SIMD (M4/M7) 32: one float per lane
     int8_dot: str = "generic"  # the int8 GEMM step: "smlad" (DSP), "mve" (Helium)
 
@@ -56,6 +58,8 @@ class McuDevice:
                        qemu_machine=str(f["qemu_machine"]), qemu_cpu=str(f["qemu_cpu"]),
                        debian_packages=tuple(str(x) for x in f.get("debian_packages", ())),
                        vector_bits=int(f.get("vector_bits", 128)),
+                       harness_origin=int(f.get("harness_origin", 0)),
+                       harness_bytes=int(f.get("harness_bytes", 0)),
                        int8_dot=str(f.get("int8_dot", "generic")), **ints)
         except KeyError as exc:
             raise ConfigError(f"device file for '{dev.name}' lacks the key {exc}") from None
