@@ -36,6 +36,9 @@ def test_small_cnn_verifies_and_fits_the_m4(compiled_small_cnn):
     report = json.loads((out / "report.json").read_text())
     mcu = report["mcu"]
     assert report["family"] == "cortexm" and mcu["board"] == "mps2-an386"
+    from toolchain.reports.schema import load_report
+
+    assert load_report(out / "report.json").extra == {}  # every key is in the schema
     assert (mcu["flash_available"], mcu["ram_available"]) == (1 << 20, 192 << 10)
     weights, arena = report["memory"]["weight_bytes"], report["memory"]["arena_bytes"]
     assert weights < mcu["library_flash_bytes"] <= mcu["flash_bytes"] < mcu["flash_available"]
