@@ -7,7 +7,8 @@ Models (seeded, written here in the export form ``MatMul(x, DequantizeLinear(Wq,
   and a 1024x256 MLP with ReLU, residual adds), x [1, 1, 256];
 - each as ``fp32`` (float weights), ``int8`` (per channel) and ``int4`` (groups of 32), and
   the int8/int4 files again with ``--pipeline cpu-int8-act`` (``-a8``: activations quantized
-  to int8 per row at run time, sdot on arm-a76; onnxruntime runs the same int8/int4 file).
+  to int8 per row at run time: sdot on arm-a76, smull/smlal on arm-a72; the host keeps the
+  float kernel, so its -a8 rows equal the plain ones; onnxruntime runs the same int8/int4 file).
 
 Host (``--host``): medians of the edgec binary's ``--bench`` against onnxruntime on the same
 file, 1 thread, alternating; onnxruntime with its default (all) graph optimizations (for int4

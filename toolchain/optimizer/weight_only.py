@@ -367,11 +367,3 @@ def ScheduleWeightOnly(target=None, threads: int = 1, then=None):  # noqa: N802
         return out
 
     return _pass
-
-
-def is_weight_only(model: onnx.ModelProto) -> bool:
-    """Whether every DequantizeLinear feeds only MatMul weights and no QuantizeLinear exists
-    (a weight-only model: float activations)."""
-    nodes = model.graph.node
-    return (any(n.op_type == "DequantizeLinear" for n in nodes)
-            and not any(n.op_type == "QuantizeLinear" for n in nodes))
