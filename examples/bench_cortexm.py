@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         return 0
     floats = {(r["target"], r["model"].replace("_int8", "")): r["instructions"] for r in rows
               if r["pipeline"] == "cpu"}
-    print(f"{'model':<18}{'target':<11}{'instructions':>14}{'MAC/insn':>10}{'int8/fp32':>10}"
+    print(f"{'model':<26}{'target':<11}{'instructions':>14}{'MAC/insn':>10}{'int8/fp32':>10}"
           f"{'flash KiB':>17}{'SRAM KiB':>17}  mix")
     for r in rows:
         base = floats.get((r["target"], r["model"].replace("_int8", "")))
