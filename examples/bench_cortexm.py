@@ -151,7 +151,7 @@ def main(argv=None) -> int:
         flash = f"{r['flash_bytes'] / 1024:.1f}/{r['flash_available'] / 1024:.0f}"
         ram = f"{r['ram_bytes'] / 1024:.1f}/{r['ram_available'] / 1024:.0f}"
         mix = " ".join(f"{k} {v}" for k, v in r["mix"].items())
-        print(f"{r['model']:<18}{r['target']:<11}{r['instructions']:>14,}"
+        print(f"{r['model']:<26}{r['target']:<11}{r['instructions']:>14,}"
               f"{r['macs_per_instruction']:>10.3f}{ratio:>10}{flash:>17}{ram:>17}  {mix}")
     print("instructions: exact dynamic instruction counts under qemu-system-arm (TCG plugin), "
           "not cycles")
