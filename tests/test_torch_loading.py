@@ -135,6 +135,11 @@ def test_pickled_module_needs_module_path(src, tmp_path, capsys):
             load_module(tmp_path / "pickled.pt")
         assert isinstance(load_module(tmp_path / "pickled.pt", module_paths=[folder]), nn.Module)
         assert str(folder) not in sys.path  # the folder is on the path only while loading
+        sys.modules.pop("usernet")  # (imported by that load)
+        assert main(["compile", str(tmp_path / "pickled.pt"), "-t", "host", "--input-shape",
+                     "x=1,16", "-o", str(tmp_path / "no")]) == 2  # the one-line error above
+        assert main(["compile", str(tmp_path / "pickled.pt"), "--module-path", str(folder),
+                     "-t", "host", "--input-shape", "x=1,16", "-o", str(tmp_path / "out")]) == 0
     finally:
         sys.path.insert(0, str(folder))
 

@@ -69,7 +69,10 @@ def register_compile(sub) -> None:
     p.add_argument("-t", "--target", help="target name (see 'edgec targets')")
     p.add_argument("-o", "--output", type=Path, help="output folder")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
-                   help="static shape for a dynamic input (repeat per input)")
+                   help="static shape for a dynamic input (repeat per input); for a PyTorch "
+                        "model an element type may follow, e.g. input_ids=1,32:int64")
+    p.add_argument("--module-path", action="append", default=[], metavar="DIR",
+                   help="folder with the source a pickled .pt module needs (repeatable)")
     p.add_argument("--config", type=Path, help="TOML file with a [compile] table of options")
     # Every family adds its own group; another family's option set for a target is an error.
     for backend in _backends():
@@ -98,7 +101,8 @@ def compile_folder(args) -> dict:
         model_path = Path(args.model)
         source = model_path.name
         torch_input = is_torch_file(model_path)
-        module = load_module(model_path) if torch_input else None
+        module = load_module(model_path, module_paths=getattr(args, "module_path", [])) \
+            if torch_input else None
     else:  # an nn.Module from the Python API
         if not hasattr(args.model, "state_dict"):
             raise ConfigError(f"model must be a path or a torch.nn.Module, got "
