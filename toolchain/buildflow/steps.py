@@ -106,7 +106,8 @@ def compress(ctx: StepContext) -> dict:
     if args.distill is not None:
         teacher, teacher_name = _load_module(str(args.distill), "teacher")
         teacher = teacher if teacher is not None else models.trained(teacher_name)
-    steps = build_steps(args, teacher, teacher_name)
+    # a model file is never fine-tuned unless the build asks for epochs (as edgec compress)
+    steps = build_steps(args, teacher, teacher_name, model_file=m.kind != "zoo")
     if steps[0].name == "distill" and m.kind == "zoo":
         module = models.build(m.source)  # a distilled student starts untrained
     else:
