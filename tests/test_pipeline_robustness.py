@@ -185,6 +185,22 @@ def test_staged_outputs_respect_umask(tmp_path, umask):
     assert _mode(tmp_path / "page.html") == 0o666 & ~umask
 
 
+def test_owner_only_executables_become_executable_for_all(tmp_path):
+    """hls4ml writes its build_lib.sh 0744; an output folder's programs are 0755."""
+    old = os.umask(0o022)
+    try:
+        with staged_output(tmp_path / "out") as stage:
+            script = stage / "hls" / "build_lib.sh"
+            script.parent.mkdir()
+            script.write_text("#!/bin/sh\n")
+            script.chmod(0o744)
+            (stage / "notes.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "out" / "hls" / "build_lib.sh") == 0o755
+    assert _mode(tmp_path / "out" / "notes.txt") == 0o644
+
+
 # ------------------------------------------------------------------ 5. --input-shape vs static
 @pytest.mark.parametrize("batch, shape, shown", [
     (1, "x=1,3,8,8", "x[1,3,16,16]"),

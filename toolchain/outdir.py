@@ -47,6 +47,7 @@ def staged_output(out: Path) -> Iterator[Path]:
         # mkdtemp creates the folder private (0700); give it the mode a plain mkdir would
         stage.chmod(0o777 & ~_umask())
         yield stage
+        _executables_for_all(stage)
         (stage / _MARKER).write_text("written by edgec\n")
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
@@ -58,6 +59,17 @@ def staged_output(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _executables_for_all(folder: Path) -> None:
+    """A program a tool wrote executable for its owner only (hls4ml's build_lib.sh is 0744)
+    gets the group/other read and execute bits the umask allows, as a compiled binary has."""
+    extra = 0o055 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode & 0o7777
+            if mode & 0o100 and (mode | extra) != mode:
+                path.chmod(mode | extra)
 
 
 @contextlib.contextmanager
