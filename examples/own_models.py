@@ -1,8 +1,13 @@
 """Models written outside the zoo, compressed with data given on the command line, then compiled
 and verified: a Conv1d sensor net (residual, transposed conv), a ResNet-style and a
-MobileNetV2-style CNN, and a transformer encoder.
+MobileNetV2-style CNN, a transformer encoder, a GPT-style causal decoder on int64 token ids, an
+LSTM keyword spotter and a small U-Net (strided conv down, ConvTranspose2d up, skip concat).
 
-    python examples/own_models.py [--targets arm-a72,armv7-a7] [--out /tmp/own]
+    python examples/own_models.py [--models gpt-decoder,lstm-kws] [--targets arm-a72,armv7-a7]
+                                  [--out /tmp/own]
+
+A step that refuses a model is a row with its one-line reason (``edgec --json`` error), not a
+crash.
 
 For each model: ``edgec compress M.pt --data M.npz`` (unlabelled: calibration and pruning
 without fine-tuning, metric ``agree`` with the original model) with int8 PTQ, 50% structured
@@ -17,6 +22,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -78,66 +84,179 @@ class Encoder(nn.Module):
         return self.fc(self.e(x).mean(1))
 
 
-MODELS = {"sensor-conv1d": (Sensor, (3, 32)), "resnet-style": (ResNetStyle, (3, 16, 16)),
-          "mobilenetv2-style": (MobileNetV2Style, (3, 16, 16)), "transformer-encoder": (Encoder,
-                                                                                       (8, 32))}
+class GPTDecoder(nn.Module):
+    """Token + position embeddings, two pre-norm causal self-attention blocks, a class head on
+    the last position (a next-token head would be the same graph with a wider Linear)."""
+
+    def __init__(self, vocab: int = 64, seq: int = 16, d: int = 32):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+        self.blocks = nn.TransformerEncoder(nn.TransformerEncoderLayer(
+            d, 4, 64, dropout=0.0, batch_first=True, norm_first=True), 2,
+            enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 6)
+        self.register_buffer("mask", torch.triu(torch.full((seq, seq), float("-inf")), 1))
+
+    def forward(self, input_ids):
+        n = input_ids.shape[1]
+        h = self.tok(input_ids) + self.pos(torch.arange(n, device=input_ids.device))
+        h = self.blocks(h, mask=self.mask[:n, :n], is_causal=True)
+        return self.head(self.norm(h[:, -1]))
+
+
+class LSTMKeywordSpotter(nn.Module):
+    """MFCC-like frames (time, 10 coefficients) -> two-layer LSTM -> 12 keywords."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.fc = nn.LSTM(10, 32, num_layers=2, batch_first=True), nn.Linear(32, 12)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        return self.fc(y[:, -1])
+
+
+class UNet(nn.Module):
+    """Two levels: conv, strided conv down, bottleneck, ConvTranspose2d up, skip concat, a
+    per-pixel 3-class head."""
+
+    def __init__(self):
+        super().__init__()
+        self.e1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.mid = nn.Conv2d(16, 16, 3, padding=1)
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.d1, self.head = nn.Conv2d(16, 8, 3, padding=1), nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        s = torch.relu(self.bn1(self.e1(x)))
+        y = torch.relu(self.mid(torch.relu(self.down(s))))
+        y = torch.relu(self.d1(torch.cat([torch.relu(self.up(y)), s], 1)))
+        return self.head(y)
+
+
+# name: (class, one example's shape, dtype of the data, metric); token ids are int64 in [0, 64).
+# The U-Net's outputs are per-pixel maps, which `agree` refuses ((N, classes) only): drift.
+MODELS = {"sensor-conv1d": (Sensor, (3, 32), "float32", "agree"),
+          "resnet-style": (ResNetStyle, (3, 16, 16), "float32", "agree"),
+          "mobilenetv2-style": (MobileNetV2Style, (3, 16, 16), "float32", "agree"),
+          "transformer-encoder": (Encoder, (8, 32), "float32", "agree"),
+          "gpt-decoder": (GPTDecoder, (16,), "int64", "agree"),
+          "lstm-kws": (LSTMKeywordSpotter, (20, 10), "float32", "agree"),
+          "unet": (UNet, (3, 16, 16), "float32", "drift")}
 CONFIGS = {"int8": ["--quantize", "int8"], "prune50": ["--prune-channels", "0.5"],
            "prune50+int8": ["--prune-channels", "0.5", "--quantize", "int8"]}
+FLOAT: list[str] = []  # no step: the float export, compiled when compression refuses the model
 
 
-def _quiet(argv) -> int:
-    with contextlib.redirect_stdout(io.StringIO()):
-        return main(argv)
+@contextlib.contextmanager
+def _silent_fd2():
+    """TVM's C++ warnings write to file descriptor 2 directly, past sys.stderr."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
-def run(out: Path, targets: list[str]) -> list[dict]:
+def _edgec(argv) -> tuple[bool, str]:
+    """Run one edgec command quietly: (ok, the one-line reason when it is not)."""
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(io.StringIO()), \
+                _silent_fd2():
+            rc = main(["--json", *argv])
+    except Exception as exc:  # a crash is a finding for the table, not the end of the run
+        return False, f"crash: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}"
+    text = sink.getvalue()
+    try:
+        report = json.loads(text[text.index("{"):])
+    except ValueError:
+        report = {}
+    error = report.get("error") or f"exit code {rc}"
+    return rc == 0, "" if rc == 0 else " ".join(str(error).split())[:200]
+
+
+def _data(shape: tuple, dtype: str, rng) -> np.ndarray:
+    if dtype == "int64":
+        return rng.integers(0, 64, (200,) + shape).astype(np.int64)
+    return rng.standard_normal((200,) + shape).astype(np.float32)
+
+
+def _compress(out: Path, name: str, metric: str, cfg: str, flags: list[str]) -> dict:
+    onnx_path = out / f"{name}-{cfg}.onnx"
+    ok, why = _edgec(["compress", str(out / f"{name}.pt"), "--data", str(out / f"{name}.npz"),
+                      "--metric", metric, *flags, "-o", str(onnx_path)])
+    row = {"model": name, "steps": cfg, "ok": ok, "why": why, "onnx": str(onnx_path)}
+    if ok:
+        r = json.loads(onnx_path.with_suffix(".json").read_text())
+        row.update(metric=r["export"]["metric"], before=r["initial"]["score"],
+                   after=r["export"]["onnx_score"], params=(r["initial"]["params"],
+                                                            r["final"]["params"]),
+                   bytes=(r["initial"]["bytes"], r["final"]["bytes"]))
+    return row
+
+
+def run(out: Path, targets: list[str], names: list[str]) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     sys.modules.setdefault("own_models", sys.modules[__name__])  # torch.load finds the classes
     rows = []
-    rng = np.random.default_rng(0)
-    for name, (cls, shape) in MODELS.items():
+    for name in names:
+        cls, shape, dtype, metric = MODELS[name]
+        rng = np.random.default_rng(0)
         torch.manual_seed(0)
         cls.__module__ = "own_models"
         torch.save(cls().eval(), out / f"{name}.pt")
-        np.savez(out / f"{name}.npz", x=rng.standard_normal((200,) + shape).astype(np.float32))
+        np.savez(out / f"{name}.npz", x=_data(shape, dtype, rng))
         for cfg, flags in CONFIGS.items():
-            onnx_path = out / f"{name}-{cfg}.onnx"
-            rc = _quiet(["compress", str(out / f"{name}.pt"), "--data", str(out / f"{name}.npz"),
-                         *flags, "-o", str(onnx_path)])
-            row = {"model": name, "steps": cfg, "ok": rc == 0}
-            if rc == 0:
-                r = json.loads(onnx_path.with_suffix(".json").read_text())
-                row.update(metric=r["export"]["metric"], before=r["initial"]["score"],
-                           after=r["export"]["onnx_score"], params=(r["initial"]["params"],
-                                                                    r["final"]["params"]),
-                           bytes=(r["initial"]["bytes"], r["final"]["bytes"]))
-                if cfg == "prune50+int8":
-                    for t in targets:
-                        folder = out / f"{name}-{t}"
-                        ok = _quiet(["compile", str(onnx_path), "-t", t, "-o", str(folder)]) == 0
-                        row[t] = "ok" if ok and _quiet(["verify", str(folder)]) == 0 else "FAIL"
-            rows.append(row)
+            rows.append(_compress(out, name, metric, cfg, flags))
+        last = rows[-1]
+        if not last["ok"]:  # still show whether the targets take the model: its float export
+            last = _compress(out, name, metric, "float", FLOAT)
+            rows.append(last)
+        if last["ok"]:
+            for t in targets:
+                folder = out / f"{name}-{t}"
+                ok_c, why_c = _edgec(["compile", last["onnx"], "-t", t, "-o", str(folder)])
+                ok_v, why_v = _edgec(["verify", str(folder)]) if ok_c else (False, "")
+                last[t] = "ok" if ok_v else "FAIL"
+                if not ok_v:
+                    last["why"] += f"{t} {'verify' if ok_c else 'compile'}: {why_v or why_c}; "
     return rows
 
 
 def main_(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help=f"comma-separated, from {', '.join(MODELS)} (default: all)")
     ap.add_argument("--targets", default="arm-a72,armv7-a7")
     ap.add_argument("--out", type=Path, default=Path("/tmp/edgec-own-models"))
     args = ap.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
-    rows = run(args.out, targets)
-    print(f"{'model':<20}{'steps':<14}{'agree % (ort)':>15}{'params':>16}{'bytes':>16}"
+    names = [m for m in args.models.split(",") if m]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown model {', '.join(unknown)} (known: {', '.join(MODELS)})")
+    rows = run(args.out, targets, names)
+    print(f"{'model':<20}{'steps':<14}{'metric (ort)':<24}{'params':>16}{'bytes':>18}"
           + "".join(f"{t:>10}" for t in targets))
     for r in rows:
         if not r["ok"]:
-            print(f"{r['model']:<20}{r['steps']:<14}  compress failed")
+            print(f"{r['model']:<20}{r['steps']:<14}refused: {r['why']}")
             continue
-        print(f"{r['model']:<20}{r['steps']:<14}{r['before']:>7.1f} ->{r['after']:>5.1f}"
-              f"{r['params'][0]:>8} ->{r['params'][1]:>5}{r['bytes'][0]:>8} ->{r['bytes'][1]:>5}"
+        score = f"{r['metric']} {r['before']:.4g} -> {r['after']:.4g}"
+        print(f"{r['model']:<20}{r['steps']:<14}{score:<24}"
+              f"{r['params'][0]:>7} ->{r['params'][1]:>6}{r['bytes'][0]:>8} ->{r['bytes'][1]:>7}"
               + "".join(f"{r.get(t, ''):>10}" for t in targets))
-    return 0 if all(r["ok"] for r in rows) else 1
-
+        if r["why"]:
+            print(f"{'':<34}{r['why']}")
+    # a step refusing a model is a finding (its row says why); a crash or a failed target is not
+    bad = [r for r in rows if r["why"].startswith("crash") or "FAIL" in r.values()]
+    return 1 if bad else 0
 
 if __name__ == "__main__":
     sys.exit(main_())
