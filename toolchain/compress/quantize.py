@@ -49,8 +49,10 @@ log = logging.getLogger(__name__)
 
 CALIBRATIONS = ("minmax", "percentile", "histogram")
 QUANTIZERS = ("auto", "edgec", "torchao")
-# layers edgec's quantizer refuses that torchao's PT2E x86 quantizer takes (--quantizer auto)
-TORCHAO_TAKES = ("Conv1d", "ConvTranspose1d", "ConvTranspose2d", "Conv3d")
+# layers edgec's quantizer refuses that torchao's PT2E x86 quantizer takes (--quantizer auto);
+# for a recurrent layer torchao quantizes the model's Linear/Conv layers and leaves the
+# LSTM/GRU itself float (its ONNX node compiles through UnrollRecurrent).
+TORCHAO_TAKES = ("Conv1d", "ConvTranspose1d", "ConvTranspose2d", "Conv3d", "LSTM", "GRU", "RNN")
 # Layers with weights that no step knows how to quantize; norms stay float on purpose.
 _FLOAT_OK = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 # Layers every step leaves as they are (float, dense): embedding tables, and attention's packed
