@@ -181,10 +181,6 @@ class ArmBackend(Backend):
             for name in ("model.c", "main.c"):
                 shutil.copyfile(build / name, stage / "src" / name)
 
-        kernels = {}
-        for k in plan.kernels():
-            kernels[k] = {"ops": result.fused_groups.get(k, [k.rstrip("0123456789")]),
-                          "calls": sum(1 for c in plan.calls if c.kernel == k)}
         return {
             "target": device.name,
             "triple": dev.triple,
@@ -194,11 +190,7 @@ class ArmBackend(Backend):
             "pipeline": pipeline,
             "schedule": ctx.schedule,
             "threads": threads,
-            "kernel_calls_before_fusion": result.calls_before_fusion,
-            "kernel_calls_after_fusion": result.calls_after_fusion,
-            "kernel_calls": len(plan.calls),
-            "distinct_kernels": len(kernels),
-            "kernels": kernels,
+            **result.kernel_report(plan),
             "memory": {**mem.to_json(), "workspace_bytes": driver.workspace_total(ws, threads),
                        "weight_bytes": layout.total},
             "binary_bytes": (stage / "model").stat().st_size,

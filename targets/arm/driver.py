@@ -249,8 +249,8 @@ const char *edgec_model_last_error(void) { return edgec_error; }
 """
 
 
-_INDEX_ERROR_C = """\
-/* An index outside its axis: say which input, element and value, and refuse to run. */
+# Decimal digits of an integer into an error message (no printf in the library).
+PUT_INT_C = """\
 static char *edgec_put_int(char *p, int64_t v) {
   char digits[24];
   int n = 0;
@@ -260,7 +260,10 @@ static char *edgec_put_int(char *p, int64_t v) {
   while (n) *p++ = digits[--n];
   return p;
 }
+"""
 
+_INDEX_ERROR_C = PUT_INT_C + """
+/* An index outside its axis: say which input, element and value, and refuse to run. */
 static int edgec_index_error(const char *input, size_t element, int64_t value, int64_t bound) {
   char *p = edgec_error, *end = edgec_error + sizeof(edgec_error) - 128;  /* room for the numbers */
   const char *parts[] = {"input '", input, "' element "};

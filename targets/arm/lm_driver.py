@@ -23,6 +23,7 @@ from toolchain.errors import ModelError
 from toolchain.optimizer.kvcache import LMContract
 from toolchain.optimizer.memplan import MemoryPlan
 from toolchain.optimizer.plan import KernelPlan, TEMP
+from toolchain.targets.arm import driver
 from toolchain.targets.arm.driver import index_checks, main_c as tensor_main_c
 
 
@@ -108,10 +109,10 @@ int edgec_lm_position(void) { return edgec_lm_pos; }
 int edgec_lm_refuse(int code, const char *what, int64_t a, int64_t b) {
   char *p = edgec_error, *end = edgec_error + sizeof(edgec_error) - 64;
   for (const char *c = what; *c && p < end; ++c) *p++ = *c;
-  p = edgec_lm_put(p, a);
+  p = edgec_put_int(p, a);
   for (const char *c = code == EDGEC_LM_CONTEXT_FULL ? " tokens, the context holds "
                                                      : " is outside [0, "; *c; ++c) *p++ = *c;
-  p = edgec_lm_put(p, b);
+  p = edgec_put_int(p, b);
   if (code != EDGEC_LM_CONTEXT_FULL) *p++ = ')';
   *p = 0;
   return code;
@@ -154,17 +155,6 @@ int edgec_lm_prefill(const int32_t *ids, int n, float *logits) {
 int edgec_lm_step(int32_t id, float *logits) { return edgec_lm_prefill(&id, 1, logits); }
 """
 
-_PUT_C = """
-static char *edgec_lm_put(char *p, int64_t v) {
-  char digits[24];
-  int n = 0;
-  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-  do { digits[n++] = (char)('0' + (int)(u % 10)); u /= 10; } while (u);
-  if (v < 0) *p++ = '-';
-  while (n) *p++ = digits[--n];
-  return p;
-}
-"""
 
 
 def position_check(plan: KernelPlan, mem: MemoryPlan, names_in: list[str],
@@ -196,7 +186,8 @@ def model_c_lm(plan: KernelPlan, mem: MemoryPlan, names_in: list[str], names_out
     text = _LM_C
     for k, v in subs.items():
         text = text.replace(k, v)
-    return _PUT_C + text
+    # model.c defines edgec_put_int already when it checks indices
+    return ("" if index_checks(plan) else "\n" + driver.PUT_INT_C) + text
 
 
 MAIN_LM_C = """

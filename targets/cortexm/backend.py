@@ -170,10 +170,6 @@ class CortexMBackend(Backend):
             for name in ("model.c", "main.c", "link.ld", *board.BOARD_FILES):
                 shutil.copyfile(build / name, stage / "src" / name)
 
-        kernels = {}
-        for k in plan.kernels():
-            kernels[k] = {"ops": result.fused_groups.get(k, [k.rstrip("0123456789")]),
-                          "calls": sum(1 for c in plan.calls if c.kernel == k)}
         return {
             "family": self.family,
             "target": device.name,
@@ -184,11 +180,7 @@ class CortexMBackend(Backend):
             "pipeline": pipeline,
             "schedule": ctx.schedule,
             "threads": 1,
-            "kernel_calls_before_fusion": result.calls_before_fusion,
-            "kernel_calls_after_fusion": result.calls_after_fusion,
-            "kernel_calls": len(plan.calls),
-            "distinct_kernels": len(kernels),
-            "kernels": kernels,
+            **result.kernel_report(plan),
             "memory": {**mem.to_json(), "workspace_bytes": ws, "weight_bytes": layout.total},
             "mcu": memory,
             "binary_bytes": (stage / "model.elf").stat().st_size,

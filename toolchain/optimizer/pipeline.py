@@ -145,6 +145,18 @@ class PipelineResult:
     calls_before_fusion: int
     calls_after_fusion: int
 
+    def kernel_report(self, plan) -> dict:
+        """report.json's kernel keys for the static plan built from ``mod``: calls before
+        and after fusion, calls in the plan, and each kernel's ops and number of calls."""
+        kernels = {k: {"ops": self.fused_groups.get(k, [k.rstrip("0123456789")]),
+                       "calls": sum(1 for c in plan.calls if c.kernel == k)}
+                   for k in plan.kernels()}
+        return {"kernel_calls_before_fusion": self.calls_before_fusion,
+                "kernel_calls_after_fusion": self.calls_after_fusion,
+                "kernel_calls": len(plan.calls),
+                "distinct_kernels": len(kernels),
+                "kernels": kernels}
+
 
 def count_kernel_calls(mod) -> int:
     """call_tir calls in ``main``."""
