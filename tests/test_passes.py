@@ -82,3 +82,116 @@ def test_passes_report_no_change_on_clean_graph():
     for p in (FoldConstants(), PretransposeGemm()):
         _, changed = p.apply(model)
         assert not changed
+
+
+# ---------------------------------------------------------------- ops TVM's importer gets wrong
+def _evaluate(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    """onnx's reference evaluator: it implements every mode these passes rewrite."""
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model).run(None, feeds)
+
+
+def _single(op, inputs, outputs, opset=17, inits=(), **attrs) -> onnx.ModelProto:
+    """One node; ``inputs``/``outputs`` are (name, elem type, shape) triples."""
+    g = helper.make_graph([helper.make_node(op, [n for n, *_ in inputs if n not in
+                                                 {t.name for t in inits}] + [t.name for t in inits],
+                                            [n for n, *_ in outputs], name="n0", **attrs)],
+                          "g", [helper.make_tensor_value_info(*i) for i in inputs],
+                          [helper.make_tensor_value_info(*o) for o in outputs], list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
+                             ir_version=13 if opset >= 28 else 8)
+
+
+@pytest.mark.parametrize("mode,rewritten", [("CRD", True), ("DCR", False)])
+def test_expand_spacetodepth_crd(mode, rewritten):
+    from toolchain.passes.expand_spacetodepth_crd import ExpandSpaceToDepthCRD
+
+    model = _single("SpaceToDepth", [("x", TensorProto.FLOAT, [2, 3, 4, 6])],
+                    [("y", TensorProto.FLOAT, [2, 12, 2, 3])], opset=28, blocksize=2, mode=mode)
+    out = transform(model, [ExpandSpaceToDepthCRD()])
+    assert ops(out) == (["Reshape", "Transpose", "Reshape"] if rewritten else ["SpaceToDepth"])
+    onnx.checker.check_model(out, full_check=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 6)).astype(np.float32)
+    want = _evaluate(model, {"x": x})[0]
+    np.testing.assert_array_equal(_evaluate(out, {"x": x})[0], want)
+    if mode == "CRD":  # the channel order: c*4 + i*2 + j holds x[:, c, 2h+i, 2w+j]
+        np.testing.assert_array_equal(want[:, 1 * 4 + 1 * 2 + 0], x[:, 1, 1::2, 0::2])
+
+
+@pytest.mark.parametrize("opset,elem,axis,bias", [
+    (17, TensorProto.FLOAT, -4, True), (17, TensorProto.FLOAT, 1, False),
+    (18, TensorProto.FLOAT, -1, True), (17, TensorProto.FLOAT16, 2, True),
+    (17, TensorProto.DOUBLE, 0, True)])
+def test_expand_layernorm_stats(opset, elem, axis, bias):
+    from toolchain.passes.expand_layernorm_stats import ExpandLayerNormStats
+
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    shape = [2, 3, 4, 5]
+    norm = shape[axis % 4:]
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array((rng.standard_normal(norm) + 1).astype(dtype), "scale")]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(norm).astype(dtype), "bias"))
+    stats = shape[:axis % 4] + [1] * (4 - axis % 4)
+    model = _single("LayerNormalization", [("x", elem, shape)],
+                    [("y", elem, shape), ("mean", elem, stats), ("inv_std", elem, stats)],
+                    opset=opset, inits=inits, axis=axis, epsilon=1e-3)
+    out = transform(model, [ExpandLayerNormStats()])
+    assert "LayerNormalization" not in ops(out)
+    onnx.checker.check_model(out, full_check=True)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    tol = 2e-3 if elem == TensorProto.FLOAT16 else 1e-5
+    for got, want in zip(_evaluate(out, {"x": x}), _evaluate(model, {"x": x})):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    assert np.abs(_evaluate(out, {"x": x})[2]).min() > 0.1  # InvStdDev is not TVM's zeros
+
+
+def test_layernorm_whose_stats_nobody_reads_is_left_alone():
+    from toolchain.passes.expand_layernorm_stats import ExpandLayerNormStats
+
+    model = _single("LayerNormalization", [("x", TensorProto.FLOAT, [2, 8])],
+                    [("y", TensorProto.FLOAT, [2, 8])],
+                    inits=[numpy_helper.from_array(np.ones(8, np.float32), "scale")])
+    assert not ExpandLayerNormStats().apply(model)[1]
+
+
+def _dropout(training, ratio, mask=True) -> onnx.ModelProto:
+    """Dropout(x, ratio, training_mode): each a constant, or (None) a graph input."""
+    inits, inputs = [], [("x", TensorProto.FLOAT, [3, 4])]
+    for name, value, elem in (("ratio", ratio, np.float32), ("training", training, np.bool_)):
+        if value is None:
+            inputs.append((name, TensorProto.FLOAT if name == "ratio" else TensorProto.BOOL, []))
+        else:
+            inits.append(numpy_helper.from_array(np.array(value, elem), name))
+    outs = [("y", TensorProto.FLOAT, [3, 4])] + ([("mask", TensorProto.BOOL, [3, 4])] if mask
+                                                else [])
+    g = helper.make_graph([helper.make_node("Dropout", ["x", "ratio", "training"],
+                                            [o for o, *_ in outs], name="drop")], "g",
+                          [helper.make_tensor_value_info(*i) for i in inputs],
+                          [helper.make_tensor_value_info(*o) for o in outs], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("training,ratio,removed", [
+    (False, 0.5, True), (True, 0.0, True), (True, 0.5, False), (None, 0.0, True),
+    (None, 0.5, False), (False, None, True), (True, None, False)])
+def test_remove_dropout_with_its_mask(training, ratio, removed):
+    """A Dropout that drops nothing goes, its mask read becomes all true; one that may drop
+    at random (training mode, non-zero or unknown ratio) stays for the frontend to refuse."""
+    from toolchain.passes.remove_dropout import RemoveDropout
+
+    model = _dropout(training, ratio)
+    out = transform(model, [RemoveDropout()])
+    assert ("Dropout" not in ops(out)) == removed
+    if not removed:
+        return
+    onnx.checker.check_model(out, full_check=True)
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    feeds = {"x": x, **({"ratio": np.float32(0.3)} if ratio is None else {}),
+             **({"training": np.bool_(True)} if training is None else {})}
+    feeds = {i.name: feeds[i.name] for i in out.graph.input}
+    y, mask = _evaluate(out, feeds)
+    np.testing.assert_array_equal(y, x)
+    assert mask.dtype == np.bool_ and mask.shape == (3, 4) and mask.all()

@@ -36,6 +36,8 @@ def transform(model: onnx.ModelProto, passes: Sequence[Pass]) -> onnx.ModelProto
 def cleanup_passes() -> list[Pass]:
     """The passes every CPU compile runs before TVM import."""
     from toolchain.passes.channel_prelu import ChannelPReluSlope
+    from toolchain.passes.expand_layernorm_stats import ExpandLayerNormStats
+    from toolchain.passes.expand_spacetodepth_crd import ExpandSpaceToDepthCRD
     from toolchain.passes.fold_batchnorm import FoldBatchNorm
     from toolchain.passes.fold_constants import FoldConstants
     from toolchain.passes.pretranspose_gemm import PretransposeGemm
@@ -44,4 +46,5 @@ def cleanup_passes() -> list[Pass]:
     from toolchain.passes.unroll_recurrent import UnrollRecurrent
 
     return [RemoveDropout(), UnrollRecurrent(), FoldConstants(), FoldBatchNorm(),
-            PretransposeGemm(), ChannelPReluSlope(), RewriteSignedIsInf()]
+            PretransposeGemm(), ChannelPReluSlope(), RewriteSignedIsInf(), ExpandLayerNormStats(),
+            ExpandSpaceToDepthCRD()]

@@ -66,3 +66,51 @@ def unique_name(model: onnx.ModelProto, base: str) -> str:
         k += 1
         name = f"{base}_{k}"
     return name
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, tuple[int, list[int | None]]]:
+    """(element type, dims) of every tensor whose type is known, a dim None when not static.
+    Shape inference runs first on a copy, so a model without value infos gets them."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # an invalid model: its own value infos are all there is
+        inferred = model
+    g = inferred.graph
+    found: dict[str, tuple[int, list[int | None]]] = {}
+    for v in [*g.input, *g.value_info, *g.output]:
+        t = v.type.tensor_type
+        if not v.type.HasField("tensor_type") or not t.HasField("shape"):
+            continue
+        found[v.name] = (t.elem_type, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                                       else None for d in t.shape.dim])
+    found.update({t.name: (t.data_type, list(t.dims)) for t in g.initializer})
+    return found
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """An attribute's value (strings decoded), or ``default`` when the node lacks it."""
+    for a in node.attribute:
+        if a.name == name:
+            value = onnx.helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+class Names:
+    """Fresh tensor names for nodes a pass is about to add (checked against the model and
+    against each other)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model, self.taken = model, set()
+
+    def __call__(self, base: str) -> str:
+        name, k = unique_name(self.model, base), 0
+        while name in self.taken:
+            k += 1
+            name = unique_name(self.model, f"{base}_{k}")
+        self.taken.add(name)
+        return name
