@@ -69,7 +69,8 @@ def register_compress(sub) -> None:
     p.add_argument("--data", help="the data: a zoo model's data set (e.g. cnn), DATA.npz (x, "
                                   "optional y, x_test, y_test), a folder of x.npy [y.npy ...], "
                                   "or module:function returning a torch Dataset / DataLoader")
-    p.add_argument("--metric", help="top1, top5, mse, mae, agree, drift, or module:function "
+    p.add_argument("--metric", help="top1, top5, mse, mae, agree, pixel-agree (per position of "
+                                    "a dense output), drift, or module:function "
                                     "called as function(outputs, labels) (default: top1 for "
                                     "class labels, mse for float targets, agree without labels)")
     p.add_argument("--weights", type=Path, metavar="STATE_DICT",
@@ -211,6 +212,7 @@ def _context(args, module, name: str):
 def cmd_compress(args) -> int:
     from toolchain import models
     from toolchain.compress import compress, export_onnx, onnx_outputs, quantization_meta
+    from toolchain.compress.evaluate import PERCENT
     from toolchain.outdir import staged_file
 
     if args.model is None:
@@ -245,7 +247,7 @@ def cmd_compress(args) -> int:
     metric = ctx.metric
     onnx_score = metric.score(onnx_outputs(args.output, ctx.X_test), ctx.y_test,
                               report.reference)
-    if metric.name in ("top1", "top5", "agree"):
+    if metric.name in PERCENT:
         onnx_score = round(onnx_score, 3)
     report.export = {**result.to_json(), "metric": metric.name, "onnx_score": onnx_score,
                      "onnx_accuracy": onnx_score if metric.name == "top1" else None,
@@ -255,7 +257,7 @@ def cmd_compress(args) -> int:
     with staged_file(out_json) as tmp:
         tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     first, last = report.initial, report.final
-    unit = "%" if metric.name in ("top1", "top5", "agree") else ""
+    unit = "%" if metric.name in PERCENT else ""
     print(f"{name}: {' -> '.join(s.name for s in steps) or 'no step (float export)'}")
     print(f"  {metric.name} {first.score:.4g}{unit} -> {onnx_score:.4g}{unit} (onnxruntime), "
           f"params {first.params} -> {last.params}, non-zeros {first.nonzeros} -> "

@@ -11,6 +11,9 @@ Built in:
 - ``top1``, ``top5``: accuracy in percent against integer class labels (outputs (N, C));
 - ``mse``, ``mae``: mean squared / absolute error against float targets shaped like the outputs;
 - ``agree``: percent of samples whose top-1 class equals the original model's (no labels);
+- ``pixel-agree``: the same per position of a dense output (segmentation maps (N, C, H, W),
+  sequences (N, C, T)): the class is the argmax over the channel axis 1 at each position, the
+  score the percent of positions whose class equals the original model's (no labels);
 - ``drift``: mean squared difference from the original model's outputs (no labels).
 
 Or ``module:function`` / ``file.py:function``: your own, called as ``function(outputs, labels)``
@@ -73,6 +76,13 @@ def _agree(outputs, labels, reference):
     return float((outputs.argmax(1) == reference.argmax(1)).mean() * 100.0)
 
 
+def _pixel_agree(outputs, labels, reference):
+    if outputs.ndim < 2 or outputs.shape[1] < 2:
+        raise ConfigError(f"metric pixel-agree needs (N, classes, ...) outputs with at least two "
+                          f"classes on axis 1; the model gives {outputs.shape[1:]} (use drift)")
+    return float((outputs.argmax(1) == reference.argmax(1)).mean() * 100.0)
+
+
 def _drift(outputs, labels, reference):
     return float(np.mean((outputs.astype(np.float64) - reference.astype(np.float64)) ** 2))
 
@@ -91,7 +101,7 @@ class Metric:
         if self.needs_labels and labels is None:
             raise ConfigError(f"metric {self.name} needs labels (y), and the data has none; "
                               "use --metric agree or drift, or give labels")
-        if self.fn in (_agree, _drift) and reference is not None \
+        if self.fn in (_agree, _pixel_agree, _drift) and reference is not None \
                 and reference.shape != outputs.shape:
             raise ConfigError(f"metric {self.name}: the outputs changed shape from "
                               f"{reference.shape[1:]} to {outputs.shape[1:]}")
@@ -116,8 +126,13 @@ BUILTIN = {
     "mse": Metric("mse", True, False, _mse),
     "mae": Metric("mae", True, False, _mae),
     "agree": Metric("agree", False, True, _agree),
+    "pixel-agree": Metric("pixel-agree", False, True, _pixel_agree),
     "drift": Metric("drift", False, False, _drift),
 }
+
+
+# metrics in percent (reports round them to 3 decimals and print a % sign)
+PERCENT = ("top1", "top5", "agree", "pixel-agree")
 
 
 def metric_for(name: str | None, labels: np.ndarray | None, outputs: np.ndarray,
@@ -133,7 +148,8 @@ def metric_for(name: str | None, labels: np.ndarray | None, outputs: np.ndarray,
         m = BUILTIN[name]
         if m.needs_labels and labels is None:
             raise ConfigError(f"--metric {name} needs labels (y), and the data has none; use "
-                              "--metric agree or drift (they compare with the original model)")
+                              "--metric agree, pixel-agree or drift (they compare with the original "
+                              "model)")
         return m
     if ":" not in name:
         raise ConfigError(f"unknown metric '{name}'; use {', '.join(BUILTIN)} or "

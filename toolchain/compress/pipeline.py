@@ -19,6 +19,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from torch import nn
 
+from toolchain.compress.evaluate import PERCENT
 from toolchain.compress.metrics import ModelStats, model_stats
 from toolchain.errors import ModelError
 from toolchain.models.train import accuracy, predict
@@ -83,7 +84,7 @@ class Measure:
             acc = round(accuracy(model, ctx.X_test, ctx.y_test), 3)
             return cls(acc, **s.to_json(), metric="top1", score=acc)
         score = metric.score(predict(model, ctx.X_test), ctx.y_test, reference)
-        score = round(score, 3) if metric.name in ("top1", "top5", "agree") else score
+        score = round(score, 3) if metric.name in PERCENT else score
         return cls(score if metric.name == "top1" else None, **s.to_json(), metric=metric.name,
                    score=score)
 
