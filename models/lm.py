@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolchain import progress
+
 log = logging.getLogger(__name__)
 
 VOCAB = 256
@@ -307,7 +309,9 @@ def train_lm(model: ByteLM, recipe: LMRecipe, data: bytes,
     model.train()
     start = time.monotonic()
     stream = batches(data, model.config.context, recipe.batch, gen)
-    for step in range(recipe.steps):
+    steps = progress.bar(range(recipe.steps), desc="training" if teacher is None else
+                         "distilling", unit="step")
+    for step in steps:
         for g in opt.param_groups:
             g["lr"] = _lr(step, recipe)
         x, y = next(stream)
@@ -323,6 +327,8 @@ def train_lm(model: ByteLM, recipe: LMRecipe, data: bytes,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip)
         opt.step()
+        if step % 25 == 0:
+            progress.postfix(steps, loss=loss.item())
         if step % 250 == 0 or step == recipe.steps - 1:
             log.info("step %d/%d loss %.3f (%.0f s)", step, recipe.steps, loss.item(),
                      time.monotonic() - start)

@@ -1,6 +1,9 @@
-"""Progress bars for edgec's long steps (training, fine-tuning, distillation).
+"""Progress bars for edgec's long steps (training, fine-tuning, distillation, the hls4ml C
+compile, the RTL build and simulation).
 
-A bar is drawn with tqdm on stderr, and only when stderr is a terminal: build logs, pipes,
+``bar`` wraps a loop with a known length; ``spinner`` shows the elapsed time of a step that
+has no count (a compiler or simulator run as one call); ``postfix`` adds figures (a loss) to
+a bar. A bar is drawn with tqdm on stderr, and only when stderr is a terminal: build logs, pipes,
 ``--json``/``--quiet`` runs and CI (``CI`` set) get no bar at all, so stdout and captured output
 stay exactly as they were. tqdm was chosen because it is small, pure Python and has no
 dependencies of its own; rich would bring a renderer edgec does not otherwise need.
@@ -8,9 +11,11 @@ dependencies of its own; rich would bring a renderer edgec does not otherwise ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Iterable, TypeVar
+import threading
+from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -40,3 +45,38 @@ def bar(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
                 dynamic_ncols=True)
+
+
+def postfix(iterable: Iterable, **values) -> None:
+    """Show ``values`` (e.g. ``loss=1.23``) after the bar; nothing when ``iterable`` is no bar."""
+    setter = getattr(iterable, "set_postfix", None)
+    if setter is not None:
+        setter({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()},
+               refresh=False)
+
+
+@contextlib.contextmanager
+def spinner(desc: str, interval: float = 0.5) -> Iterator[None]:
+    """While inside, a line ``desc: 00:12`` counting the elapsed time (redrawn every
+    ``interval`` seconds by a thread), removed at the end; nothing when no bar is shown."""
+    if not shown():
+        yield
+        return
+    from tqdm import tqdm
+
+    line = tqdm(total=None, desc=desc, bar_format="{desc}: {elapsed}", leave=False,
+                file=sys.stderr, dynamic_ncols=True)
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(interval):
+            line.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True, name="edgec-spinner")
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        ticker.join()
+        line.close()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain import progress
 from toolchain.errors import ToolFailedError, ToolMissingError
 
 from .config import FpgaConfig, FpgaDevice
@@ -232,7 +233,7 @@ def write_project(design: Design, cfg: FpgaConfig, device: FpgaDevice, out: Path
     conf = _hls_config(hls4ml, module, design, cfg)
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter):
+        with contextlib.redirect_stdout(chatter), progress.spinner("hls4ml: writing the project"):
             model = hls4ml.converters.convert_from_pytorch_model(
                 module, output_dir=str(out), project_name=cfg.project_name,
                 backend=cfg.hls_backend, part=device.part, clock_period=cfg.clock_period_ns,
@@ -286,15 +287,16 @@ def build_emulation(project_dir: Path, project_name: str) -> Path:
     flags = ["-O3", "-fPIC", "-std=c++17", "-Ifirmware/ap_types/", '-DWEIGHTS_DIR="weights"']
     units = [(f"firmware/{project_name}.cpp", f"{project_name}.o"),
              (f"{project_name}_bridge.cpp", f"{project_name}_bridge.o")]
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    lib = project_dir / "firmware" / f"{project_name}-edgec.so"
+    with progress.spinner("hls4ml: compiling the C emulation"), \
+            ThreadPoolExecutor(max_workers=2) as pool:
         jobs = [pool.submit(run_tool, [cxx, *flags, "-c", src, "-o", obj], cwd=project_dir,
                             what=f"compiling the C emulation ({src})", timeout=900)
                 for src, obj in units]
         for job in jobs:
             job.result()
-    lib = project_dir / "firmware" / f"{project_name}-edgec.so"
-    run_tool([cxx, "-shared", *(o for _, o in units), "-o", lib.relative_to(project_dir)],
-             cwd=project_dir, what="linking the C emulation")
+        run_tool([cxx, "-shared", *(o for _, o in units), "-o", lib.relative_to(project_dir)],
+                 cwd=project_dir, what="linking the C emulation")
     for _, obj in units:
         (project_dir / obj).unlink(missing_ok=True)
     return lib
@@ -327,11 +329,13 @@ class CEmulation:
             x = x.transpose(0, 2, 1)
         return np.ascontiguousarray(x.reshape(x.shape[0], -1))
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray, desc: str = "") -> np.ndarray:
+        """One output row per sample; with ``desc``, a progress bar over the samples."""
         flat = self._prepare(x)
         out = np.zeros((flat.shape[0], self.info["output_size"]), dtype=np.float64)
+        rows = range(flat.shape[0])
         with self._in_firmware():
-            for i in range(flat.shape[0]):
+            for i in progress.bar(rows, desc=desc, unit="sample") if desc else rows:
                 row = np.ascontiguousarray(flat[i])
                 res = out[i]
                 self.fn(row.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),

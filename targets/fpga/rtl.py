@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain import progress
 from toolchain.errors import ToolFailedError, ToolMissingError
 
 from .plan import Design, PlannedLayer
@@ -241,8 +242,9 @@ def verilate(model, out: Path) -> None:
     shutil.rmtree(sim / "obj_dir", ignore_errors=True)
     for old in sim.glob(f"lib{TOP}_wrapper_*.so"):
         old.unlink()
-    run_tool(["make", "-f", "build_binder.mk", "CFLAGS=-std=c++17 -fPIC -O0"], cwd=sim, env=env,
-             what="building the RTL emulator with Verilator", timeout=1800)
+    with progress.spinner("Verilator: building the RTL emulator"):
+        run_tool(["make", "-f", "build_binder.mk", "CFLAGS=-std=c++17 -fPIC -O0"], cwd=sim,
+                 env=env, what="building the RTL emulator with Verilator", timeout=1800)
     shutil.rmtree(sim / "obj_dir", ignore_errors=True)
     model._load_lib(stamp)
 
@@ -250,4 +252,5 @@ def verilate(model, out: Path) -> None:
 def run(model, x: np.ndarray) -> np.ndarray:
     """Run the inputs ``x`` (already on the input grid, ONNX order) through the built emulator."""
     flat = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float64)
-    return np.asarray(model.predict(flat, n_threads=1), dtype=np.float64)
+    with progress.spinner(f"Verilator: simulating {flat.shape[0]} samples"):
+        return np.asarray(model.predict(flat, n_threads=1), dtype=np.float64)

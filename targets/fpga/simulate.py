@@ -87,7 +87,7 @@ def simulate_folder(out_dir: Path, report: dict, args: argparse.Namespace) -> di
     x, labels, source = _test_set(args, spec["shape"])
     started = time.perf_counter()
     emu = CEmulation(out_dir / "hls", report["hls"])
-    y_c = emu.predict(x)
+    y_c = emu.predict(x, desc="C emulation")
     c_seconds = time.perf_counter() - started
     y_ref = reference_outputs(out_dir / "model.onnx", x, int(spec["shape"][0]))
     err = np.abs(y_c - y_ref)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolchain import progress
 from toolchain.errors import ConfigError
 from toolchain.models.train import Distillation, Recipe, apply_masks, fit
 
@@ -64,7 +65,7 @@ def _fit_regression(model: nn.Module, X: np.ndarray, y: np.ndarray | None, recip
     if distill is not None:
         distill.teacher.eval()
     model.train()
-    for _ in range(recipe.epochs):
+    for _ in progress.bar(range(recipe.epochs), desc="fine-tuning", unit="epoch"):
         order = torch.randperm(len(Xt), generator=gen)
         for i in range(0, len(Xt), recipe.batch):
             idx = order[i:i + recipe.batch]
