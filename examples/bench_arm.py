@@ -27,8 +27,8 @@ from toolchain.cli import main as edgec
 from toolchain.onnx_io import input_specs, randomize_weights, save_model
 from toolchain.reference import ort_session
 from toolchain.targets import device
-from toolchain.targets.arm.device import CpuDevice
-from toolchain.targets.arm.runner import bench_binary
+from toolchain.targets.cpu.device import CpuDevice
+from toolchain.targets.cpu.runner import bench_binary
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 

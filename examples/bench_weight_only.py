@@ -159,8 +159,8 @@ def compile_model(path: Path, target: str, out: Path, pipeline: str = "auto") ->
 
 def host(models, runs: int, work: Path) -> None:
     from toolchain.targets import device
-    from toolchain.targets.arm.device import CpuDevice
-    from toolchain.targets.arm.runner import bench_binary
+    from toolchain.targets.cpu.device import CpuDevice
+    from toolchain.targets.cpu.runner import bench_binary
 
     dev = CpuDevice.from_device(device("host"))
     print(f"host ({dev.cpu}), 1 thread, medians of {runs} rounds (edgec --bench 200, "

@@ -99,6 +99,12 @@ class Backend(abc.ABC):
         """
         return []
 
+    def compiler_argv(self, device: Device, options: Any) -> tuple[str, ...]:
+        """The argv of the C/C++ compiler a compile for ``device`` with ``options`` (the typed
+        compile options) runs; its ``--version`` line keys the build cache. ``("absent",)``
+        when it is not installed (the compile step then says how to install it)."""
+        return ()
+
 
 def debian_packages(folder: Path | None = None) -> list[str]:
     """Every Debian package the shipped devices name (``debian_packages``), sorted, unique.
@@ -151,7 +157,11 @@ def device(name: str) -> Device:
     return all_devices[name]
 
 
+RENAMED_FAMILIES = {"arm": "cpu"}  # output folders written before the host joined the CPU family
+
+
 def backend_for(family: str) -> Backend:
+    family = RENAMED_FAMILIES.get(family, family)
     if family not in _BACKENDS:
         try:
             importlib.import_module(f"toolchain.targets.{family}")

@@ -168,7 +168,7 @@ def test_killed_step_leaves_no_half_written_folder(first, env, monkeypatch):
     ('[model]\nsource = "mlp"\n[[target]]\nname = "host"\nthreads = "two"\n',
      ["[target host]", "threads"]),
     ('[model]\nsource = "mlp"\n[[target]]\nname = "fpga-xcu250"\nthreads = 2\n',
-     ["[target fpga-xcu250]", "threads", "arm targets"]),
+     ["[target fpga-xcu250]", "threads", "cpu targets"]),
     ('[model]\nsource = "mlp"\n[[target]]\nname = "arm-a99"\n',
      ["[target arm-a99]", "unknown target"]),
     ('[model]\nsource = "nope"\n[[target]]\nname = "host"\n', ["[model]", "source"]),

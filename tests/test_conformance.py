@@ -85,7 +85,7 @@ def common_ops_model(tmp_path_factory) -> Path:
 def test_common_ops_match_onnxruntime_on_every_cpu_target(target, common_ops_model, tmp_path):
     """Each op's output against onnxruntime, on each target (armv7-a7's bilinear Resize was
     wrong: libgcc's 64-bit conversion helpers take floats in core registers, see
-    targets/arm/driver_runtime.py)."""
+    targets/cpu/driver_runtime.py)."""
     from toolchain.commands.build import verify_folder
 
     out = tmp_path / target

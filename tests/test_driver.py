@@ -10,7 +10,7 @@ import pytest
 from onnx_graphs import have
 from toolchain.optimizer.memplan import plan_memory
 from toolchain.optimizer.plan import CONST, INPUT, TEMP, KernelCall, KernelPlan
-from toolchain.targets.arm import driver
+from toolchain.targets.cpu import driver
 
 
 def tiny_plan() -> KernelPlan:

@@ -1,4 +1,4 @@
-"""The fp32 conv schedule rules (toolchain/optimizer/schedule.py): register tiles, the padding
+"""The fp32 conv schedule rules (targets/cpu/schedule.py): register tiles, the padding
 copy of an unpadded conv, half vectors on AVX-512, and the results against onnxruntime."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_graphs import needs_target, save
 from toolchain.cli import main
 from toolchain.commands.build import verify_folder
-from toolchain.optimizer.schedule import _conv_register_tile, _pointwise_row_tile
+from toolchain.targets.cpu.schedule import _conv_register_tile, _pointwise_row_tile
 
 
 def make_conv_mix() -> onnx.ModelProto:
@@ -82,10 +82,10 @@ def _kernels(model_path, target):
     import tvm
 
     from toolchain.optimizer.frontend import import_onnx
-    from toolchain.optimizer.pipeline import PipelineContext, run_pipeline
+    from toolchain.targets.cpu.pipeline import PipelineContext, run_pipeline
     from toolchain.passes import cleanup_passes, transform
     from toolchain.targets import device
-    from toolchain.targets.arm.device import CpuDevice
+    from toolchain.targets.cpu.device import CpuDevice
 
     dev = device(target)
     model = transform(onnx.load(str(model_path)), cleanup_passes())
@@ -122,7 +122,7 @@ def test_structure_host(tmp_path):
     assert pw and all("pad_temp" not in _block_names(f) for f in pw)
     # 24 channels: half (8-lane) vectors on this AVX-512 host, 16 lanes elsewhere
     from toolchain.targets import device
-    from toolchain.targets.arm.device import CpuDevice
+    from toolchain.targets.cpu.device import CpuDevice
 
     if CpuDevice.from_device(device("host")).vector_unit().lanes == 16:
         assert all("T.vectorized(T.int64(8))" in f.script() for f in pw)

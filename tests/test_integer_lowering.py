@@ -55,7 +55,7 @@ def _relax(path: Path):
 def _lower(mod):
     import tvm
 
-    from toolchain.optimizer.integer import LowerQDQToInteger
+    from toolchain.targets.cpu.integer import LowerQDQToInteger
 
     with tvm.transform.PassContext(opt_level=3):
         return LowerQDQToInteger()(mod)
@@ -63,7 +63,7 @@ def _lower(mod):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_pass_rewrites_zoo_int8_models(zoo, name):
-    from toolchain.optimizer.integer import integer_ops
+    from toolchain.targets.cpu.integer import integer_ops
 
     mod = _relax(zoo(name))
     assert all(k.endswith("float32") for k in integer_ops(mod))
@@ -123,7 +123,7 @@ def _compile_and_verify(model: Path, target: str, out: Path, *flags: str) -> Non
 
 
 def test_int8_activations_with_zero_points(tmp_path):
-    from toolchain.optimizer.integer import integer_ops
+    from toolchain.targets.cpu.integer import integer_ops
 
     path = save(_qdq_graph(), tmp_path / "qdq.onnx")
     # The conv feeds a Flatten before its QuantizeLinear: int8 compute, float32 out.
@@ -153,9 +153,9 @@ def test_cpu_int_pipeline_verifies(zoo, tmp_path, name, target):
     compressed = json.loads(zoo(name).with_suffix(".json").read_text())
     assert report["memory"]["weight_bytes"] <= 1.3 * compressed["final"]["bytes"]
     if target == "host":
-        from toolchain.optimizer.qgemm import VNNI, dot_instr
+        from toolchain.targets.cpu.qgemm import VNNI, dot_instr
         from toolchain.targets import device
-        from toolchain.targets.arm.device import CpuDevice
+        from toolchain.targets.cpu.device import CpuDevice
 
         if dot_instr(CpuDevice.from_device(device("host")).tvm_target()) is not VNNI:
             return
@@ -245,7 +245,7 @@ CONV_CASES = [(16, [0, 0, 0, 0], [1, 1], 4, 8, False), (13, [0, 0, 0, 0], [1, 1]
                                     for t in ("host", "arm-a76", "arm-a72")])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}px-p{c[1][0]}-s{c[2][0]}")
 def test_requantized_conv_matches_onnxruntime(tmp_path, target, case):
-    from toolchain.optimizer.integer import integer_ops
+    from toolchain.targets.cpu.integer import integer_ops
 
     path = save(_conv_qdq(*case), tmp_path / "conv.onnx")
     assert integer_ops(_lower(_relax(path))) == {"qgemm_conv:int8": 1}
@@ -255,7 +255,7 @@ def test_requantized_conv_matches_onnxruntime(tmp_path, target, case):
 @pytest.mark.parametrize("out_w, tp", [(13, 2), (14, 2), (27, 4), (55, 4), (56, 4), (1, 2)])
 def test_smlal_tile_follows_the_row_width(out_w, tp):
     """arm-a72's smull/smlal2 tile: 4 x 4 unless row padding wastes more than 2 x 8 costs."""
-    from toolchain.optimizer import qgemm
+    from toolchain.targets.cpu import qgemm
 
     assert qgemm.row_tile(qgemm.NEON_SMLAL, 7, out_w) == tp
     assert tp * qgemm.smlal_cols(tp) == 16  # 16 int32x4 accumulators either way
@@ -327,7 +327,7 @@ def _ort_quantized(tmp_path: Path, per_channel: bool) -> Path:
 def test_onnxruntime_quantized_residual_concat_model(tmp_path, target, per_channel):
     import json
 
-    from toolchain.optimizer.integer import integer_ops
+    from toolchain.targets.cpu.integer import integer_ops
 
     path = _ort_quantized(tmp_path, per_channel)
     ops = integer_ops(_lower(_relax(path)))
@@ -363,7 +363,7 @@ class _Attention(__import__("torch").nn.Module):
 def test_onnxruntime_quantized_attention_matmuls_are_integer(tmp_path, target):
     import torch
 
-    from toolchain.optimizer.integer import integer_ops
+    from toolchain.targets.cpu.integer import integer_ops
 
     torch.manual_seed(0)
     q = _ort_quantize(_Attention(), (1, 8, 16), tmp_path, per_channel=True)

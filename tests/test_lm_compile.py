@@ -86,11 +86,11 @@ def test_cache_is_updated_in_place_and_never_shares_memory(tiny):
     from toolchain.optimizer.frontend import import_onnx
     from toolchain.optimizer.kvcache import lm_contract
     from toolchain.optimizer.memplan import MemoryPlan, plan_memory
-    from toolchain.optimizer.pipeline import PipelineContext, run_pipeline
+    from toolchain.targets.cpu.pipeline import PipelineContext, run_pipeline
     from toolchain.optimizer.plan import build_plan
     from toolchain.passes import cleanup_passes, transform
-    from toolchain.targets.arm.device import CpuDevice
-    from toolchain.targets.arm.lm_driver import check_cache_buffers
+    from toolchain.targets.cpu.device import CpuDevice
+    from toolchain.targets.cpu.lm_driver import check_cache_buffers
     from toolchain.targets.registry import device
 
     model = transform(fix_input_shapes(load_model(tiny["elements"]), {}), cleanup_passes())

@@ -95,7 +95,7 @@ def test_config_wrong_type_is_one_line(tmp_path, capsys, line, needle):
 def test_option_of_another_family_is_refused(tmp_path, capsys, target, flags, flag):
     model = save(make_dense(1), tmp_path / "dense.onnx")
     rc = main(["compile", str(model), "-t", target, "-o", str(tmp_path / "o"), *flags])
-    family = "fpga" if target.startswith("fpga") else "arm"
+    family = "fpga" if target.startswith("fpga") else "cpu"
     one_line_error(capsys, rc, f"option {flag} does not apply to target {target} "
                                f"(family {family})")
     assert not (tmp_path / "o").exists()

@@ -12,7 +12,7 @@ from onnx_graphs import needs_target
 from toolchain.cli import main
 from toolchain.errors import ConfigError
 from toolchain.targets import device
-from toolchain.targets.arm.device import CpuDevice
+from toolchain.targets.cpu.device import CpuDevice
 from toolchain.targets.registry import Device
 
 riscv = needs_target("riscv64")
@@ -33,17 +33,17 @@ def test_facts_come_from_the_device_file():
 def test_a_bad_fact_is_a_config_error():
     base = dict(device("riscv64").facts)
     with pytest.raises(ConfigError, match="int8_dot must be one of generic, smull"):
-        CpuDevice.from_device(Device("bad", "arm", "x", {**base, "int8_dot": "vdot"}))
+        CpuDevice.from_device(Device("bad", "cpu", "x", {**base, "int8_dot": "vdot"}))
     with pytest.raises(ConfigError, match="vector_bits must be a power of two"):
-        CpuDevice.from_device(Device("bad", "arm", "x", {**base, "vector_bits": 96}))
+        CpuDevice.from_device(Device("bad", "cpu", "x", {**base, "vector_bits": 96}))
     with pytest.raises(ConfigError, match="cflags must be a list of strings"):
-        CpuDevice.from_device(Device("bad", "arm", "x", {**base, "cflags": "-O3"}))
+        CpuDevice.from_device(Device("bad", "cpu", "x", {**base, "cflags": "-O3"}))
 
 
 def test_int8_instruction_follows_the_fact():
-    from toolchain.optimizer import qgemm
-    from toolchain.optimizer.integer import _dot_instr
-    from toolchain.optimizer.vector import VectorUnit
+    from toolchain.targets.cpu import qgemm
+    from toolchain.targets.cpu.integer import _dot_instr
+    from toolchain.targets.cpu.vector import VectorUnit
 
     assert _dot_instr(VectorUnit(int8_dot="sdot"), False) is qgemm.SDOT
     assert _dot_instr(VectorUnit(int8_dot="smull"), True) is qgemm.NEON_SMLAL

@@ -1,4 +1,4 @@
-"""Weight-only int8/int4 matmuls (toolchain/optimizer/weight_only.py, wgemv.py): the weights
+"""Weight-only int8/int4 matmuls (targets/cpu/weight_only.py, wgemv.py): the weights
 stay quantized in the binary, dequantized in registers, and the outputs match onnxruntime."""
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ def weight_only_matmul(k: int, n: int, rows: int = 1, bits: int = 4, group: int 
 def _lowered(model: onnx.ModelProto, target=None):
     """The model through import and the simplify stage (where the rewrite happens)."""
     from toolchain.optimizer.frontend import import_onnx
-    from toolchain.optimizer.pipeline import PipelineContext, simplify
+    from toolchain.targets.cpu.pipeline import PipelineContext, simplify
     from toolchain.passes import cleanup_passes, transform
     from toolchain.targets import device
-    from toolchain.targets.arm.device import CpuDevice
+    from toolchain.targets.cpu.device import CpuDevice
     import tvm
 
     target = target or CpuDevice.from_device(device("host")).tvm_target()
@@ -120,9 +120,9 @@ def test_numerics_match_onnxruntime(rows, rank3, bits):
     import tvm
     from tvm import relax
 
-    from toolchain.optimizer.pipeline import PipelineContext, run_pipeline
+    from toolchain.targets.cpu.pipeline import PipelineContext, run_pipeline
     from toolchain.targets import device
-    from toolchain.targets.arm.device import CpuDevice
+    from toolchain.targets.cpu.device import CpuDevice
     from toolchain.optimizer.frontend import import_onnx
     from toolchain.passes import cleanup_passes, transform
 
@@ -186,9 +186,9 @@ def test_int8_activation_kernel_numerics(bits, rows, sdot):
     on the host), equals the same arithmetic in numpy to float rounding."""
     import tvm
 
-    from toolchain.optimizer import wgemv, wgemv_dot
+    from toolchain.targets.cpu import wgemv, wgemv_dot
     from toolchain.targets import device
-    from toolchain.targets.arm.device import CpuDevice
+    from toolchain.targets.cpu.device import CpuDevice
 
     k, n, group = 128, 64, 32
     model = weight_only_matmul(k, n, rows=rows, bits=bits, group=group if bits == 4 else k,
@@ -224,7 +224,7 @@ def test_int8_activation_variant_uses_sdot_on_arm_a76(tmp_path):
     from toolchain.targets.registry import backend_for
 
     x = np.random.default_rng(2).standard_normal((1, 1, k)).astype(np.float32)
-    got = backend_for("arm").run(out, [x])[0]
+    got = backend_for("cpu").run(out, [x])[0]
     want = _quantized_x_reference(onnx.load(str(path)), x, 4, 32)
     assert np.abs(got - want).max() <= 1e-5 * np.ptp(want)  # sdot: exact int32 sums
     report = json.loads((out / "report.json").read_text())
@@ -243,9 +243,9 @@ def test_threads_split_column_tiles(int8_act):
     """--threads 2: the column-tile loop is parallel and the result unchanged."""
     import tvm
 
-    from toolchain.optimizer import wgemv, wgemv_dot
+    from toolchain.targets.cpu import wgemv, wgemv_dot
     from toolchain.targets import device
-    from toolchain.targets.arm.device import CpuDevice
+    from toolchain.targets.cpu.device import CpuDevice
 
     target = CpuDevice.from_device(device("host")).tvm_target()
     rows, k, n, group = 3, 128, 256, 32

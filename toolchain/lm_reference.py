@@ -1,7 +1,7 @@
 """Language models: onnxruntime in the same generation loop as edgec's driver, and verify.
 
 ``OrtGenerator`` runs the decode graph (the contract in toolchain/optimizer/kvcache.py) in a
-KV-cache loop exactly as the generated driver does (targets/arm/lm_driver.py): up to S new
+KV-cache loop exactly as the generated driver does (targets/cpu/lm_driver.py): up to S new
 tokens per call, padded with token 0, the window starting at T - S near the end of the
 context, each call's present caches fed back as the next past. ``verify_lm`` generates
 greedily from a few prompts with the artifact and with onnxruntime and compares the tokens

@@ -186,7 +186,7 @@ def edgec_symbols(outdir) -> dict:
     triple, cpu = rep["triple"], rep["cpu"]
     if triple.startswith("aarch64"):
         cc, flags, ldflags = "aarch64-linux-gnu-gcc", ["-O2", f"-mcpu={cpu}"], []
-    else:  # as toolchain/targets/arm/cc.py builds armv7 (hard float, long PLT entries)
+    else:  # as toolchain/targets/cpu/cc.py builds armv7 (hard float, long PLT entries)
         cc, ldflags = "arm-linux-gnueabihf-gcc", ["-Wl,--long-plt"]
         flags = ["-O2", f"-mcpu={cpu}", "-mfloat-abi=hard",
                  "-mfpu=neon-vfpv4" if "+vfp4" in rep["features"] else "-mfpu=neon"]

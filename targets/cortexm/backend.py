@@ -45,6 +45,15 @@ class CortexMBackend(Backend):
                        help="SRAM reserved for the stack (default: the device file's "
                             "stack_bytes)")
 
+    def compiler_argv(self, device: Device, options) -> tuple[str, ...]:
+        from toolchain.errors import EdgecError
+        from toolchain.targets.cortexm.cc import find_compiler
+
+        try:
+            return (find_compiler(McuDevice.from_device(device)).gcc,)
+        except EdgecError:
+            return ("absent",)
+
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """Build ``int main(void) { return 0; }`` with edgec's start-up and run it on the board."""
         from toolchain.errors import EdgecError
@@ -71,16 +80,16 @@ class CortexMBackend(Backend):
         return []
 
     def compile(self, model_path, model, device, args, stage: Path) -> dict:
-        from toolchain.optimizer import codegen
+        from toolchain.targets.cpu import codegen
         from toolchain.optimizer.frontend import import_onnx
-        from toolchain.optimizer.integer import is_quantized
+        from toolchain.targets.cpu.integer import is_quantized
         from toolchain.optimizer.memplan import check_plan, plan_memory
-        from toolchain.optimizer.pipeline import (PipelineContext, default_pipeline,
+        from toolchain.targets.cpu.pipeline import (PipelineContext, default_pipeline,
                                                   get_pipeline, run_pipeline)
         from toolchain.optimizer.plan import build_plan
         from toolchain.onnx_io import input_specs, output_specs
         from toolchain.passes import cleanup_passes, transform
-        from toolchain.targets.arm import driver
+        from toolchain.targets.cpu import driver
         from toolchain.targets.cortexm import board, fit, int8_dot
         from toolchain.targets.cortexm.cc import find_compiler
         from toolchain.targets.cortexm.workspace import compacted_workspace_bytes
@@ -199,7 +208,7 @@ class CortexMBackend(Backend):
 
 
 # LLVM calls these with the hard-float convention; libgcc's are base-PCS aliases (see
-# targets/arm/driver_runtime.py), and model.c can define its own only with a double-precision FPU.
+# targets/cpu/driver_runtime.py), and model.c can define its own only with a double-precision FPU.
 _INT64_FLOAT_HELPERS = {"__fixsfdi", "__fixunssfdi", "__fixdfdi", "__fixunsdfdi", "__floatdisf",
                         "__floatundisf", "__floatdidf", "__floatundidf"}
 

@@ -67,8 +67,8 @@ class McuDevice:
             raise ConfigError(f"device file for '{dev.name}': {exc}") from None
 
     def vector_unit(self):
-        """The SIMD facts the CPU rules and the int8 lowering read (optimizer/vector.py)."""
-        from toolchain.optimizer.vector import VectorUnit
+        """The SIMD facts the CPU rules and the int8 lowering read (targets/cpu/vector.py)."""
+        from toolchain.targets.cpu.vector import VectorUnit
 
         try:
             return VectorUnit(self.vector_bits, False, self.int8_dot)

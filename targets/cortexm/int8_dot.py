@@ -3,7 +3,7 @@
 
 SMLAD: two 16 x 16-bit multiply-adds per instruction.
 
-One reduction step of the int8 GEMM (toolchain/optimizer/qgemm.py) is one int32 accumulator
+One reduction step of the int8 GEMM (targets/cpu/qgemm.py) is one int32 accumulator
 summing 4 products: the 4 activation bytes and the 4 weight bytes are loaded as one word each,
 ``sxtb16`` sign-extends bytes 0 and 2 (and, of the word rotated by 8, bytes 1 and 3) into two
 int16 halves, and two ``smlad`` add the four products (what CMSIS-NN's ``arm_nn_mat_mult``
@@ -14,7 +14,7 @@ not form smlad from plain multiply-adds (it picks one ``smlabb`` per product).
 
 from __future__ import annotations
 
-from toolchain.optimizer import qgemm
+from toolchain.targets.cpu import qgemm
 
 SMLAD = qgemm.DotInstr("edgec_smlad_1x4_i8", 1, 4, "int8")
 # VMLADAVA.S8: 16 int8 products summed into a general register (one accumulator per
@@ -113,7 +113,7 @@ BY_FAMILY = {"smlad": register, "mve": register_mve}
 
 def register_all() -> None:
     """Make the int8 lowering pick these steps for devices whose ``int8_dot`` names them."""
-    from toolchain.optimizer import integer
+    from toolchain.targets.cpu import integer
 
     for family, reg in BY_FAMILY.items():
         integer.register_dot_instr(family, reg())

@@ -1,6 +1,6 @@
 """The kernels' scratch memory as the compiled code asks for it, for a static SRAM buffer.
 
-``toolchain.optimizer.codegen.workspace_bytes`` counts every buffer a scheduled kernel declares
+``toolchain.targets.cpu.codegen.workspace_bytes`` counts every buffer a scheduled kernel declares
 at its full shape. TVM's lowering then places each buffer in the innermost scope that uses it
 and shrinks it to the region touched there (``PlanAndUpdateBufferAllocationLocation``,
 ``CompactBufferAllocation``): an im2col tile computed per row tile is a few hundred bytes, not
@@ -18,7 +18,7 @@ def compacted_workspace_bytes(kmod) -> int:
     import tvm
     from tvm import s_tir
 
-    from toolchain.optimizer import codegen
+    from toolchain.targets.cpu import codegen
 
     passes = tvm.ir.transform.Sequential([
         s_tir.transform.CanonicalizeLoop(), s_tir.transform.LowerInitBlock(),

@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import ConfigError
-from toolchain.targets.arm.cc import COMPILERS, find_compiler
-from toolchain.targets.arm.device import CpuDevice
+from toolchain.targets.cpu.cc import COMPILERS, find_compiler
+from toolchain.targets.cpu.device import CpuDevice
 from toolchain.targets.registry import Backend, Device, register_backend
 
 log = logging.getLogger(__name__)
 
 
 @register_backend
-class ArmBackend(Backend):
-    family = "arm"
+class CpuBackend(Backend):
+    family = "cpu"
 
     def describe(self, device: Device) -> str:
         d = CpuDevice.from_device(device)
@@ -38,10 +38,19 @@ class ArmBackend(Backend):
         return (f"triple {d.triple}, cpu {d.cpu}, features {' '.join(d.features) or '-'}"
                 f" ({where})")
 
+    def compiler_argv(self, device: Device, options) -> tuple[str, ...]:
+        from toolchain.errors import EdgecError
+
+        try:
+            return find_compiler(CpuDevice.from_device(device),
+                                 getattr(options, "compiler", "auto")).cc
+        except EdgecError:
+            return ("absent",)
+
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """Compile, link statically and run ``int main(void) { return 0; }`` for the device."""
         from toolchain.errors import EdgecError
-        from toolchain.targets.arm.runner import clean_env, launcher
+        from toolchain.targets.cpu.runner import clean_env, launcher
         from toolchain.tools import run_tool
 
         dev = CpuDevice.from_device(device)
@@ -60,7 +69,7 @@ class ArmBackend(Backend):
         return []
 
     def add_compile_options(self, parser: argparse.ArgumentParser) -> None:
-        from toolchain.optimizer.pipeline import PIPELINES
+        from toolchain.targets.cpu.pipeline import PIPELINES
 
         g = parser.add_argument_group("ARM and host targets")
         g.add_argument("--pipeline", default="auto", choices=["auto", *sorted(PIPELINES)],
@@ -79,20 +88,20 @@ class ArmBackend(Backend):
                        help="keep the intermediate objects and sources in OUT/build/")
 
     def compile(self, model_path, model, device, args, stage: Path) -> dict:
-        from toolchain.optimizer import codegen
+        from toolchain.targets.cpu import codegen
         from toolchain.optimizer.frontend import import_onnx
         from toolchain.optimizer.memplan import check_plan, plan_memory
-        from toolchain.optimizer.pipeline import PipelineContext, run_pipeline
+        from toolchain.targets.cpu.pipeline import PipelineContext, run_pipeline
         from toolchain.optimizer.plan import build_plan
         from toolchain.onnx_io import input_specs, output_specs
         from toolchain.passes import cleanup_passes, transform
         from toolchain.optimizer.kvcache import lm_contract
-        from toolchain.targets.arm import driver, lm_driver
+        from toolchain.targets.cpu import driver, lm_driver
 
         dev = CpuDevice.from_device(device)
         cc = find_compiler(dev, getattr(args, "compiler", "auto"))  # fail fast if missing
-        from toolchain.optimizer.integer import is_quantized
-        from toolchain.optimizer.pipeline import default_pipeline, get_pipeline
+        from toolchain.targets.cpu.integer import is_quantized
+        from toolchain.targets.cpu.pipeline import default_pipeline, get_pipeline
 
         threads = _threads(args)
         quantized = is_quantized(model)
@@ -203,7 +212,7 @@ class ArmBackend(Backend):
         }
 
     def run(self, out_dir: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        from toolchain.targets.arm.runner import run_binary
+        from toolchain.targets.cpu.runner import run_binary
 
         manifest = json.loads((out_dir / "edgec.json").read_text())
         dev = CpuDevice.from_device(_device(manifest["target"]))
@@ -212,7 +221,7 @@ class ArmBackend(Backend):
 
     def generate(self, out_dir: Path, prompt: bytes, tokens: int) -> tuple[list[int], np.ndarray]:
         """A language model's greedy generation by the binary: the ids and their logits."""
-        from toolchain.targets.arm.runner import generate_binary
+        from toolchain.targets.cpu.runner import generate_binary
 
         manifest = json.loads((out_dir / "edgec.json").read_text())
         dev = CpuDevice.from_device(_device(manifest["target"]))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import ConfigError, ToolMissingError
-from toolchain.targets.arm.device import CpuDevice
+from toolchain.targets.cpu.device import CpuDevice
 from toolchain.tools import run_tool
 
 COMPILERS = ("auto", "gcc", "zig")

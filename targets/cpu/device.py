@@ -2,7 +2,7 @@
 
 Everything that differs between CPUs is a key of the device file (targets/devices/*.toml):
 the triple and CPU for LLVM, the C compiler's flags, the emulator, the SIMD facts the kernel
-rules read (toolchain/optimizer/vector.py). ``triple = "native"`` is this machine; its facts
+rules read (targets/cpu/vector.py). ``triple = "native"`` is this machine; its facts
 are asked of LLVM at run time.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from toolchain.errors import ConfigError
-from toolchain.optimizer.vector import VectorUnit
+from toolchain.targets.cpu.vector import VectorUnit
 from toolchain.targets.registry import Device
 
 

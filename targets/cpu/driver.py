@@ -22,7 +22,7 @@ import numpy as np
 from toolchain.errors import ModelError
 from toolchain.optimizer.memplan import ALIGN, MemoryPlan
 from toolchain.optimizer.plan import CONST, KernelPlan
-from toolchain.targets.arm.driver_runtime import (ARM_EABI_CONVERSIONS, SERIAL_RUNTIME,
+from toolchain.targets.cpu.driver_runtime import (ARM_EABI_CONVERSIONS, SERIAL_RUNTIME,
                                                    THREADED_RUNTIME)
 
 # DLPack type codes (dlpack.h): int, uint, float, bfloat, bool.

@@ -32,8 +32,8 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import GenericConst
 
-from toolchain.optimizer import qdepthwise, qgemm
-from toolchain.optimizer.vector import VectorUnit
+from toolchain.targets.cpu import qdepthwise, qgemm
+from toolchain.targets.cpu.vector import VectorUnit
 
 log = logging.getLogger(__name__)
 
@@ -532,7 +532,7 @@ class _Lowerer(relax.PyExprMutator):
 class LowerQDQToInteger:
     """Rewrite QDQ conv2d/matmul into int8 GEMM kernels (see the module docstring).
 
-    ``vector``: the device's SIMD facts (toolchain/optimizer/vector.py), whose ``int8_dot``
+    ``vector``: the device's SIMD facts (targets/cpu/vector.py), whose ``int8_dot``
     picks the dot instruction (and so the weight packing); None builds the portable form.
     ``target`` (the tvm Target) is kept for the stages' common signature.
     """

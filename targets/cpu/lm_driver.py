@@ -23,8 +23,8 @@ from toolchain.errors import ModelError
 from toolchain.optimizer.kvcache import LMContract
 from toolchain.optimizer.memplan import MemoryPlan
 from toolchain.optimizer.plan import KernelPlan, TEMP
-from toolchain.targets.arm import driver
-from toolchain.targets.arm.driver import index_checks, main_c as tensor_main_c
+from toolchain.targets.cpu import driver
+from toolchain.targets.cpu.driver import index_checks, main_c as tensor_main_c
 
 
 def _buffers(plan: KernelPlan, names_in: list[str], names_out: list[str]) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Named pass pipelines, each a sequence of stages; a stage is a function returning passes.
 
-A target picks a pipeline by name (``cpu`` for the ARM family) and may replace single stages,
+A target picks a pipeline by name (``cpu`` for the CPU family's float models) and may replace single stages,
 as TVM's per-backend pipelines do. ``run_pipeline`` applies stage by stage, timing each and
 recording what it changed (kernel calls, fused groups), which goes into report.json.
 """
@@ -25,7 +25,7 @@ class PipelineContext:
     target: object  # tvm.target.Target
     schedule: str = "auto"  # "auto" (edgec's CPU rules) or "none" (TVM's plain loops)
     threads: int = 1  # > 1: schedule stages make the heavy kernels' outer loops parallel
-    vector: object = None  # the device's SIMD facts (optimizer/vector.py VectorUnit); None: LLVM's
+    vector: object = None  # the device's SIMD facts (targets/cpu/vector.py VectorUnit); None: LLVM's
 
 
 Stage = Callable[[PipelineContext], list]
@@ -36,7 +36,7 @@ def simplify(ctx: PipelineContext) -> list:
     from tvm import relax
 
     from toolchain.optimizer.fold_reshapes import FoldConstantReshapes
-    from toolchain.optimizer.weight_only import LowerWeightOnlyMatMul
+    from toolchain.targets.cpu.weight_only import LowerWeightOnlyMatMul
 
     # Weight-only quantized matmuls keep their int8/int4 weights (before FoldConstant).
     return [LowerWeightOnlyMatMul(ctx.target, ctx.threads),
@@ -47,8 +47,8 @@ def simplify(ctx: PipelineContext) -> list:
 
 def simplify_integer(ctx: PipelineContext) -> list:
     """``simplify``, with quantized conv2d/matmul first lowered to int8 GEMM kernels that
-    requantize to the next layer's int8 activation (toolchain/optimizer/integer.py)."""
-    from toolchain.optimizer.integer import LowerQDQToInteger
+    requantize to the next layer's int8 activation (targets/cpu/integer.py)."""
+    from toolchain.targets.cpu.integer import LowerQDQToInteger
 
     return [LowerQDQToInteger(ctx.target, ctx.vector), *simplify(ctx)]
 
@@ -65,7 +65,7 @@ def simplify_int8_activations(ctx: PipelineContext) -> list:
     """``simplify_integer``, with weight-only matmuls in the int8-activation variant: x
     quantized per row at run time, int8 dot products (sdot on arm-a76); outputs then differ
     from float compute by the activation quantization (~0.5% of their range)."""
-    from toolchain.optimizer.weight_only import LowerWeightOnlyMatMul
+    from toolchain.targets.cpu.weight_only import LowerWeightOnlyMatMul
 
     return [LowerWeightOnlyMatMul(ctx.target, ctx.threads, int8_activations=True),
             *simplify_integer(ctx)]
@@ -98,24 +98,32 @@ def cpu_schedule(ctx: PipelineContext) -> list:
     kernels their register tiles and dot instructions) for the target and thread count."""
     if ctx.schedule == "none":
         return []
-    from toolchain.optimizer.schedule import ScheduleForCPU
-    from toolchain.optimizer.weight_only import ScheduleWeightOnly
+    from toolchain.targets.cpu.schedule import ScheduleForCPU
+    from toolchain.targets.cpu.weight_only import ScheduleWeightOnly
 
     return [ScheduleWeightOnly(ctx.target, ctx.threads,
                                then=ScheduleForCPU(ctx.target, ctx.threads, ctx.vector))]
 
 
-PIPELINES: dict[str, tuple[tuple[str, Stage], ...]] = {
-    "cpu": (("simplify", simplify), ("kv_cache", kv_cache), ("legalize", legalize),
-            ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
-    "cpu-int": (("simplify", simplify_integer), ("kv_cache", kv_cache), ("legalize", legalize),
-                ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir), ("schedule", cpu_schedule)),
-    "cpu-int8-act": (("simplify", simplify_int8_activations), ("kv_cache", kv_cache),
-                     ("legalize", legalize), ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir),
-                     ("schedule", cpu_schedule)),
-    "cpu-nofuse": (("simplify", simplify), ("kv_cache", kv_cache), ("legalize", legalize),
-                   ("schedule", cpu_schedule)),
-}
+PIPELINES: dict[str, tuple[tuple[str, Stage], ...]] = {}
+
+
+def register_pipeline(name: str, *stages: tuple[str, Stage]) -> None:
+    """Make ``--pipeline name`` mean these stages, in order (as TVM's ``register_pipeline``).
+    A backend registers its own pipelines when it is imported; names are unique."""
+    if name in PIPELINES:
+        raise ValueError(f"pipeline '{name}' is already registered")
+    PIPELINES[name] = tuple(stages)
+
+
+_TAIL = (("legalize", legalize), ("fuse_ops", fuse_ops), ("fuse_tir", fuse_tir),
+         ("schedule", cpu_schedule))
+register_pipeline("cpu", ("simplify", simplify), ("kv_cache", kv_cache), *_TAIL)
+register_pipeline("cpu-int", ("simplify", simplify_integer), ("kv_cache", kv_cache), *_TAIL)
+register_pipeline("cpu-int8-act", ("simplify", simplify_int8_activations),
+                  ("kv_cache", kv_cache), *_TAIL)
+register_pipeline("cpu-nofuse", ("simplify", simplify), ("kv_cache", kv_cache),
+                  ("legalize", legalize), ("schedule", cpu_schedule))
 
 
 def default_pipeline(quantized: bool) -> str:

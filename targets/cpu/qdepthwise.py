@@ -48,7 +48,7 @@ def depthwise_te(x, w, bias, scale, *, geom, in_zero: int, out_dtype: str, out_z
                 total = term if total is None else total + term
         return total
 
-    from toolchain.optimizer.qgemm import requantize
+    from toolchain.targets.cpu.qgemm import requantize
 
     return te.compute((n, oh, ow, c), lambda nn, y, xx, cc: requantize(
         window(nn, y, xx, cc), bias[cc], scale[cc], out_dtype, out_zero, clamp), name="qgemm_out")

@@ -486,7 +486,7 @@ def _schedule_qgemm(func, target, threads: int):
     from tvm import s_tir
 
     name = str(func.attrs["edgec.qgemm"]) if func.attrs is not None and "edgec.qgemm" in func.attrs else ""
-    from toolchain.optimizer import qdepthwise
+    from toolchain.targets.cpu import qdepthwise
 
     if name == qdepthwise.KIND:
         return qdepthwise.schedule_depthwise(func, threads)

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from toolchain.errors import ConfigError
-from toolchain.targets.arm.device import CpuDevice
+from toolchain.targets.cpu.device import CpuDevice
 from toolchain.tools import require, run_tool
 
 def launcher(dev: CpuDevice) -> list[str]:

@@ -28,7 +28,7 @@ import logging
 
 import tvm
 
-from toolchain.optimizer.vector import VectorUnit
+from toolchain.targets.cpu.vector import VectorUnit
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +431,7 @@ def schedule_func(func, target, threads: int = 1, vector: VectorUnit | None = No
 @tvm.transform.module_pass(opt_level=0, name="ScheduleForCPU")
 class ScheduleForCPU:
     """Apply ``schedule_func`` to every PrimFunc of the module (``threads``: see module doc;
-    ``vector``: the device's SIMD facts, toolchain/optimizer/vector.py)."""
+    ``vector``: the device's SIMD facts, targets/cpu/vector.py)."""
 
     def __init__(self, target, threads: int = 1, vector: VectorUnit | None = None):
         self.target = target
@@ -441,7 +441,7 @@ class ScheduleForCPU:
     def transform_module(self, mod, ctx):
         from tvm import tirx
 
-        from toolchain.optimizer.qgemm import schedule_qgemm
+        from toolchain.targets.cpu.qgemm import schedule_qgemm
 
         out = mod
         for gv, func in list(mod.functions.items()):

@@ -70,7 +70,7 @@ def _lanes(target) -> int:
     attrs = [str(a) for a in (target.attrs.get("mattr") or [])] if target is not None else []
     cpu = str(target.attrs.get("mcpu", "")) if target is not None else ""
     if triple.startswith("x86_64"):
-        from toolchain.optimizer.qgemm import _cpu_has
+        from toolchain.targets.cpu.qgemm import _cpu_has
 
         return 16 if any("avx512" in a for a in attrs) or _cpu_has(cpu, "avx512f") else 8
     return 4

@@ -27,7 +27,7 @@ import logging
 
 import numpy as np
 
-from toolchain.optimizer.wgemv import WeightOnlySpec
+from toolchain.targets.cpu.wgemv import WeightOnlySpec
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def dot_tiles(rows: int, n: int) -> tuple[int, int]:
 
 
 def has_sdot(target) -> bool:
-    from toolchain.optimizer import qgemm
+    from toolchain.targets.cpu import qgemm
 
     return target is not None and qgemm.dot_instr(target) is qgemm.SDOT
 
@@ -119,7 +119,7 @@ def pack_weights(q_kn: np.ndarray, spec: WeightOnlySpec) -> np.ndarray:
     """int weights [K, N] -> [N/T, K/16, T/4, 4, 4, 4] int8 (int4: [.., 32] nibble pairs);
     without sdot, ``wgemv.pack_weights``'s layout."""
     if not spec.sdot:
-        from toolchain.optimizer import wgemv
+        from toolchain.targets.cpu import wgemv
 
         return wgemv.pack_weights(q_kn, spec)
     k, t = spec.k, spec.tile
@@ -159,7 +159,7 @@ def _register_sdot() -> None:
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    from toolchain.optimizer.qgemm import _sdot_by_lane
+    from toolchain.targets.cpu.qgemm import _sdot_by_lane
 
     @T.prim_func(s_tir=True)
     def desc8(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -274,7 +274,7 @@ def wgemv_dot_te(x, w, scale, bias, spec: WeightOnlySpec):
 
 def schedule_wgemv_dot(func, spec: WeightOnlySpec, target, threads: int = 1):
     if not spec.sdot:
-        from toolchain.optimizer import wgemv
+        from toolchain.targets.cpu import wgemv
 
         return _vectorize_quantize(wgemv.schedule_wgemv(func, spec, threads))
     try:
@@ -303,7 +303,7 @@ def _vectorize_quantize(func):
 def _schedule(func, spec: WeightOnlySpec, target, threads: int):
     from tvm import s_tir
 
-    from toolchain.optimizer import qgemm
+    from toolchain.targets.cpu import qgemm
 
     sdot = qgemm.dot_instr(target) is qgemm.SDOT
     sch = s_tir.Schedule(_vectorize_quantize(func))

@@ -86,6 +86,9 @@ class FpgaBackend(Backend):
         return (f"part {d.part}, {1000 / d.clock_period_ns:.0f} MHz, {d.dsp} DSP, {d.lut} LUT, "
                 f"{d.ff} FF, {d.bram36} BRAM36")
 
+    def compiler_argv(self, device: Device, options) -> tuple[str, ...]:
+        return ("g++",)  # hls4ml's C emulation
+
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """g++ builds a one-line ap_fixed program with hls4ml's headers; Verilator is usable."""
         from toolchain.errors import EdgecError

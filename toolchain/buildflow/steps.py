@@ -247,19 +247,9 @@ def report(ctx: StepContext) -> dict:
 # ---------------------------------------------------------------- cache material
 def _compiler_of(target: TargetConfig) -> tuple[str, ...]:
     """The argv of the C/C++ compiler a target's compile runs (for its --version line)."""
-    from toolchain.errors import EdgecError
+    from toolchain.targets import backend_for, device
 
-    if target.family != "arm":
-        return ("g++",)  # hls4ml's C emulation (the FPGA family)
-    from toolchain.targets import device
-    from toolchain.targets.arm.cc import find_compiler
-    from toolchain.targets.arm.device import CpuDevice
-
-    try:
-        return find_compiler(CpuDevice.from_device(device(target.name)),
-                             target.compile.compiler).cc
-    except EdgecError:
-        return ("absent",)
+    return backend_for(target.family).compiler_argv(device(target.name), target.compile)
 
 
 def _files_hashed(options: dict, typed: Any) -> dict:

@@ -52,7 +52,7 @@ def cmd_targets(args) -> int:
         return 0
     width = max(len(r["name"]) for r in rows)
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['family']:<5}  {r['summary']}")
+        print(f"{r['name']:<{width}}  {r['family']:<7}  {r['summary']}")
         print(f"{'':<{width}}         {r['detail']}")
     return 0
 

@@ -339,7 +339,7 @@ def locate(model: onnx.ModelProto, target: str, failed: str) -> None:
 
 def import_onnx(model: onnx.ModelProto, target: str):
     """Return a Relax IRModule for ``model`` (static input shapes already set)."""
-    from toolchain.optimizer.weight_only import ExpandInt4Weights
+    from toolchain.passes.expand_int4 import ExpandInt4Weights
     from toolchain.passes import transform
 
     model = transform(model, [ExpandInt4Weights()])  # int4 weights: int8 containers for TVM

@@ -1,7 +1,7 @@
 """Turn an optimized Relax module into a flat, static kernel plan (no TVM objects inside).
 
 Before: ``main`` is a sequence of ``call_tir`` bindings on static shapes (the output of a
-pipeline in ``toolchain.optimizer.pipeline``). After: a ``KernelPlan`` listing buffers (graph
+CPU pipeline, ``toolchain.targets.cpu.pipeline``). After: a ``KernelPlan`` listing buffers (graph
 inputs, constants, temporaries), kernel calls in order, and which buffers are the outputs. The
 ARM driver generator and the memory planner work on this plain data only.
 """

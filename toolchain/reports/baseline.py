@@ -70,7 +70,7 @@ BYTES = Tolerance(rel=0.05, abs=256)
 BINARY = Tolerance(rel=0.10)
 
 TOLERANCES: dict[str, dict[str, Tolerance]] = {
-    "arm": {
+    "cpu": {
         "target": EXACT, "pipeline": EXACT, "schedule": EXACT, "threads": EXACT,
         "kernel_calls_before_fusion": COUNTS, "kernel_calls_after_fusion": COUNTS,
         "kernel_calls": COUNTS, "distinct_kernels": COUNTS,
@@ -103,7 +103,10 @@ def lookup(report: dict, key: str):
 
 def compare(got: dict, want: dict) -> list[str]:
     """One line per key of TOLERANCES where report ``got`` is outside baseline ``want``."""
-    family = got.get("family", "arm")
+    from toolchain.reports.schema import RENAMED_FAMILIES
+
+    family = got.get("family", "cpu")
+    family = RENAMED_FAMILIES.get(family, family)
     problems = []
     for key, tol in TOLERANCES[family].items():
         g, w = lookup(got, key), lookup(want, key)

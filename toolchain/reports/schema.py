@@ -8,8 +8,9 @@ wrote the same keys before the key existed. The loader checks every key the data
 know are kept in ``extra`` (a newer edgec may add keys; ``tests/test_report.py`` checks that
 compile writes none the schema does not document).
 
-Keys, ARM and host (``CpuReport``): the target and its build (``triple``, ``cpu``, ``features``,
-``compiler``, ``pipeline``, ``schedule``, ``threads``), kernel calls before and after fusion, the
+Keys, the CPU family (``CpuReport``: ARM, RISC-V and host; ``family`` "cpu", written "arm"
+before the host joined the family, which reads the same): the target and its build (``triple``,
+``cpu``, ``features``, ``compiler``, ``pipeline``, ``schedule``, ``threads``), kernel calls before and after fusion, the
 kernels (``kernels[name] = {ops, calls}``, in call order), ``memory`` (bytes: arena with and
 without buffer reuse, workspace, weights; optionally ``arena_over_calls``, the arena bytes live
 at each kernel call), ``binary_bytes`` / ``library_bytes``, seconds per stage, ``tolerance``.
@@ -102,7 +103,7 @@ class CpuReport:
     kernel_instructions: Optional[dict[str, int]] = None
     mcu: Optional[McuMemory] = None  # Cortex-M: flash and SRAM against the device
     schema_version: int = SCHEMA_VERSION
-    family: str = "arm"
+    family: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -225,7 +226,8 @@ class Verification:
     outputs: list[OutputComparison]
 
 
-REPORTS = {"arm": CpuReport, "cortexm": CpuReport, "fpga": FpgaReport}
+REPORTS = {"cpu": CpuReport, "cortexm": CpuReport, "fpga": FpgaReport}
+RENAMED_FAMILIES = {"arm": "cpu"}  # the CPU family was called "arm" until the host joined it
 
 
 # ---------------------------------------------------------------- loading
@@ -326,8 +328,9 @@ def _read(path: Path) -> dict:
 
 
 def report_class(data: dict, source: str = "report"):
-    """The schema class of a report.json: FPGA reports say ``family``; ARM ones do not."""
-    family = data.get("family", "arm") if isinstance(data, dict) else None
+    """The schema class of a report.json: FPGA reports say ``family``; CPU ones may not."""
+    family = data.get("family", "cpu") if isinstance(data, dict) else None
+    family = RENAMED_FAMILIES.get(family, family)
     if family not in REPORTS:
         raise SchemaError(f"{source}: unknown family {family!r}; known: {', '.join(REPORTS)}")
     return REPORTS[family]
