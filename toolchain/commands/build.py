@@ -302,13 +302,28 @@ def verify_folder(out_dir: Path, inputs_paths: list[Path] | None = None, seed: i
             for spec, g, r in zip(manifest["outputs"], got, ref)]
 
 
+def _step_allowance(allowed: float, step: float | None) -> str:
+    """How the absolute allowance of an output reads: in whole steps of its quantized ONNX
+    output when it is one (CPU targets allow one step, FPGA designs four), else as a number."""
+    steps = allowed / 1.0001 / step if step else 0.0
+    if steps >= 0.5 and abs(steps - round(steps)) < 1e-3:
+        n = round(steps)
+        return (f"one output step {allowed:.4g}" if n == 1
+                else f"{n} output steps of {step:.4g} = {allowed:.4g}")
+    return f"abs error {allowed:.4g}"
+
+
 def cmd_verify(args) -> int:
     results = verify_folder(args.out_dir, args.input, args.seed, args.tolerance)
+    one_step = {}
+    if any(c.abs_tolerance for c in results):
+        one_step = output_steps(load_model(Path(args.out_dir) / "model.onnx"))
     for c in results:
         status = "ok" if c.ok else "MISMATCH"
         print(f"{c.name}: max abs error {c.max_abs_error:.3e}, max rel error {c.max_rel_error:.3e} "
               f"(of range {c.output_range:.3g}; tolerance {c.tolerance:.1e}"
-              + (f" or one output step {c.abs_tolerance:.4g}" if c.abs_tolerance else "")
+              + (f" or {_step_allowance(c.abs_tolerance, one_step.get(c.name))}"
+                 if c.abs_tolerance else "")
               + f") {status}")
     if args.json:
         args.json.write_text(json.dumps([c.to_json() for c in results], indent=2) + "\n")
@@ -330,13 +345,37 @@ def register_simulate(sub) -> None:
     p.add_argument("--json", type=Path, help="where to write the simulation report "
                                              "(default OUT/simulation.json)")
     for backend in _backends():
+        before = set(map(id, p._actions))
         backend.add_simulate_options(p)
+        _SIMULATE_OPTIONS[backend.family] = {
+            a.dest: (max(a.option_strings, key=len), a.default)
+            for a in p._actions if id(a) not in before and a.option_strings}
     p.set_defaults(func=cmd_simulate, command_parser=p)
+
+
+# family -> {dest: (flag, default)} of the options it added to 'edgec simulate'
+_SIMULATE_OPTIONS: dict[str, dict[str, tuple[str, object]]] = {}
+
+
+def _refuse_foreign_simulate_options(args, manifest: dict, family: str) -> None:
+    """A simulate option of another family, set to a non-default value, is an error (it
+    would be ignored: each family's simulation reads only its own options)."""
+    own = set(_SIMULATE_OPTIONS.get(family, {}))
+    for other, options in _SIMULATE_OPTIONS.items():
+        if other == family:
+            continue
+        for dest, (flag, default) in options.items():
+            if dest not in own and getattr(args, dest, default) != default:
+                raise ConfigError(f"option {flag} does not apply to {args.out_dir} (target "
+                                  f"{manifest.get('target', '?')}, family {family}); it is an "
+                                  f"option of the {other} targets' simulation")
 
 
 def cmd_simulate(args) -> int:
     manifest = read_manifest(args.out_dir)
-    report = backend_for(manifest["family"]).simulate(Path(args.out_dir), args)
+    backend = backend_for(manifest["family"])
+    _refuse_foreign_simulate_options(args, manifest, backend.family)
+    report = backend.simulate(Path(args.out_dir), args)
     dest = args.json or Path(args.out_dir) / "simulation.json"
     dest.write_text(json.dumps(report, indent=2) + "\n")
     print(f"simulation report written to {dest}")
