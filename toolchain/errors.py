@@ -22,6 +22,8 @@ class UnsupportedOpError(ModelError):
     def __init__(self, op_type: str, node_name: str, target: str, detail: str = ""):
         self.op_type = op_type
         self.node_name = node_name
+        self.target = target
+        self.detail = detail
         msg = f"unsupported op '{op_type}' in node '{node_name}' for target '{target}'"
         super().__init__(msg + (f": {detail}" if detail else ""))
 
