@@ -11,7 +11,8 @@ flatten) to the next Conv2d / Linear (the consumer). A producer whose output rea
 else (an add, a concat, a reshape, the model output) is left alone: its channel count is fixed
 by that op. When that happens (or fx cannot trace the model), ``engine="auto"`` hands the
 model to torch-pruning's dependency graph instead (``tp_channels.py``), which prunes through
-residual adds, concats, depthwise groups and attention. Channels are ranked by the L1 norm of the producer's weights times the |scale| of
+residual adds, concats, depthwise groups, attention and recurrent layers' hidden units
+(LSTM / GRU / RNN always go there). Channels are ranked by the L1 norm of the producer's weights times the |scale| of
 the batchnorm that follows, if any.
 """
 
@@ -28,6 +29,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from toolchain.compress import tp_channels
+from toolchain.compress.rnn_channels import RECURRENT
 from toolchain.compress.quantize import check_supported, is_quantized
 from toolchain.errors import ConfigError, UnsupportedOpError
 from toolchain.compress.finetune import finetune, labels_needed
@@ -221,10 +223,11 @@ class PruneChannels:
     def apply(self, model: nn.Module, ctx) -> nn.Module:
         from toolchain.compress.prune import PRUNABLE
 
-        # the fx remover knows Conv2d and Linear; torch-pruning every conv kind
-        other = [m for m in model.modules() if isinstance(m, PRUNABLE)
+        # the fx remover knows Conv2d and Linear; torch-pruning every conv kind and the hidden
+        # units of LSTM / GRU / RNN layers (rnn_channels.py)
+        other = [m for m in model.modules() if isinstance(m, PRUNABLE + RECURRENT)
                  and not isinstance(m, (nn.Conv2d, nn.Linear))]
-        check_supported(model, self.name, PRUNABLE if other and self.engine != "fx"
+        check_supported(model, self.name, PRUNABLE + RECURRENT if other and self.engine != "fx"
                         and tp_channels.available() else ())
         if is_quantized(model):
             raise ConfigError("prune-channels must come before quantize")

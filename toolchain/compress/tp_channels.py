@@ -4,7 +4,9 @@ The fx channel remover in ``channels.py`` leaves alone any layer whose output re
 a Concat, which is every residual block. torch-pruning (1.6, ``DependencyGraph`` +
 ``MetaPruner``) traces the model and groups every tensor dimension that must shrink together:
 both sides of a residual Add, depthwise convs' groups, batchnorms, concats, and
-``nn.MultiheadAttention``'s embedding (head count kept, ``num_heads`` given per module).
+``nn.MultiheadAttention``'s embedding (head count kept, ``num_heads`` given per module), and
+the hidden units of LSTM / GRU / RNN layers (``rnn_channels.py``: torch-pruning's own LSTM
+pruner is broken, see there).
 Channels are ranked by the L1 norm of each group's weights (``MagnitudeImportance(p=1)``).
 
 The layers that produce the model's output keep their outputs (found by running the model
@@ -20,9 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolchain.compress import rnn_channels
+from toolchain.compress.rnn_channels import RECURRENT
 from toolchain.errors import ModelError, UnsupportedOpError
 
 log = logging.getLogger(__name__)
+
+# torch-pruning's default group roots (its own LSTM pruner is replaced: rnn_channels.py)
+ROOTS = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def available() -> bool:
@@ -58,10 +65,19 @@ def prune_channels(model: nn.Module, example: np.ndarray, fraction: float) -> nn
     n_before = sum(p.numel() for p in model.parameters())
     ignored = _output_layers(model, x)
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    recurrent = [(n, m) for n, m in model.named_modules() if isinstance(m, RECURRENT)]
+    for name, m in recurrent:
+        why = rnn_channels.unsupported(m)
+        if why:
+            raise UnsupportedOpError(type(m).__name__, name, "prune-channels", why)
+    rnn = rnn_channels.make_pruner()
     try:
-        pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                      pruning_ratio=fraction, ignored_layers=ignored,
-                                      num_heads=heads)
+        pruner = tp.pruner.MetaPruner(
+            model, x, importance=rnn_channels.make_importance(p=1) if recurrent
+            else tp.importance.MagnitudeImportance(p=1), pruning_ratio=fraction,
+            ignored_layers=ignored, num_heads=heads,
+            customized_pruners={t: rnn for t in RECURRENT} if recurrent else None,
+            root_module_types=ROOTS + RECURRENT if recurrent else ROOTS)
         pruner.step()
     except Exception as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
