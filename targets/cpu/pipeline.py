@@ -213,6 +213,8 @@ def run_pipeline(mod, name: str, ctx: PipelineContext,
     """Apply the named pipeline stage by stage; ``overrides`` replace stages by name."""
     import tvm
 
+    from toolchain.tvm_log import known_warnings_filtered
+
     stages = get_pipeline(name)
     overrides = dict(overrides or {})
     unknown = set(overrides) - {s for s, _ in stages}
@@ -224,7 +226,7 @@ def run_pipeline(mod, name: str, ctx: PipelineContext,
     for stage_name, stage in stages:
         passes = overrides.get(stage_name, stage)(ctx)
         t0 = time.perf_counter()
-        with tvm.transform.PassContext(opt_level=3):
+        with tvm.transform.PassContext(opt_level=3), known_warnings_filtered():
             for p in passes:
                 mod = p(mod)
         if stage_name == "fuse_ops":
