@@ -75,3 +75,12 @@ def test_a_pruned_lstm_exports_and_matches_onnxruntime(tmp_path):
 def test_a_bidirectional_lstm_is_refused_naming_the_layer():
     with pytest.raises(UnsupportedOpError, match=r"'LSTM' in node 'rnn'.*bidirectional"):
         compress(Spotter(bidirectional=True).eval(), [PruneChannels(0.5, epochs=0)], _ctx())
+
+
+@pytest.mark.parametrize("kind,gates", [(nn.LSTM, 4), (nn.GRU, 3)])
+def test_macs_count_every_gate_of_every_layer_and_step(kind, gates):
+    from toolchain.compress.metrics import model_stats
+
+    model = Spotter(kind, 2, 8).eval()
+    s = model_stats(model, np.zeros((1, 6, 5), np.float32))
+    assert s.macs == 6 * (gates * 8 * (5 + 8) + gates * 8 * (8 + 8)) + 8 * 4

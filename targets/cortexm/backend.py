@@ -12,7 +12,6 @@ run: the image under qemu-system-arm, inputs and outputs through semihosting.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -24,6 +23,7 @@ import numpy as np
 
 from toolchain.errors import ConfigError
 from toolchain.targets.cortexm.device import McuDevice
+from toolchain.targets.cortexm.options import CortexMOptions
 from toolchain.targets.registry import Backend, Device, register_backend
 
 log = logging.getLogger(__name__)
@@ -32,18 +32,13 @@ log = logging.getLogger(__name__)
 @register_backend
 class CortexMBackend(Backend):
     family = "cortexm"
+    Options = CortexMOptions
 
     def describe(self, device: Device) -> str:
         d = McuDevice.from_device(device)
         return (f"triple {d.triple}, cpu {d.cpu}, features {' '.join(d.features) or '-'}, "
                 f"flash {d.flash_bytes // 1024} KiB, SRAM {d.ram_bytes // 1024} KiB "
                 f"(runs under {d.qemu} -M {d.qemu_machine})")
-
-    def add_compile_options(self, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("Cortex-M targets")
-        g.add_argument("--stack-bytes", type=int, default=None, metavar="N",
-                       help="SRAM reserved for the stack (default: the device file's "
-                            "stack_bytes)")
 
     def compiler_argv(self, device: Device, options) -> tuple[str, ...]:
         from toolchain.errors import EdgecError
@@ -79,7 +74,8 @@ class CortexMBackend(Backend):
             return [f"{device.name}: {exc}" + ("" if said else f"  (install: {dev.install_hint})")]
         return []
 
-    def compile(self, model_path, model, device, args, stage: Path) -> dict:
+    def compile(self, model_path, model, device, options: CortexMOptions,
+                stage: Path) -> dict:
         from toolchain.targets.cpu import codegen
         from toolchain.optimizer.frontend import import_onnx
         from toolchain.targets.cpu.integer import is_quantized
@@ -95,12 +91,8 @@ class CortexMBackend(Backend):
         from toolchain.targets.cortexm.workspace import compacted_workspace_bytes
 
         dev = McuDevice.from_device(device)
-        stack = getattr(args, "stack_bytes", None)
-        if stack is not None:
-            if isinstance(stack, bool) or not isinstance(stack, int) or stack < 1024:
-                raise ConfigError(f"--stack-bytes must be an integer of at least 1024, "
-                                  f"not {stack!r}")
-            dev = McuDevice(**{**dev.__dict__, "stack_bytes": stack})
+        if options.stack_bytes is not None:
+            dev = McuDevice(**{**dev.__dict__, "stack_bytes": options.stack_bytes})
         cc = find_compiler(dev)  # fail fast if the tools are missing
         quantized = is_quantized(model)
         pipeline = default_pipeline(quantized)

@@ -10,7 +10,6 @@ pool to the driver; 1 (the default) builds exactly what it always did.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -21,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import ConfigError
-from toolchain.targets.cpu.cc import COMPILERS, find_compiler
+from toolchain.targets.cpu.cc import find_compiler
+from toolchain.targets.cpu.options import CpuOptions
 from toolchain.targets.cpu.device import CpuDevice
 from toolchain.targets.registry import Backend, Device, register_backend
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 @register_backend
 class CpuBackend(Backend):
     family = "cpu"
+    Options = CpuOptions
 
     def describe(self, device: Device) -> str:
         d = CpuDevice.from_device(device)
@@ -38,12 +39,11 @@ class CpuBackend(Backend):
         return (f"triple {d.triple}, cpu {d.cpu}, features {' '.join(d.features) or '-'}"
                 f" ({where})")
 
-    def compiler_argv(self, device: Device, options) -> tuple[str, ...]:
+    def compiler_argv(self, device: Device, options: CpuOptions) -> tuple[str, ...]:
         from toolchain.errors import EdgecError
 
         try:
-            return find_compiler(CpuDevice.from_device(device),
-                                 getattr(options, "compiler", "auto")).cc
+            return find_compiler(CpuDevice.from_device(device), options.compiler).cc
         except EdgecError:
             return ("absent",)
 
@@ -68,26 +68,7 @@ class CpuBackend(Backend):
             return [f"{device.name}: {exc}" + ("" if said else f"  (install: {hint})")]
         return []
 
-    def add_compile_options(self, parser: argparse.ArgumentParser) -> None:
-        from toolchain.targets.cpu.pipeline import PIPELINES
-
-        g = parser.add_argument_group("ARM and host targets")
-        g.add_argument("--pipeline", default="auto", choices=["auto", *sorted(PIPELINES)],
-                       help="Relax pass pipeline: auto (default) is cpu-int for a QDQ model "
-                            "(int8 kernels, int8 activations between layers) and cpu for a "
-                            "float one; cpu on a QDQ model computes it in float32")
-        g.add_argument("--schedule", default="auto", choices=("auto", "none"),
-                       help="kernel schedules: edgec's CPU rules (auto) or plain loops (none)")
-        g.add_argument("--compiler", default="auto", choices=COMPILERS,
-                       help="C cross compiler: Debian's gcc, zig cc (PyPI ziglang), or auto")
-        g.add_argument("--threads", type=int, default=1, metavar="N",
-                       help="threads for the kernels: 1 (default) is single-threaded with no "
-                            "pthread dependency; N > 1 parallelizes convs, matmuls and large "
-                            "elementwise kernels over a static pool of N-1 pthreads")
-        g.add_argument("--keep-build", action="store_true",
-                       help="keep the intermediate objects and sources in OUT/build/")
-
-    def compile(self, model_path, model, device, args, stage: Path) -> dict:
+    def compile(self, model_path, model, device, options: CpuOptions, stage: Path) -> dict:
         from toolchain.targets.cpu import codegen
         from toolchain.optimizer.frontend import import_onnx
         from toolchain.optimizer.memplan import check_plan, plan_memory
@@ -99,13 +80,13 @@ class CpuBackend(Backend):
         from toolchain.targets.cpu import driver, lm_driver
 
         dev = CpuDevice.from_device(device)
-        cc = find_compiler(dev, getattr(args, "compiler", "auto"))  # fail fast if missing
+        cc = find_compiler(dev, options.compiler)  # fail fast if missing
         from toolchain.targets.cpu.integer import is_quantized
         from toolchain.targets.cpu.pipeline import default_pipeline, get_pipeline
 
-        threads = _threads(args)
+        threads = options.threads
         quantized = is_quantized(model)
-        pipeline = getattr(args, "pipeline", "auto")
+        pipeline = options.pipeline
         if pipeline == "auto":
             pipeline = default_pipeline(quantized)
         get_pipeline(pipeline)  # an unknown name fails before the slow steps
@@ -113,7 +94,7 @@ class CpuBackend(Backend):
             raise ConfigError(f"option --pipeline cpu-int does not apply to target {device.name} "
                               "for this model: it needs a quantized (QDQ) model, and this one "
                               "has no QuantizeLinear/DequantizeLinear nodes (use --pipeline cpu)")
-        if threads > 1 and getattr(args, "schedule", "auto") == "none":
+        if threads > 1 and options.schedule == "none":
             log.warning("--threads %d with --schedule none: plain loops stay serial", threads)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -125,7 +106,7 @@ class CpuBackend(Backend):
         timings["import"] = time.perf_counter() - t0
 
         target = dev.tvm_target()
-        ctx = PipelineContext(target=target, schedule=getattr(args, "schedule", "auto"),
+        ctx = PipelineContext(target=target, schedule=options.schedule,
                               threads=threads, vector=dev.vector_unit())
         result = run_pipeline(mod, pipeline, ctx)
         for rec in result.stages:
@@ -178,7 +159,7 @@ class CpuBackend(Backend):
                 cc.link([build / "main.o", build / "libmodel.a"], build / "model", build,
                         pthread)
             finally:
-                if getattr(args, "keep_build", False):
+                if options.keep_build:
                     shutil.copytree(build, stage / "build")
             timings["cc"] = time.perf_counter() - t0
 
@@ -227,16 +208,6 @@ class CpuBackend(Backend):
         dev = CpuDevice.from_device(_device(manifest["target"]))
         return generate_binary(dev, out_dir / "model", prompt, tokens,
                                int(manifest["lm"]["vocab"]))
-
-
-MAX_THREADS = 256
-
-
-def _threads(args) -> int:
-    threads = getattr(args, "threads", 1)
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise ConfigError(f"--threads must be an integer from 1 to {MAX_THREADS}, not {threads!r}")
-    return threads
 
 
 def _device(name: str) -> Device:

@@ -2,7 +2,8 @@
 
 - ``params``: number of parameter elements (pruned weights still count: they are stored).
 - ``nonzeros``: parameter elements that are not zero.
-- ``macs``: multiply-accumulates for one sample: Conv2d and Linear layers, plus any module with
+- ``macs``: multiply-accumulates for one sample: Conv2d and Linear layers, LSTM / GRU / RNN
+  layers (gates x hidden x (input + hidden) per layer and time step), plus any module with
   a ``macs(inputs, output)`` method (the zoo's attention counts its two matmuls that way).
 - ``macs_nonzero``: the same with each layer's MACs scaled by its weight density (what a
   sparse kernel or an FPGA that skips zero weights would do).
@@ -37,6 +38,32 @@ def _weight(m: nn.Module) -> torch.Tensor:
     return m.weight.detach()
 
 
+_RECURRENT_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
+
+
+def _recurrent_macs(m: nn.Module, x: torch.Tensor) -> int:
+    """MACs of one sample through a recurrent stack (torch's FLOP counter does not count it)."""
+    gates = next(g for t, g in _RECURRENT_GATES.items() if isinstance(m, t))
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        steps = int(x.batch_sizes.sum())  # all samples' steps; the batch is one sample here
+    else:
+        steps = x.shape[1] if m.batch_first and x.dim() == 3 else x.shape[0]
+    dirs = 2 if m.bidirectional else 1
+    out = getattr(m, "proj_size", 0) or m.hidden_size
+    total = 0
+    for layer in range(m.num_layers):
+        width = m.input_size if layer == 0 else out * dirs
+        total += gates * m.hidden_size * (width + out) + (m.hidden_size * out
+                                                          if out != m.hidden_size else 0)
+    return int(steps * dirs * total)
+
+
+def _weight_density(m: nn.Module) -> float:
+    ws = [p.detach() for n, p in m.named_parameters(recurse=False) if n.startswith("weight")]
+    total = sum(w.numel() for w in ws)
+    return float(sum(int((w != 0).sum()) for w in ws) / total) if total else 1.0
+
+
 def count_macs(model: nn.Module, example: np.ndarray) -> tuple[int, int]:
     """(dense MACs, density-weighted MACs) for one sample shaped like ``example[0]``."""
     totals = [0.0, 0.0]
@@ -47,6 +74,11 @@ def count_macs(model: nn.Module, example: np.ndarray) -> tuple[int, int]:
             n = output[0].numel() * per_out
         elif isinstance(m, nn.Linear):
             n = output[0].numel() * m.in_features
+        elif isinstance(m, tuple(_RECURRENT_GATES)):
+            n = _recurrent_macs(m, inputs[0])
+            totals[0] += n
+            totals[1] += n * _weight_density(m)
+            return
         else:
             n = m.macs(inputs, output)
             totals[0] += n
@@ -56,8 +88,9 @@ def count_macs(model: nn.Module, example: np.ndarray) -> tuple[int, int]:
         totals[0] += n
         totals[1] += n * density
 
+    kinds = (nn.Conv2d, nn.Linear) + tuple(_RECURRENT_GATES)
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear)) or callable(getattr(m, "macs", None))]
+               if isinstance(m, kinds) or callable(getattr(m, "macs", None))]
     try:
         with torch.no_grad():
             was_training = model.training
@@ -79,6 +112,22 @@ def _graph_macs(model: nn.Module, example: np.ndarray) -> int:
     with torch.no_grad(), counter:
         model(torch.tensor(np.asarray(example[:1])))
     return int(counter.get_total_flops() // 2)
+
+
+def _recurrent_only(model: nn.Module, example: np.ndarray) -> int:
+    """MACs of the recurrent layers alone (torch's FLOP counter leaves them out)."""
+    found = []
+    handles = [m.register_forward_hook(lambda m, i, o: found.append(_recurrent_macs(m, i[0])))
+               for m in model.modules() if isinstance(m, tuple(_RECURRENT_GATES))]
+    if not handles:
+        return 0
+    try:
+        with torch.no_grad():
+            model(torch.tensor(np.asarray(example[:1])))
+    finally:
+        for h in handles:
+            h.remove()
+    return int(sum(found))
 
 
 # layers count_macs does not know: their models are counted by torch's FLOP counter instead
@@ -117,7 +166,7 @@ def model_stats(model: nn.Module, example: np.ndarray) -> ModelStats:
             bits = m.weight_bits if isinstance(m, QuantLayer) and pname == "weight" else 32
             nbytes += p.numel() * bits / 8
     if any(isinstance(m, _OTHER_LAYERS) for m in model.modules()):
-        macs = _graph_macs(model, example)
+        macs = _graph_macs(model, example) + _recurrent_only(model, example)
         return ModelStats(params, nonzeros, macs, macs, int(np.ceil(nbytes)))
     macs, macs_nz = count_macs(model, example)
     return ModelStats(params, nonzeros, macs, macs_nz, int(np.ceil(nbytes)))
