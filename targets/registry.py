@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import abc
-import argparse
-import copy
 import importlib
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 import numpy as np
 
 from toolchain.errors import ConfigError
+from toolchain.options import CommonOptions, Options
 
 if TYPE_CHECKING:
     import onnx
@@ -42,54 +41,39 @@ class Backend(abc.ABC):
     """
 
     family: ClassVar[str]
+    # One typed, frozen class of compile options (``toolchain.options``): its fields are the
+    # family's flags, its build-file keys and its API keywords, and it is saved in edgec.json.
+    Options: ClassVar[type[CommonOptions]] = CommonOptions
+    # The same for ``edgec simulate`` (None: the family has nothing to simulate).
+    SimulateOptions: ClassVar[type[Options] | None] = None
 
     @abc.abstractmethod
     def describe(self, device: Device) -> str:
         """One line for ``edgec targets``: triple/part, CPU, features or resources."""
 
-    def add_compile_options(self, parser: argparse.ArgumentParser) -> None:
-        """Add this family's options to ``edgec compile`` (an argument group)."""
-
-    def register_compile_options(self, parser: argparse.ArgumentParser) -> None:
-        """``add_compile_options``, recording each option it added: its dest, its flag and its
-        default as added (before any config file changes the parser's defaults)."""
-        before = set(map(id, parser._actions))
-        self.add_compile_options(parser)
-        self._compile_options = {
-            a.dest: (max(a.option_strings, key=len), copy.deepcopy(a.default))
-            for a in parser._actions if id(a) not in before and a.option_strings}
-
-    def compile_options(self) -> dict[str, tuple[str, Any]]:
-        """This family's compile options, ``dest -> (flag, default)``, as last registered."""
-        return dict(getattr(self, "_compile_options", {}))
-
-    def foreign_options(self, args: argparse.Namespace) -> list[str]:
-        """The flags of this family's compile options that ``args`` sets to a non-default
-        value (for a target of another family, each one is an error)."""
-        return [flag for dest, (flag, default) in self.compile_options().items()
-                if getattr(args, dest, default) != default]
-
     @abc.abstractmethod
     def compile(self, model_path: Path, model: "onnx.ModelProto", device: Device,
-                args: argparse.Namespace, stage: Path) -> dict:
+                options: CommonOptions, stage: Path) -> dict:
         """Compile for ``device`` into the staging folder and return the report (a dict).
 
         ``model`` is the checked model with static input shapes (``--input-shape`` applied);
-        ``model_path`` is the file as given. The report may set ``tolerance``: the allowed max
-        error relative to the output range that ``edgec verify`` applies.
+        ``model_path`` is the file as given; ``options`` is an instance of ``self.Options``,
+        already validated (the caller saves it in the manifest). The report may set
+        ``tolerance``: the allowed max error relative to the output range that ``edgec
+        verify`` applies.
         """
 
     @abc.abstractmethod
     def run(self, out_dir: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the compiled artifact in ``out_dir`` (natively, under qemu, or in emulation)."""
 
-    def simulate(self, out_dir: Path, args: argparse.Namespace) -> dict:
-        """Simulate the artifact and return a report (default: nothing to simulate)."""
+    def simulate(self, out_dir: Path, options: Options) -> dict:
+        """Simulate the artifact and return a report (default: nothing to simulate).
+
+        ``options`` is an instance of ``self.SimulateOptions``; the compile options are the
+        folder's own, in its edgec.json."""
         raise ConfigError(f"'edgec simulate' is not available for the {self.family} family; "
                           "use 'edgec verify'")
-
-    def add_simulate_options(self, parser: argparse.ArgumentParser) -> None:
-        """Add this family's options to ``edgec simulate``."""
 
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """Run this family's tools for ``device`` on a one-line program in ``workdir``.
@@ -99,7 +83,7 @@ class Backend(abc.ABC):
         """
         return []
 
-    def compiler_argv(self, device: Device, options: Any) -> tuple[str, ...]:
+    def compiler_argv(self, device: Device, options: CommonOptions) -> tuple[str, ...]:
         """The argv of the C/C++ compiler a compile for ``device`` with ``options`` (the typed
         compile options) runs; its ``--version`` line keys the build cache. ``("absent",)``
         when it is not installed (the compile step then says how to install it)."""
@@ -172,3 +156,119 @@ def backend_for(family: str) -> Backend:
     if family not in _BACKENDS:
         raise ConfigError(f"no backend registered for target family '{family}'")
     return _BACKENDS[family]
+
+
+# ---------------------------------------------------------------- typed options per family
+def available_backends() -> list[Backend]:
+    """The backends of every family that has devices (a family that fails to load is left out
+    of the option lists; using one of its targets then reports the error)."""
+    import logging
+
+    found = []
+    for family in sorted({d.family for d in devices().values()}):
+        try:
+            found.append(backend_for(family))
+        except (ConfigError, ImportError) as exc:
+            logging.getLogger(__name__).debug("backend %s unavailable: %s", family, exc)
+    return found
+
+
+def options_class(backend: Backend, command: str) -> type[Options] | None:
+    """``backend``'s options class for ``command`` ("compile" or "simulate")."""
+    if command not in ("compile", "simulate"):
+        raise ValueError(command)
+    return backend.Options if command == "compile" else backend.SimulateOptions
+
+
+def _own(backend: Backend, command: str) -> list[str]:
+    from toolchain.options import own_fields
+
+    cls = options_class(backend, command)
+    if cls is None:
+        return []
+    return [f.name for f in (own_fields(cls) if command == "compile" else fields(cls))]
+
+
+def add_option_flags(parser, command: str) -> None:
+    """The flags of ``command`` generated from every family's options class: for compile,
+    the common options, then one group per family."""
+    from toolchain.options import add_flags, own_fields
+
+    taken: set[str] = set()
+    if command == "compile":
+        add_flags(parser, CommonOptions, "options of every target", taken=taken)
+    for b in available_backends():
+        cls = options_class(b, command)
+        if cls is not None:
+            add_flags(parser, cls, cls.title,
+                      own_fields(cls) if command == "compile" else None, taken=taken)
+
+
+def option_names(command: str) -> set[str]:
+    """Every option name (argparse dest) of ``command`` across the families."""
+    names = {f.name for f in fields(CommonOptions)} if command == "compile" else set()
+    for b in available_backends():
+        names.update(_own(b, command))
+    return names
+
+
+def option_owner(name: str, command: str, family: str) -> str | None:
+    """The family (not ``family``) whose ``command`` option ``name`` is, unless ``family``
+    takes it too; None when it is ``family``'s or nobody's."""
+    family = RENAMED_FAMILIES.get(family, family)
+    own = options_class(backend_for(family), command)
+    if own is not None and name in {f.name for f in fields(own)}:
+        return None
+    for other in available_backends():
+        if other.family != family and name in _own(other, command):
+            return other.family
+    return None
+
+
+def foreign_option(name: str, dev: Device, command: str = "compile") -> ConfigError | None:
+    """The error for option ``name`` (a dest) on ``dev`` when it is another family's option
+    and not ``dev``'s, else None."""
+    from toolchain.options import flag_of
+
+    other = option_owner(name, command, dev.family)
+    if other is None:
+        return None
+    return ConfigError(f"option {flag_of(name)} does not apply to target {dev.name} "
+                       f"(family {dev.family}); it is an option of the {other} targets")
+
+
+def typed_options(dev: Device, values: Mapping[str, Any], command: str = "compile"
+                  ) -> Options | None:
+    """``values`` (names with ``_`` or ``-``; None is "not given") as ``dev``'s family's
+    typed options for ``command``, validated. An option of another family is an error naming
+    that family; an unknown one lists the known ones. None: the family has no simulate
+    options and none were given."""
+    values = {k.replace("-", "_"): v for k, v in values.items() if v is not None}
+    for name in values:
+        error = foreign_option(name, dev, command)
+        if error is not None:
+            raise error
+    cls = options_class(backend_for(dev.family), command)
+    if cls is None:
+        if values:
+            from toolchain.options import flag_of
+
+            raise ConfigError(f"option {flag_of(next(iter(values)))} does not apply to target "
+                              f"{dev.name}: 'edgec {command}' takes no options for the "
+                              f"{dev.family} family")
+        return None
+    return cls.from_mapping(values, dev.family)
+
+
+def as_options(dev: Device, options: Any) -> Options:
+    """``options`` for a compile for ``dev``: None (the defaults), a mapping, or an instance
+    of the family's class (an instance of another family's class is an error)."""
+    cls = backend_for(dev.family).Options
+    if options is None:
+        return cls()
+    if isinstance(options, Mapping):
+        return typed_options(dev, options)
+    if type(options) is not cls:
+        raise ConfigError(f"target {dev.name} (family {dev.family}) takes {cls.__name__}, "
+                          f"not {type(options).__name__}")
+    return options

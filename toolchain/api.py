@@ -10,72 +10,66 @@
     report = api.compile(small, "fpga-xcu250", "out/", input_shape={"input": (1, 16)})
     sim = api.simulate("out/", dataset="mlp16")
 
-Options are the CLI's long options with underscores (``reuse_factor=4``, ``io_type="io_stream"``,
-``budget=["dsp=500"]``); a list repeats the option, ``True`` sets a flag. Errors are the same
-``EdgecError`` subclasses the CLI prints as one line.
+Options are the fields of the target family's typed options class (``toolchain.options``:
+``CpuOptions``, ``CortexMOptions``, ``FpgaOptions``), the CLI's long options with underscores
+(``reuse_factor=["4"]``, ``io_type="io_stream"``, ``budget="dsp=500"``); they build that object
+directly, validated as the CLI and a build file validate it. An option of another family is
+an error. Errors are the same ``EdgecError`` subclasses the CLI prints as one line.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from .errors import ConfigError
 
-
-def _argv(command: str, positional: list[str], options: Mapping[str, Any]) -> list[str]:
-    argv = [command, *positional]
-    for key, value in options.items():
-        if value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                argv += [flag, str(v)]
-        else:
-            argv += [flag, str(value)]
-    return argv
+if TYPE_CHECKING:
+    from .options import CommonOptions
 
 
-def _parse(argv: list[str]):
-    from .cli import _build_parser
-
-    parser = _build_parser()
-    try:
-        return parser.parse_args(argv)
-    except SystemExit:
-        # argparse has printed why; say it once more as an exception for callers
-        raise ConfigError(f"bad options for 'edgec {' '.join(argv)}'") from None
-
-
-def _shapes(input_shape) -> list[str]:
+def _shapes(input_shape) -> tuple[str, ...]:
     if input_shape is None:
-        return []
+        return ()
     if isinstance(input_shape, Mapping):
-        return [f"{k}={','.join(str(int(d)) for d in v)}" for k, v in input_shape.items()]
+        return tuple(f"{k}={','.join(str(int(d)) for d in v)}" for k, v in input_shape.items())
     if isinstance(input_shape, str):
-        return [input_shape]
-    return list(input_shape)
+        return (input_shape,)
+    return tuple(input_shape)
 
 
-def compile(model, target: str, output: str | Path, *, input_shape=None, **options) -> dict:
+def compile_options(target: str, *, input_shape=None, **values) -> "CommonOptions":
+    """The typed compile options of ``target``'s family (e.g. ``CpuOptions``), validated:
+    ``values`` are its fields; an option of another family is a ConfigError naming it."""
+    from .targets import device
+    from .targets.registry import typed_options
+
+    return typed_options(device(target), {"input_shape": _shapes(input_shape), **values})
+
+
+def compile(model, target: str, output: str | Path, *, input_shape=None, options=None,
+            module_path=(), **values) -> dict:
     """Compile ``model`` (ONNX/.pt path or an ``nn.Module``) for ``target`` into ``output``.
 
     ``input_shape``: ``{"input": (1, 16)}`` or ``"input=1,16"`` (needed for PyTorch input and
-    for dynamic ONNX dimensions). Returns the report written to ``output/report.json``.
+    for dynamic ONNX dimensions). The family's options are either ``values`` (its field
+    names, e.g. ``threads=2``) or ``options``, an object of its class (``api.compile_options``,
+    ``CpuOptions(...)``), not both. Returns the report written to ``output/report.json``.
     """
+    from dataclasses import replace
+
     from .commands.build import compile_folder
 
-    is_path = isinstance(model, (str, Path))
-    args = _parse(_argv("compile", [str(model) if is_path else "module.pt"],
-                        {"target": target, "output": str(output),
-                         "input_shape": _shapes(input_shape), **options}))
-    if not is_path:
-        args.model = model
-    return compile_folder(args)
+    if options is None:
+        options = compile_options(target, input_shape=input_shape, **values)
+    elif values:
+        raise ConfigError("give the options either as an options object or as keywords "
+                          f"({', '.join(values)}), not both")
+    elif input_shape is not None:
+        options = replace(options, input_shape=_shapes(input_shape))
+    return compile_folder(model, target, Path(output), options,
+                          module_paths=[Path(p) for p in module_path])
 
 
 def verify(output: str | Path, *, inputs=None, seed: int = 0,
@@ -91,12 +85,14 @@ def verify(output: str | Path, *, inputs=None, seed: int = 0,
     return [c.to_json() for c in results]
 
 
-def simulate(output: str | Path, **options) -> dict:
-    """Run the target's simulators on a compiled folder (``edgec simulate``); the report is
-    also written to ``output/simulation.json``."""
-    from .commands.build import cmd_simulate
+def simulate(output: str | Path, *, json_path: str | Path | None = None, **values) -> dict:
+    """Run the target's simulators on a compiled folder (``edgec simulate``) with the
+    family's simulate options (``dataset="mlp16"``, ``no_rtl=True``); the compile options
+    are the folder's own. The report is also written to ``output/simulation.json`` (or
+    ``json_path``)."""
+    from .commands.build import simulate_folder
 
-    args = _parse(_argv("simulate", [str(output)], options))
-    cmd_simulate(args)
-    dest = args.json or Path(output) / "simulation.json"
-    return json.loads(Path(dest).read_text())
+    report = simulate_folder(Path(output), values)
+    dest = Path(json_path) if json_path is not None else Path(output) / "simulation.json"
+    dest.write_text(json.dumps(report, indent=2) + "\n")
+    return report

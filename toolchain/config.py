@@ -59,6 +59,19 @@ def _coerce(action: argparse.Action, key: str, value: Any, path: Path) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"config file {path}: {key} = {value!r} should be {expected}")
 
+    typed = getattr(action, "typed_option", None)
+    if typed is not None:  # a target family's option: its field coerces and checks it
+        from toolchain.options import coerce_field
+
+        if isinstance(value, (list, dict)) and action.nargs is None and \
+                not isinstance(action, argparse._AppendAction):
+            raise bad("a single value")
+        try:
+            value = coerce_field(*typed, value)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        return list(value) if isinstance(value, tuple) else value  # argparse appends to it
+
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
             raise bad("true or false")

@@ -8,7 +8,6 @@ vs C emulation bit for bit, latency, per-layer estimates and utilization.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -22,8 +21,8 @@ from . import config as fcfg
 from .budget import choose_reuse_factors
 from .estimate import estimate, utilization
 from .lower import lower
+from .options import FpgaOptions, FpgaSimulateOptions
 from .plan import Design, apply_reuse_factors, assign_types
-from .precision import parse_fixed
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +64,11 @@ def _tolerance(design: Design, output: str) -> tuple[float, dict[str, float]]:
     return (0.0 if last.layer.out_type is not None else FLOAT_RELATIVE), {output: step}
 
 
-def config_from_report(report: dict) -> fcfg.FpgaConfig:
-    c = report["config"]
-    return fcfg.FpgaConfig(c["hls_backend"], c["io_type"], c["strategy"], c["reuse_default"],
-                           dict(c["reuse_per_layer"]), None, float(c["clock_period_ns"]),
-                           parse_fixed(c["default_precision"]), c["project_name"])
+def folder_config(manifest: dict, device: Device) -> fcfg.FpgaConfig:
+    """The build configuration a folder was compiled with, from the options in its
+    edgec.json (validated again, so a hand-edited manifest is a one-line error)."""
+    options = FpgaOptions.from_json(manifest.get("options", {}))
+    return options.config(fcfg.FpgaDevice.from_device(device))
 
 
 _AP_CHECK = """#include "ap_fixed.h"
@@ -80,6 +79,8 @@ int main() { ap_fixed<16, 6> x = 1.5; return (x * 2 == 3) ? 0 : 1; }
 @register_backend
 class FpgaBackend(Backend):
     family = "fpga"
+    Options = FpgaOptions
+    SimulateOptions = FpgaSimulateOptions
 
     def describe(self, device: Device) -> str:
         d = fcfg.FpgaDevice.from_device(device)
@@ -118,29 +119,13 @@ class FpgaBackend(Backend):
             problems.append(f"{device.name}: {exc}")
         return problems
 
-    def add_compile_options(self, parser: argparse.ArgumentParser) -> None:
-        fcfg.add_options(parser)
-
-    def add_simulate_options(self, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("FPGA targets (fpga-*)")
-        g.add_argument("--test-data", type=Path, default=None, metavar="X.npy",
-                       help="inputs for the C emulation (default: the zoo test set named by "
-                            "--dataset, else seeded random inputs)")
-        g.add_argument("--test-labels", type=Path, default=None, metavar="Y.npy",
-                       help="labels for --test-data, to report accuracy")
-        g.add_argument("--dataset", default=None, metavar="ZOO_NAME",
-                       help="use the test set of this zoo model (toolchain.models.dataset)")
-        g.add_argument("--samples", type=int, default=None, metavar="N",
-                       help="simulate at most N samples")
-        g.add_argument("--no-rtl", action="store_true", help="skip the RTL simulation")
-
     # ------------------------------------------------------------------ compile
-    def compile(self, model_path: Path, model, device: Device, args: argparse.Namespace,
+    def compile(self, model_path: Path, model, device: Device, options: FpgaOptions,
                 stage: Path) -> dict:
         from . import hls, rtl
 
         dev = fcfg.FpgaDevice.from_device(device)
-        cfg = fcfg.from_args(args, dev)
+        cfg = options.config(dev)
         design = plan_design(model, device, cfg)
         chosen = estimate(design, "latency" if cfg.strategy == "distributed_arithmetic"
                           else cfg.strategy, cfg.clock_period_ns, cfg.io_type, cfg.hls_backend)
@@ -225,10 +210,10 @@ class FpgaBackend(Backend):
         return [y.reshape([inputs[0].shape[0]] + list(shape[1:])).astype(np.float32)]
 
     # ------------------------------------------------------------------ simulate
-    def simulate(self, out_dir: Path, args: argparse.Namespace) -> dict:
+    def simulate(self, out_dir: Path, options: FpgaSimulateOptions) -> dict:
         from .simulate import simulate_folder
 
-        result = simulate_folder(Path(out_dir), self._load(out_dir), args)
+        result = simulate_folder(Path(out_dir), self._load(out_dir), options)
         for line in summary_lines(result):
             print(line)
         return result
@@ -259,4 +244,4 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
-__all__ = ["FpgaBackend", "plan_design", "config_from_report"]
+__all__ = ["FpgaBackend", "plan_design", "folder_config"]

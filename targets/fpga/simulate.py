@@ -78,8 +78,9 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
 
 
-def simulate_folder(out_dir: Path, report: dict, args: argparse.Namespace) -> dict:
-    from .backend import config_from_report, plan_design
+def simulate_folder(out_dir: Path, report: dict, args) -> dict:
+    """``args``: the simulate options (``FpgaSimulateOptions``)."""
+    from .backend import folder_config, plan_design
     from .hls import CEmulation
 
     manifest = json.loads((out_dir / "edgec.json").read_text())
@@ -111,8 +112,8 @@ def simulate_folder(out_dir: Path, report: dict, args: argparse.Namespace) -> di
     elif not rtl_info.get("available"):
         result["rtl"] = {"ran": False, "reason": rtl_info.get("reason", "not available")}
     else:
-        cfg = config_from_report(report)
         dev = find_device(report["device"]["name"])
+        cfg = folder_config(manifest, dev)  # the options it was compiled with
         model = fix_input_shapes(load_model(out_dir / "model.onnx"),
                                  {spec["name"]: tuple(spec["shape"])})
         reuse = {l["name"]: l["reuse_factor"] for l in report["layers"] if "reuse_factor" in l}

@@ -21,17 +21,21 @@
     [build]
     output = "build"              # the default of -o
 
-The option classes of compress / compile / verify / simulate are generated from those commands'
-own argparse definitions (one source of truth: a new compile flag is a new key here too);
-values are coerced as the flags would be (``toolchain.config``). Relative paths are taken from
-the TOML file's folder and stored absolute, so ``build.json`` loads back to an equal config.
+A target's compile and simulate options are its family's typed classes (``Backend.Options``,
+``Backend.SimulateOptions``, in ``targets/<family>/options.py``): their fields are the keys of
+the ``[[target]]`` table, as they are the flags of ``edgec compile`` and the keywords of
+``toolchain.api.compile``, validated the same way; a key of another family names that family.
+The option classes of compress and verify are generated from those commands' argparse
+definitions, values coerced as the flags would be (``toolchain.config``). Relative paths are
+taken from the TOML file's folder and stored absolute, so ``build.json`` loads back to an
+equal config.
 """
 
 from __future__ import annotations
 
 import argparse
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -83,15 +87,16 @@ def _field_type(action: argparse.Action) -> Any:
 
 
 @lru_cache(maxsize=None)
-def options_class(command: str, family: str | None = None) -> type:
-    """A frozen dataclass whose fields are ``command``'s options (for ``family``'s targets:
-    ``input_shape`` and that family's own compile options)."""
-    acts = actions(command)
-    if command == "compile":
+def options_class(command: str, family: str | None = None) -> type | None:
+    """A frozen dataclass whose fields are ``command``'s options: for compile and simulate
+    ``family``'s own typed class (None: it has nothing to simulate), else generated from the
+    command's parser."""
+    if command in ("compile", "simulate"):
         from toolchain.targets import backend_for
+        from toolchain.targets.registry import options_class as family_class
 
-        own = set(backend_for(family).compile_options())
-        acts = {k: a for k, a in acts.items() if k in own or k == "input_shape"}
+        return family_class(backend_for(family), command)
+    acts = actions(command)
     specs = [(dest, _field_type(a), field(default=_freeze(a.default),
                                           metadata={"help": a.help or "",
                                                     "flag": max(a.option_strings, key=len)}))
@@ -183,9 +188,9 @@ class ModelSource:
 class TargetConfig:
     name: str
     family: str
-    compile: Any                 # options_class("compile", family)
+    compile: Any                 # the family's typed compile options (Backend.Options)
     verify: Any                  # options_class("verify")
-    simulate: Any | None         # options_class("simulate"), None when the family has none
+    simulate: Any | None         # the family's Backend.SimulateOptions, None when it has none
     model: ModelSource
     compress: Any                # options_class("compress")
     own_model: bool = False      # a [target.model] / [target.compress] table of its own
@@ -359,16 +364,16 @@ def _target(entry, index: int, model, compress, top_compress: dict, path: Path,
     backend = backend_for(dev.family)
     flat = {k: v for k, v in entry.items()
             if k not in ("name", "verify", "simulate", "model", "compress")}
-    _foreign(flat, dev, path, where)
-    compile_opts = _options("compile", flat, path, where, dev.family, base)
+    compile_opts = _typed(dev, "compile", flat, path, where, base)
     verify = _options("verify", _table(entry, "verify", path, f"{where}.verify"), path,
                       f"{where}.verify", base=base)
-    simulates = type(backend).simulate is not Backend.simulate
+    simulates = type(backend).simulate is not Backend.simulate \
+        and backend.SimulateOptions is not None
     if "simulate" in entry and not simulates:
         raise ConfigError(f"config file {_where(path, where + '.simulate')}: the {dev.family} "
                           "targets have nothing to simulate (verify runs the artifact)")
-    simulate = (_options("simulate", _table(entry, "simulate", path, f"{where}.simulate"),
-                         path, f"{where}.simulate", base=base) if simulates else None)
+    simulate = (_typed(dev, "simulate", _table(entry, "simulate", path, f"{where}.simulate"),
+                       path, f"{where}.simulate", base) if simulates else None)
     own = "model" in entry or "compress" in entry
     if "model" in entry:
         model_t = _model(_table(entry, "model", path, f"{where}.model"), path,
@@ -389,16 +394,31 @@ def _target(entry, index: int, model, compress, top_compress: dict, path: Path,
                         own)
 
 
-def _foreign(flat: dict, dev, path: Path, where: str) -> None:
-    """A key that is another family's compile option names that family."""
-    from toolchain.commands.build import _backends
+def _typed(dev, command: str, table: dict, path: Path, where: str, base: Path):
+    """``table`` as the target family's typed ``command`` options; a key of another family
+    names it, an unknown key lists the known ones; relative paths from ``base``."""
+    from toolchain.targets import backend_for
+    from toolchain.targets.registry import foreign_option
+    from toolchain.targets.registry import options_class as family_class
 
-    _parsers()  # registers each family's compile options
-    for other in _backends():
-        if other.family == dev.family:
+    cls = family_class(backend_for(dev.family), command)
+    known = {f.name for f in fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if value is None:  # a default, as build.json writes it
             continue
-        for key in flat:
-            if key.replace("-", "_") in other.compile_options():
-                raise ConfigError(f"config file {_where(path, where)}: option {key} does not "
-                                  f"apply to target {dev.name} (family {dev.family}); it is an "
-                                  f"option of the {other.family} targets")
+        name = key.replace("-", "_")
+        if name not in known:
+            error = foreign_option(name, dev, command)
+            if error is not None:
+                raise ConfigError(f"config file {_where(path, where)}: {error}")
+            raise ConfigError(f"config file {_where(path, where)}: unknown key '{key}'; known "
+                              "keys: " + ", ".join(sorted(known)))
+        values[name] = value
+    try:
+        options = cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {_where(path, where)}: {exc}") from None
+    paths = {f.name: _absolute(getattr(options, f.name), base) for f in fields(options)
+             if isinstance(getattr(options, f.name), Path)}
+    return replace(options, **paths) if paths else options

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -153,17 +153,13 @@ def export(ctx: StepContext) -> dict:
 # ---------------------------------------------------------------- compile
 def compile(ctx: StepContext) -> dict:
     """optimize + emit + link for one target: ``edgec compile`` into the step's folder."""
-    from toolchain.commands.build import MANIFEST, compile_folder
+    from toolchain.commands.build import compile_folder
 
     t, m = ctx.job.target, ctx.job.model
     shapes = t.compile.input_shape or (m.input_shape if m.kind == "onnx" else ())
-    args = namespace("compile", t.compile, model=ctx.input("model") / "model.onnx",
-                     target=t.name, output=ctx.stage, input_shape=list(shapes))
-    report = compile_folder(args)
-    # the manifest names the folder it was compiled into: the final one, not the stage
-    manifest = _read_json(ctx.stage / MANIFEST)
-    manifest["options"]["output"] = str(ctx.out / ctx.job.folder)
-    _write_json(ctx.stage / MANIFEST, manifest)
+    # the target's typed options as the build file gave them (edgec.json saves them)
+    report = compile_folder(ctx.input("model") / "model.onnx", t.name, ctx.stage,
+                            replace(t.compile, input_shape=tuple(shapes)))
     keep = ("binary_bytes", "library_bytes", "memory", "total_seconds")
     return {k: report[k] for k in keep if k in report}
 
@@ -181,11 +177,13 @@ def verify(ctx: StepContext) -> dict:
 
 
 # ---------------------------------------------------------------- simulate
-def _simulate_args(job: Job, design: Path | None = None):
-    args = namespace("simulate", job.target.simulate, out_dir=design)
-    if args.dataset is None and args.test_data is None:
-        args.dataset = job.model.data_name  # the zoo test set the model was trained for
-    return args
+def _simulate_args(job: Job):
+    """The target's typed simulate options; by default the zoo test set the model was
+    trained for."""
+    options = job.target.simulate
+    if options.dataset is None and options.test_data is None:
+        options = replace(options, dataset=job.model.data_name)
+    return options
 
 
 def simulate(ctx: StepContext) -> dict:
@@ -196,8 +194,7 @@ def simulate(ctx: StepContext) -> dict:
     with tempfile.TemporaryDirectory(prefix=".design.", dir=ctx.stage) as tmp:
         design = Path(tmp) / "design"
         shutil.copytree(ctx.input("compiled"), design)
-        report = backend_for(ctx.job.target.family).simulate(design, _simulate_args(ctx.job,
-                                                                                    design))
+        report = backend_for(ctx.job.target.family).simulate(design, _simulate_args(ctx.job))
     _write_json(ctx.stage / "simulation.json", report)
     return {}
 

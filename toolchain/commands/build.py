@@ -7,16 +7,20 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from toolchain.errors import ConfigError, EdgecError, ModelError, VerificationError
+from toolchain.errors import ConfigError, ModelError, VerificationError
 from toolchain.onnx_io import (TensorSpec, fix_input_shapes, graph_inputs, input_specs,
                                load_model, load_model_upgraded, output_specs, output_steps,
                                parse_input_shapes, random_inputs)
+from toolchain.options import flag_of
 from toolchain.outdir import staged_output
 from toolchain.torch_input import export_module, input_shape_for, is_torch_file, load_module
 from toolchain.targets import backend_for, device, devices
+from toolchain.targets.registry import (add_option_flags, as_options, available_backends,
+                                        option_names, option_owner, typed_options)
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +28,8 @@ MANIFEST = "edgec.json"
 
 
 def _backends() -> list:
-    """The backends of every family that has devices (a family that fails to load is left out
-    of the option lists; using one of its targets then reports the error)."""
-    found = []
-    for family in sorted({d.family for d in devices().values()}):
-        try:
-            found.append(backend_for(family))
-        except (EdgecError, ImportError) as exc:
-            log.debug("backend %s unavailable: %s", family, exc)
-    return found
+    """The backends of every family that has devices (see ``available_backends``)."""
+    return available_backends()
 
 
 # ---------------------------------------------------------------- targets
@@ -68,46 +65,51 @@ def register_compile(sub) -> None:
                         "to ONNX, QDQ if it carries edgec's quantizers)")
     p.add_argument("-t", "--target", help="target name (see 'edgec targets')")
     p.add_argument("-o", "--output", type=Path, help="output folder")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
-                   help="static shape for a dynamic input (repeat per input); for a PyTorch "
-                        "model an element type may follow, e.g. input_ids=1,32:int64")
     p.add_argument("--module-path", action="append", default=[], metavar="DIR",
                    help="folder with the source a pickled .pt module needs (repeatable)")
     p.add_argument("--config", type=Path, help="TOML file with a [compile] table of options")
-    # Every family adds its own group; another family's option set for a target is an error.
-    for backend in _backends():
-        backend.register_compile_options(p)
+    # The flags come from the families' options classes (toolchain/options.py): --input-shape
+    # for every target, then a group per family; another family's option is an error.
+    add_option_flags(p, "compile")
     p.set_defaults(func=cmd_compile, command_parser=p)
 
 
 def cmd_compile(args) -> int:
-    report = compile_folder(args)
+    for key, flag in (("model", "MODEL"), ("target", "--target"), ("output", "-o OUT")):
+        if getattr(args, key) is None:
+            raise ConfigError(f"compile needs {flag} (on the command line or in --config)")
+    options = typed_options(device(args.target), {n: getattr(args, n, None)
+                                                  for n in option_names("compile")})
+    report = compile_folder(args.model, args.target, args.output, options,
+                            module_paths=args.module_path)
     print(f"compiled {report['input_model']} for {report['target']} into {Path(args.output)}/ "
           f"in {report['total_seconds']:.1f} s")
     return 0
 
 
-def compile_folder(args) -> dict:
-    """Compile ``args.model`` (an ONNX or .pt path, or an ``nn.Module`` object) into
-    ``args.output``; return the report that was written there."""
-    for key, flag in (("model", "MODEL"), ("target", "--target"), ("output", "-o OUT")):
-        if getattr(args, key) is None:
-            raise ConfigError(f"compile needs {flag} (on the command line or in --config)")
-    dev = device(args.target)
+def compile_folder(model, target: str, output: Path, options=None, *,
+                   module_paths=()) -> dict:
+    """Compile ``model`` (an ONNX or .pt path, or an ``nn.Module`` object) for ``target``
+    into ``output``; return the report that was written there.
+
+    ``options``: the target family's typed options (``Backend.Options``, e.g. CpuOptions),
+    a mapping of them, or None for the defaults. They are saved in the manifest.
+    """
+    dev = device(target)
     backend = backend_for(dev.family)
-    _refuse_foreign_options(args, dev)
-    shapes = parse_input_shapes(args.input_shape)
-    if isinstance(args.model, (str, Path)):
-        model_path = Path(args.model)
+    options = as_options(dev, options)
+    shapes = parse_input_shapes(options.input_shape)
+    if isinstance(model, (str, Path)):
+        model_path = Path(model)
         source = model_path.name
         torch_input = is_torch_file(model_path)
-        module = load_module(model_path, module_paths=getattr(args, "module_path", [])) \
+        module = load_module(model_path, module_paths=list(module_paths)) \
             if torch_input else None
     else:  # an nn.Module from the Python API
-        if not hasattr(args.model, "state_dict"):
+        if not hasattr(model, "state_dict"):
             raise ConfigError(f"model must be a path or a torch.nn.Module, got "
-                              f"{type(args.model).__name__}")
-        module, torch_input = args.model, True
+                              f"{type(model).__name__}")
+        module, torch_input = model, True
         source = type(module).__name__
         model_path = Path(f"{source}.pt")
     if torch_input:
@@ -117,7 +119,7 @@ def compile_folder(args) -> dict:
         _refuse_contradicting_shapes(loaded, shapes)
         model = fix_input_shapes(loaded, shapes)
     started = time.perf_counter()
-    with staged_output(args.output) as stage:
+    with staged_output(output) as stage:
         if torch_input:
             # exported (and checked against PyTorch) into the folder as its model.onnx
             export_module(module, stage / "model.onnx", input_shape, input_name)
@@ -130,7 +132,7 @@ def compile_folder(args) -> dict:
             save_model(loaded, stage / "model.onnx")
         else:
             shutil.copyfile(model_path, stage / "model.onnx")
-        report = backend.compile(model_path, model, dev, args, stage)
+        report = backend.compile(model_path, model, dev, options, stage)
         manifest = {
             "edgec": 1,
             "target": dev.name,
@@ -140,7 +142,7 @@ def compile_folder(args) -> dict:
             "tolerance": report.get("tolerance", 1e-4),
             # quantized outputs: onnxruntime and the artifact may differ by one step
             "output_steps": report.get("output_steps", output_steps(model)),
-            "options": _options_json(args),
+            "options": options.to_json(),  # the typed options; run/verify/simulate read them
             **({"lm": report["lm"]} if "lm" in report else {}),  # a language model
         }
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -149,16 +151,6 @@ def compile_folder(args) -> dict:
         report["total_seconds"] = round(time.perf_counter() - started, 3)
         (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def _refuse_foreign_options(args, dev) -> None:
-    """A compile option of another target family, set to a non-default value, is an error."""
-    for other in _backends():
-        if other.family != dev.family:
-            for flag in other.foreign_options(args):
-                raise ConfigError(f"option {flag} does not apply to target {dev.name} "
-                                  f"(family {dev.family}); it is an option of the "
-                                  f"{other.family} targets")
 
 
 def _refuse_contradicting_shapes(model, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -179,25 +171,31 @@ def _refuse_contradicting_shapes(model, shapes: dict[str, tuple[int, ...]]) -> N
                               f"contradicts the model's static shape {inp.name}[{shown}]")
 
 
-def _options_json(args) -> dict:
-    skip = {"func", "command_parser", "verbose", "config"}
-    out = {}
-    for k, v in sorted(vars(args).items()):
-        if k in skip:
-            continue
-        if k == "model" and not isinstance(v, (str, Path)):
-            v = type(v).__name__
-        out[k] = str(v) if isinstance(v, Path) else v
-    return out
-
-
 # ---------------------------------------------------------------- helpers for built folders
 def read_manifest(out_dir: Path) -> dict:
+    """The folder's edgec.json; its options are validated as the family's options class
+    (``folder_options``), so a folder with a foreign or bad option is a one-line error."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise ConfigError(f"{out_dir} is not an edgec output folder (no {MANIFEST}); "
                           "create one with 'edgec compile'")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    folder_options(manifest, path)
+    return manifest
+
+
+def folder_options(manifest: dict, path: Path | str = MANIFEST):
+    """The typed compile options a folder was built with (its family's ``Options``)."""
+    try:
+        cls = backend_for(manifest["family"]).Options
+        return cls.from_json(manifest.get("options") or {})
+    except KeyError as exc:
+        raise ConfigError(f"{path} lacks the key {exc}; compile the folder again") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def load_inputs(manifest: dict, paths: list[Path], seed: int) -> list[np.ndarray]:
@@ -344,38 +342,44 @@ def register_simulate(sub) -> None:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--json", type=Path, help="where to write the simulation report "
                                              "(default OUT/simulation.json)")
-    for backend in _backends():
-        before = set(map(id, p._actions))
-        backend.add_simulate_options(p)
-        _SIMULATE_OPTIONS[backend.family] = {
-            a.dest: (max(a.option_strings, key=len), a.default)
-            for a in p._actions if id(a) not in before and a.option_strings}
+    add_option_flags(p, "simulate")  # each family's simulate options class
     p.set_defaults(func=cmd_simulate, command_parser=p)
 
 
-# family -> {dest: (flag, default)} of the options it added to 'edgec simulate'
-_SIMULATE_OPTIONS: dict[str, dict[str, tuple[str, object]]] = {}
+def simulate_folder(out_dir: Path, options=None) -> dict:
+    """``edgec simulate``: the target's simulators on the folder, with ``options`` (a mapping
+    or the family's ``SimulateOptions``); the compile options are the folder's own (its
+    edgec.json). A simulate option of another family is an error, not ignored."""
+    manifest = read_manifest(out_dir)
+    dev = _folder_device(manifest)
+    backend = backend_for(manifest["family"])
+    if options is None or isinstance(options, Mapping):
+        values = {k.replace("-", "_"): v for k, v in (options or {}).items() if v is not None}
+        for name in values:
+            other = option_owner(name, "simulate", dev.family)
+            if other is not None:
+                raise ConfigError(f"option {flag_of(name)} does not apply to {out_dir} (target "
+                                  f"{dev.name}, family {backend.family}); it is an option of "
+                                  f"the {other} targets' simulation")
+        options = typed_options(dev, values, "simulate")
+    elif type(options) is not backend.SimulateOptions:
+        raise ConfigError(f"target {dev.name} (family {backend.family}) takes no "
+                          f"{type(options).__name__}")
+    return backend.simulate(Path(out_dir), options)
 
 
-def _refuse_foreign_simulate_options(args, manifest: dict, family: str) -> None:
-    """A simulate option of another family, set to a non-default value, is an error (it
-    would be ignored: each family's simulation reads only its own options)."""
-    own = set(_SIMULATE_OPTIONS.get(family, {}))
-    for other, options in _SIMULATE_OPTIONS.items():
-        if other == family:
-            continue
-        for dest, (flag, default) in options.items():
-            if dest not in own and getattr(args, dest, default) != default:
-                raise ConfigError(f"option {flag} does not apply to {args.out_dir} (target "
-                                  f"{manifest.get('target', '?')}, family {family}); it is an "
-                                  f"option of the {other} targets' simulation")
+def _folder_device(manifest: dict):
+    from toolchain.targets.registry import Device
+
+    try:
+        return device(manifest["target"])
+    except ConfigError:  # a target this edgec does not know: its family still answers
+        return Device(manifest["target"], manifest["family"], "")
 
 
 def cmd_simulate(args) -> int:
-    manifest = read_manifest(args.out_dir)
-    backend = backend_for(manifest["family"])
-    _refuse_foreign_simulate_options(args, manifest, backend.family)
-    report = backend.simulate(Path(args.out_dir), args)
+    report = simulate_folder(args.out_dir, {n: getattr(args, n, None)
+                                            for n in option_names("simulate")})
     dest = args.json or Path(args.out_dir) / "simulation.json"
     dest.write_text(json.dumps(report, indent=2) + "\n")
     print(f"simulation report written to {dest}")
