@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 
-from toolchain.errors import ConfigError
+from toolchain.errors import ConfigError, ModelError, UnsupportedOpError
 from toolchain.options import CommonOptions, Options
 
 if TYPE_CHECKING:
@@ -34,6 +34,43 @@ class Device:
     facts: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class NodeSupport:
+    """Whether a backend takes one node of a model (``Backend.support``), and why not.
+
+    ``node`` is the node's name (``#i`` for the unnamed i-th node), ``index`` its position in
+    the graph; a problem of the graph as a whole has ``index`` -1 (and ``op`` "" unless the
+    backend names one, e.g. "(graph output)").
+    """
+
+    node: str
+    op: str
+    supported: bool
+    reason: str = ""
+    index: int = -1
+
+    def to_json(self) -> dict:
+        return {"node": self.node, "op": self.op, "supported": self.supported,
+                "reason": self.reason, "index": self.index}
+
+
+def refuse_unsupported(found: list[NodeSupport], target: str, model_name: str) -> None:
+    """Raise for the first node ``found`` refuses, with how many are refused in all: an
+    UnsupportedOpError naming the node and the op (a ModelError for a whole-graph problem)."""
+    nodes = [s for s in found if s.index >= 0]
+    bad = sorted((s for s in nodes if not s.supported), key=lambda s: s.index)
+    bad += [s for s in found if s.index < 0 and not s.supported]
+    if not bad:
+        return
+    first = bad[0]
+    count = sum(not s.supported for s in nodes)
+    more = (f" ({count} of {len(nodes)} nodes unsupported; 'edgec check {model_name} -t "
+            f"{target}' lists them)") if count or len(bad) > 1 else ""
+    if first.op:
+        raise UnsupportedOpError(first.op, first.node, target, first.reason + more)
+    raise ModelError(first.reason + more)
+
+
 class Backend(abc.ABC):
     """A target family: which ops it takes, how it compiles, runs and reports.
 
@@ -50,6 +87,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def describe(self, device: Device) -> str:
         """One line for ``edgec targets``: triple/part, CPU, features or resources."""
+
+    @abc.abstractmethod
+    def support(self, model: "onnx.ModelProto", device: Device) -> list[NodeSupport]:
+        """Every node of ``model`` (checked, static input shapes) and whether this family takes
+        it for ``device``, with the reason when not, plus any whole-graph problem.
+
+        Partitioner-style (ExecuTorch's partitioner, ONNX Runtime's GetCapability): it reports,
+        it changes nothing, and it is fast (no C compile, no project written). ``edgec
+        compile`` asks it first; ``edgec check`` prints it.
+        """
 
     @abc.abstractmethod
     def compile(self, model_path: Path, model: "onnx.ModelProto", device: Device,

@@ -24,7 +24,7 @@ import numpy as np
 from toolchain.errors import ConfigError
 from toolchain.targets.cortexm.device import McuDevice
 from toolchain.targets.cortexm.options import CortexMOptions
-from toolchain.targets.registry import Backend, Device, register_backend
+from toolchain.targets.registry import Backend, Device, NodeSupport, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,20 @@ class CortexMBackend(Backend):
             return (find_compiler(McuDevice.from_device(device)).gcc,)
         except EdgecError:
             return ("absent",)
+
+    def support(self, model, device: Device) -> list[NodeSupport]:
+        """The CPU family's answer (the same passes and kernels), then this family's own
+        limit: without a double-precision FPU, a Cast between a float type and a 64-bit
+        integer needs libgcc helpers that LLVM calls with another convention (see
+        ``_refuse_soft_conversions``, which checks the built objects for the same)."""
+        from toolchain.targets.cpu.support import cpu_support
+
+        found = cpu_support(model)
+        if McuDevice.from_device(device).double_fpu:
+            return found
+        casts = _float_int64_casts(model)
+        return [NodeSupport(s.node, s.op, False, casts[s.index], s.index)
+                if s.supported and s.index in casts else s for s in found]
 
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """Build ``int main(void) { return 0; }`` with edgec's start-up and run it on the board."""
@@ -203,6 +217,37 @@ class CortexMBackend(Backend):
 # targets/cpu/driver_runtime.py), and model.c can define its own only with a double-precision FPU.
 _INT64_FLOAT_HELPERS = {"__fixsfdi", "__fixunssfdi", "__fixdfdi", "__fixunsdfdi", "__floatdisf",
                         "__floatundisf", "__floatdidf", "__floatundidf"}
+
+
+_FLOATS = (1, 10, 11, 16)  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_INT64S = (7, 13)  # INT64, UINT64
+
+
+def _float_int64_casts(model) -> dict[int, str]:
+    """Cast nodes between a float type and a 64-bit integer: node index -> why refused."""
+    from onnx import TensorProto, helper, shape_inference
+
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001  (an input of unknown type is then not judged)
+        inferred = model
+    g = inferred.graph
+    types = {t.name: t.data_type for t in g.initializer}
+    types.update({v.name: v.type.tensor_type.elem_type
+                  for v in [*g.input, *g.value_info, *g.output] if v.type.HasField("tensor_type")})
+    found = {}
+    for idx, node in enumerate(model.graph.node):
+        if node.op_type != "Cast" or not node.input:
+            continue
+        to = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "to"), 0)
+        pair = {types.get(node.input[0], 0), to}
+        if pair & set(_FLOATS) and pair & set(_INT64S):
+            names = sorted(TensorProto.DataType.Name(t).lower() for t in pair)
+            found[idx] = (f"a cast between {names[0]} and {names[1]} needs 64-bit integer "
+                          "conversion helpers edgec cannot build correctly for a single-"
+                          "precision FPU; use a device with a double-precision FPU, e.g. "
+                          "cortex-m7, or cast through int32")
+    return found
 
 
 def _refuse_soft_conversions(dev: McuDevice, undefined: set[str]) -> None:

@@ -23,7 +23,7 @@ from toolchain.errors import ConfigError
 from toolchain.targets.cpu.cc import find_compiler
 from toolchain.targets.cpu.options import CpuOptions
 from toolchain.targets.cpu.device import CpuDevice
-from toolchain.targets.registry import Backend, Device, register_backend
+from toolchain.targets.registry import Backend, Device, NodeSupport, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,14 @@ class CpuBackend(Backend):
             return find_compiler(CpuDevice.from_device(device), options.compiler).cc
         except EdgecError:
             return ("absent",)
+
+    def support(self, model, device: Device) -> list[NodeSupport]:
+        """edgec's cleanup passes, the frontend's checks, then TVM's import and legalization
+        (per node when anything fails; no kernel is built): every node, and why each refused
+        one is (targets/cpu/support.py)."""
+        from toolchain.targets.cpu.support import cpu_support
+
+        return cpu_support(model)
 
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """Compile, link statically and run ``int main(void) { return 0; }`` for the device."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import ConfigError, ToolMissingError
-from toolchain.targets.registry import Backend, Device, register_backend
+from toolchain.targets.registry import Backend, Device, NodeSupport, register_backend
 
 from . import config as fcfg
 from .budget import choose_reuse_factors
@@ -89,6 +89,17 @@ class FpgaBackend(Backend):
 
     def compiler_argv(self, device: Device, options) -> tuple[str, ...]:
         return ("g++",)  # hls4ml's C emulation
+
+    def support(self, model, device: Device) -> list[NodeSupport]:
+        """What the lowering maps (targets/fpga/lower.py), every refused node with its reason;
+        nothing is typed, estimated or written. Options (reuse factors, io_type) are judged
+        by the compile."""
+        from .lower import node_label, refusals
+
+        found, graph = refusals(model, device.name)
+        return ([NodeSupport(node_label(n), n.op_type, i not in found, found.get(i, ""), i)
+                 for i, n in enumerate(model.graph.node)]
+                + [NodeSupport(node, op, False, why) for node, op, why in graph])
 
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """g++ builds a one-line ap_fixed program with hls4ml's headers; Verilator is usable."""

@@ -8,6 +8,8 @@ The FPGA designs are feed-forward graphs with one input and one output: each lay
 layers it reads (``inputs``), and branches meet in an Add (hls4ml's Merge) or a Concat
 (hls4ml's Concatenate, two tensors at a time, so a Concat of n becomes n-1 layers). A node the
 target cannot map raises UnsupportedOpError naming the node and the op; nothing is written.
+``refusals`` lowers without stopping: every node the target cannot map, each with its reason
+(a refused node stands in for a layer, so the nodes after it are judged on their own).
 """
 
 from __future__ import annotations
@@ -144,11 +146,13 @@ class _Constants:
         op = node.op_type
         if op == "DequantizeLinear":
             zero = ins[2] if len(ins) > 2 and ins[2] is not None else None
-            self.grids[node.output[0]] = _pow2_type(node, ins[1], zero, ins[0].dtype, target)
             axis, nd = a.get("axis", 1), ins[0].ndim
             zp = _along(zero, axis, nd).astype(np.float64) if zero is not None else 0.0
             out = (ins[0].astype(np.float64) - zp) * _along(ins[1], axis, nd).astype(np.float64)
-            out = out.astype(np.float32)
+            # the value first: a refused grid (see refusals) leaves the weight constant
+            self.values[node.output[0]] = out.astype(np.float32)
+            self.grids[node.output[0]] = _pow2_type(node, ins[1], zero, ins[0].dtype, target)
+            return True
         elif op == "QuantizeLinear":
             zero = ins[2] if len(ins) > 2 and ins[2] is not None else np.uint8(0)
             axis, nd = a.get("axis", 1), ins[0].ndim
@@ -217,36 +221,119 @@ class _Builder:
     def sole_reader(self, tensor: str) -> bool:
         return self.readers.get(tensor, 0) == 1
 
+    def stands_in(self, tensor: str) -> bool:
+        """Whether ``tensor`` comes from a layer standing in for a refused node."""
+        layer = self.by_name(self.producer.get(tensor, ""))
+        return layer is not None and layer.kind == STAND_IN
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    return node.name or node.output[0]
+
+
+# A layer standing in for a refused node (refusals only): what reads it is judged on its own.
+STAND_IN = "refused"
+# Ops that fold into the layer before them: after a stand-in there is nothing to judge.
+_FOLDED_INTO_PREVIOUS = ("DequantizeLinear", "BatchNormalization", "Identity", "Dropout")
+
+
+class _Refusals:
+    """Where ``lower`` puts what it refuses: raised at once, or collected (``refusals``)."""
+
+    def __init__(self, model: onnx.ModelProto, collect: bool):
+        self.model, self.collect = model, collect
+        self.nodes: dict[int, str] = {}  # node index -> why
+        self.graph: list[tuple[str, str, str]] = []  # (node or tensor, op, why)
+
+    def node(self, exc: UnsupportedOpError, idx: int) -> None:
+        if not self.collect:
+            raise exc
+        named = [i for i, n in enumerate(self.model.graph.node) if node_label(n) == exc.node_name]
+        self.nodes.setdefault(named[0] if named else idx, exc.detail)
+
+    def whole(self, exc: UnsupportedOpError) -> None:
+        if not self.collect:
+            raise exc
+        self.graph.append((exc.node_name, exc.op_type, exc.detail))
+
+
+def refusals(model: onnx.ModelProto, target: str
+             ) -> tuple[dict[int, str], list[tuple[str, str, str]]]:
+    """Everything ``lower`` refuses, without stopping at the first: node index -> why, and the
+    problems of the graph as a whole as (node or tensor, op, why)."""
+    found = _Refusals(model, collect=True)
+    _lower(model, target, found)
+    return found.nodes, found.graph
+
 
 def lower(model: onnx.ModelProto, target: str) -> LayerGraph:
     """Turn ``model`` into a LayerGraph; raises UnsupportedOpError for anything unmappable."""
+    return _lower(model, target, _Refusals(model, collect=False))
+
+
+def _lower(model: onnx.ModelProto, target: str, refused: _Refusals) -> LayerGraph | None:
     consts = _Constants(model)
     inits = set(consts.values)
     graph_inputs = [i for i in model.graph.input if i.name not in inits]
     if len(graph_inputs) != 1 or len(model.graph.output) != 1:
         node = model.graph.node[0]
-        raise UnsupportedOpError(node.op_type, node.name or node.output[0], target,
-                                 "FPGA designs take one input and one output")
+        refused.whole(UnsupportedOpError(node.op_type, node_label(node), target,
+                                         "FPGA designs take one input and one output"))
+        if not graph_inputs:
+            return None
     inp = graph_inputs[0]
     b = _Builder(model, target, inp.name)
     quantizers: dict[str, tuple[onnx.NodeProto, Fixed, str]] = {}  # Q output -> (node, grid, x)
 
-    for node in model.graph.node:
-        if consts.fold(node, target):
-            continue
-        label = node.name or node.output[0]
-        data_in = [i for i in node.input if i and not consts.has(i)]
-        if node.op_type not in SUPPORTED_OPS:
-            raise UnsupportedOpError(node.op_type, label, target,
-                                     "the FPGA backend maps " + ", ".join(SUPPORTED_OPS))
-        unknown = [i for i in data_in if i not in b.producer and i not in quantizers]
-        if unknown:
-            raise UnsupportedOpError(node.op_type, label, target,
-                                     f"its input '{unknown[0]}' comes from no mapped layer")
-        _lower_node(b, consts, quantizers, node, label, data_in)
+    for idx, node in enumerate(model.graph.node):
+        label = node_label(node)
+        try:
+            if consts.fold(node, target):
+                continue
+            data_in = [i for i in node.input if i and not consts.has(i)]
+            if node.op_type not in SUPPORTED_OPS:
+                raise UnsupportedOpError(node.op_type, label, target,
+                                         "the FPGA backend maps " + ", ".join(SUPPORTED_OPS))
+            unknown = [i for i in data_in if i not in b.producer and i not in quantizers]
+            if unknown:
+                raise UnsupportedOpError(node.op_type, label, target,
+                                         f"its input '{unknown[0]}' comes from no mapped layer")
+            stand_in = next((b.producer[i] for i in data_in if b.stands_in(i)), None)
+            if stand_in is not None and (node.op_type in _FOLDED_INTO_PREVIOUS or (
+                    node.op_type == "Add" and len(data_in) == 1)):
+                b.producer.update({o: stand_in for o in node.output if o})
+                continue
+            try:
+                _lower_node(b, consts, quantizers, node, label, data_in)
+            except KeyError:  # a tensor of unknown shape: after a refused node, not judged
+                if not refused.collect or stand_in is None:
+                    raise
+                b.producer.update({o: stand_in for o in node.output if o})
+        except UnsupportedOpError as exc:
+            refused.node(exc, idx)
+            if not all(consts.has(o) for o in node.output if o):
+                name = _sanitize(label, b.used)
+                b.layers.append(Layer(name, STAND_IN, label, (), ()))
+                b.producer.update({o: name for o in node.output if o})
+                for o in node.output:
+                    quantizers.pop(o, None)
     for q, (node, _, _) in quantizers.items():
-        raise UnsupportedOpError(node.op_type, node.name or q, target,
-                                 "a QuantizeLinear must be followed by a DequantizeLinear")
+        idx = list(model.graph.node).index(node)
+        refused.node(UnsupportedOpError(node.op_type, node.name or q, target,
+                                        "a QuantizeLinear must be followed by a "
+                                        "DequantizeLinear"), idx)
+    if refused.nodes or refused.graph:
+        return None  # collected: the graph's shape is judged once every node maps
+    try:
+        return _finish(model, target, b, inp)
+    except UnsupportedOpError as exc:
+        refused.whole(exc)
+        return None
+
+
+def _finish(model: onnx.ModelProto, target: str, b: _Builder,
+            inp: onnx.ValueInfoProto) -> LayerGraph:
+    """Check the graph's shape (one output, from the last layer, nothing dead); the graph."""
     out = model.graph.output[0].name
     if out not in b.producer or not b.producer[out]:
         raise UnsupportedOpError("(graph output)", out, target,

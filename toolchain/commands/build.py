@@ -19,6 +19,7 @@ from toolchain.options import flag_of
 from toolchain.outdir import staged_output
 from toolchain.torch_input import export_module, input_shape_for, is_torch_file, load_module
 from toolchain.targets import backend_for, device, devices
+from toolchain.targets.registry import refuse_unsupported
 from toolchain.targets.registry import (add_option_flags, as_options, available_backends,
                                         option_names, option_owner, typed_options)
 
@@ -132,6 +133,9 @@ def compile_folder(model, target: str, output: Path, options=None, *,
             save_model(loaded, stage / "model.onnx")
         else:
             shutil.copyfile(model_path, stage / "model.onnx")
+        # partitioner-style, before any slow step: every refused node counted
+        refuse_unsupported(backend.support(model, dev), dev.name,
+                           source if torch_input else str(model_path))
         report = backend.compile(model_path, model, dev, options, stage)
         manifest = {
             "edgec": 1,

@@ -7,6 +7,9 @@ the op): ops the importer lacks, custom domains, tensor types the C driver canno
 import, ``LegalizeOps`` runs once on a copy as a probe: an op TVM has no kernel for, or whose
 kernel TVM fails to build, is traced back to its ONNX node. Any other TVM error becomes a
 one-line ModelError. A wrong answer is worse than a refusal, so doubt means refuse.
+
+``refusals`` runs the same checks and probes without stopping: every refused node with its
+reason (what ``Backend.support`` reports, partitioner-style, before any slow step).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from typing import Callable
+import warnings
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -95,32 +99,40 @@ def node_label(node: onnx.NodeProto, idx: int) -> str:
     return node.name or f"#{idx}"
 
 
-def check_ops(model: onnx.ModelProto, target: str) -> None:
-    """Raise UnsupportedOpError for the first node whose op the importer cannot take."""
+# A refused node: its index in the graph and why (each check below yields them in order).
+Refusal = tuple[int, str]
+
+
+def _raise_first(model: onnx.ModelProto, target: str, found: Iterator[Refusal]) -> None:
+    for idx, detail in found:
+        node = model.graph.node[idx]
+        raise UnsupportedOpError(node.op_type, node_label(node, idx), target, detail)
+
+
+def op_refusals(model: onnx.ModelProto) -> Iterator[Refusal]:
+    """Nodes whose op the importer cannot take."""
     ok = supported_ops()
     for idx, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx"):
-            raise UnsupportedOpError(node.op_type, node_label(node, idx), target,
-                                     f"custom domain '{node.domain}'")
-        if node.op_type not in ok:
-            detail = ("its output shape depends on the data" if node.op_type in DATA_DEPENDENT_OPS
-                      else "TVM's ONNX importer has no converter for it")
-            raise UnsupportedOpError(node.op_type, node_label(node, idx), target, detail)
+            yield idx, f"custom domain '{node.domain}'"
+        elif node.op_type not in ok:
+            yield idx, ("its output shape depends on the data" if node.op_type in DATA_DEPENDENT_OPS
+                        else "TVM's ONNX importer has no converter for it")
+
+
+def check_ops(model: onnx.ModelProto, target: str) -> None:
+    """Raise UnsupportedOpError for the first node whose op the importer cannot take."""
+    _raise_first(model, target, op_refusals(model))
 
 
 def _type_name(elem: int) -> str:
     return onnx.TensorProto.DataType.Name(elem).lower()
 
 
-def check_dtypes(model: onnx.ModelProto, target: str) -> None:
-    """Refuse tensors whose element type edgec cannot compute with, naming who has them."""
+def dtype_refusals(model: onnx.ModelProto) -> Iterator[Refusal]:
+    """Nodes with a tensor whose element type edgec cannot compute with."""
     g = model.graph
-    types = {t.name: t.data_type for t in g.initializer}
-    for vi in [*graph_inputs(model), *g.value_info, *g.output]:
-        if vi.type.HasField("tensor_type"):
-            types[vi.name] = vi.type.tensor_type.elem_type
-        elif vi.type.WhichOneof("value"):
-            types[vi.name] = -1  # sequence, map, optional
+    types = _elem_types(model)
     for idx, node in enumerate(g.node):
         found = [(f"input '{n}'", types[n]) for n in node.input if n in types]
         found += [(f"output '{n}'", types[n]) for n in node.output if n in types]
@@ -134,38 +146,70 @@ def check_dtypes(model: onnx.ModelProto, target: str) -> None:
         for what, elem in found:
             if elem not in SUPPORTED_ELEM_TYPES:
                 kind = "not a tensor" if elem == -1 else f"type {_type_name(elem)}"
-                raise UnsupportedOpError(node.op_type, node_label(node, idx), target,
-                                         f"{what} is {kind}, which edgec's targets do not "
-                                         "support")
-    for vi in [*graph_inputs(model), *g.output]:  # read or written by no node
+                yield idx, f"{what} is {kind}, which edgec's targets do not support"
+                break
+
+
+def io_dtype_problems(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs and outputs of a type edgec's targets cannot take (whole-graph problems)."""
+    types = _elem_types(model)
+    found = []
+    for vi in [*graph_inputs(model), *model.graph.output]:
         elem = types[vi.name]
         if elem not in SUPPORTED_ELEM_TYPES:
             kind = "not a tensor" if elem == -1 else f"type {_type_name(elem)}"
-            raise ModelError(f"graph input or output '{vi.name}' is {kind}, which edgec's "
-                             "targets do not support")
+            found.append(f"graph input or output '{vi.name}' is {kind}, which edgec's "
+                         "targets do not support")
+    return found
 
 
-def check_static_shapes(model: onnx.ModelProto, target: str) -> None:
-    """Refuse an op whose output shape is computed from a run-time value (a graph input, or
-    anything derived from one other than through Shape/Size)."""
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    g = model.graph
+    types = {t.name: t.data_type for t in g.initializer}
+    for vi in [*graph_inputs(model), *g.value_info, *g.output]:
+        if vi.type.HasField("tensor_type"):
+            types[vi.name] = vi.type.tensor_type.elem_type
+        elif vi.type.WhichOneof("value"):
+            types[vi.name] = -1  # sequence, map, optional
+    return types
+
+
+def check_dtypes(model: onnx.ModelProto, target: str) -> None:
+    """Refuse tensors whose element type edgec cannot compute with, naming who has them."""
+    _raise_first(model, target, dtype_refusals(model))
+    for problem in io_dtype_problems(model):  # read or written by no node
+        raise ModelError(problem)
+
+
+def shape_refusals(model: onnx.ModelProto) -> Iterator[Refusal]:
+    """Ops whose output shape is computed from a run-time value (a graph input, or anything
+    derived from one other than through Shape/Size)."""
     runtime = {i.name for i in graph_inputs(model)}
     for idx, node in enumerate(model.graph.node):
         for pos in SHAPE_INPUTS.get(node.op_type, ()):
             if pos < len(node.input) and node.input[pos] in runtime:
-                raise UnsupportedOpError(
-                    node.op_type, node_label(node, idx), target,
-                    f"input {pos} ('{node.input[pos]}') is a run-time value, so the output "
-                    "shape depends on the data")
+                yield idx, (f"input {pos} ('{node.input[pos]}') is a run-time value, so the "
+                            "output shape depends on the data")
+                break
         if node.op_type not in _SHAPE_ONLY_OPS and any(i in runtime for i in node.input):
             runtime.update(o for o in node.output if o)
 
 
-def check_known_wrong(model: onnx.ModelProto, target: str) -> None:
+def check_static_shapes(model: onnx.ModelProto, target: str) -> None:
+    """Refuse the first op whose output shape is computed from a run-time value."""
+    _raise_first(model, target, shape_refusals(model))
+
+
+def known_wrong_refusals(model: onnx.ModelProto) -> Iterator[Refusal]:
     for idx, node in enumerate(model.graph.node):
         for op, when, why in KNOWN_WRONG:
             if node.op_type == op and when(model, node):
-                raise UnsupportedOpError(op, node_label(node, idx), target,
-                                         f"{why}; refused rather than computed wrongly")
+                yield idx, f"{why}; refused rather than computed wrongly"
+                break
+
+
+def check_known_wrong(model: onnx.ModelProto, target: str) -> None:
+    _raise_first(model, target, known_wrong_refusals(model))
 
 
 _SCATTERS = frozenset({"ScatterElements", "ScatterND", "Scatter"})
@@ -173,9 +217,23 @@ _SCATTERS = frozenset({"ScatterElements", "ScatterND", "Scatter"})
 
 def check_scatter_indices(model: onnx.ModelProto, target: str) -> None:
     """TVM's scatter kernels write wherever an index points, with no bounds check. Constant
-    indices are checked here; indices computed at run time are refused, except on a
-    language model's cache inputs (``past_*``), whose writes the kv_cache stage replaces by
-    a bounds-checked kernel."""
+    indices are checked here (one outside the data is a ModelError); indices computed at run
+    time are refused, except on a language model's cache inputs (``past_*``), whose writes
+    the kv_cache stage replaces by a bounds-checked kernel."""
+    for idx, detail, outside in _scatter_problems(model):
+        node = model.graph.node[idx]
+        if outside:
+            raise ModelError(f"node {node_label(node, idx)} ({node.op_type}): {detail}")
+        raise UnsupportedOpError(node.op_type, node_label(node, idx), target, detail)
+
+
+def scatter_refusals(model: onnx.ModelProto) -> Iterator[Refusal]:
+    for idx, detail, _ in _scatter_problems(model):
+        yield idx, detail
+
+
+def _scatter_problems(model: onnx.ModelProto) -> Iterator[tuple[int, str, bool]]:
+    """(index, why, whether an index lies outside the data) for each refused scatter."""
     from onnx import numpy_helper
 
     consts = {t.name: t for t in model.graph.initializer}
@@ -191,9 +249,9 @@ def check_scatter_indices(model: onnx.ModelProto, target: str) -> None:
         if indices not in consts:
             if data in inputs and data.startswith("past_"):
                 continue
-            raise UnsupportedOpError(node.op_type, node_label(node, idx), target,
-                                     "its indices are computed at run time and TVM's scatter "
-                                     "kernel does not bound-check them")
+            yield (idx, "its indices are computed at run time and TVM's scatter kernel "
+                   "does not bound-check them", False)
+            continue
         shape = shapes.get(data)
         if not shape or not all(shape):
             continue
@@ -204,8 +262,7 @@ def check_scatter_indices(model: onnx.ModelProto, target: str) -> None:
             axis = int(_attr(node, "axis", 0)) % len(shape)
             bounds = np.int64(shape[axis])
         if ind.size and (np.any(ind < -bounds) or np.any(ind >= bounds)):
-            raise ModelError(f"node {node_label(node, idx)} ({node.op_type}): an index lies "
-                             f"outside the data's shape {shape}")
+            yield idx, f"an index lies outside the data's shape {shape}", True
 
 
 def check_model(model: onnx.ModelProto, target: str) -> None:
@@ -326,23 +383,84 @@ def _single_node_model(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.Mod
                              ir_version=model.ir_version)
 
 
-def locate(model: onnx.ModelProto, target: str, failed: str) -> None:
-    """Raise UnsupportedOpError for the first node that fails the probe on its own, else a
-    ModelError with ``failed``."""
+def _probe_key(node: onnx.NodeProto, sub: onnx.ModelProto) -> bytes:
+    """What a node's probe depends on: the node without its names, its inputs' types and
+    shapes, and its constant inputs (nodes alike in all these probe alike)."""
+    bare = onnx.NodeProto()
+    bare.CopyFrom(node)
+    bare.ClearField("name")
+    del bare.input[:], bare.output[:]
+    g = sub.graph
+    parts = [bare.SerializeToString()]
+    parts += [v.type.SerializeToString() for v in [*g.input, *g.output]]
+    parts += [t.SerializeToString() for t in g.initializer]
+    return b"\0".join(parts)
+
+
+def probe_refusals(model: onnx.ModelProto, skip: frozenset[int] = frozenset()
+                   ) -> Iterator[Refusal]:
+    """Nodes (other than ``skip``) that TVM cannot import or legalize on their own.
+
+    A node with a subgraph, or whose tensors have no known type, is not probed alone; nodes
+    alike (same op, attributes, types and constants) are probed once.
+    """
+    seen: dict[bytes, str | None] = {}
     for idx, node in enumerate(model.graph.node):
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for a in node.attribute):
+        if idx in skip or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                              for a in node.attribute):
             continue
         sub = _single_node_model(model, node)
         if sub is None:
             continue
-        try:
-            why = _probe(_from_onnx(sub))
-        except Exception as exc:
-            why = _first_line(exc)
-        if why:
-            raise UnsupportedOpError(node.op_type, node_label(node, idx), target, why)
+        key = _probe_key(node, sub)
+        if key not in seen:
+            try:
+                with warnings.catch_warnings():  # the importer warns of missing shapes
+                    warnings.simplefilter("ignore")
+                    seen[key] = _probe(_from_onnx(sub))
+            except Exception as exc:  # the importer raises assorted errors
+                seen[key] = _first_line(exc)
+        if seen[key]:
+            yield idx, seen[key]
+
+
+def locate(model: onnx.ModelProto, target: str, failed: str) -> None:
+    """Raise UnsupportedOpError for the first node that fails the probe on its own, else a
+    ModelError with ``failed``."""
+    _raise_first(model, target, probe_refusals(model))
     raise ModelError(f"TVM cannot compile the model: {failed}")
+
+
+def refusals(model: onnx.ModelProto) -> tuple[dict[int, str], list[str]]:
+    """Everything ``import_onnx`` refuses, without stopping at the first: node index -> why
+    (the first reason per node), and the problems of the graph as a whole.
+
+    ``model`` is what ``import_onnx`` would get (cleanup passes applied). The checks before
+    TVM run on every node; when they pass, the whole graph is imported and legalized once
+    (no kernel is built); when anything failed, each remaining node is probed on its own.
+    """
+    from toolchain.passes.expand_int4 import ExpandInt4Weights
+    from toolchain.passes import transform
+
+    model = transform(model, [ExpandInt4Weights()])
+    found: dict[int, str] = {}
+    for check in (op_refusals, dtype_refusals, shape_refusals, known_wrong_refusals,
+                  scatter_refusals):
+        for idx, why in check(model):
+            found.setdefault(idx, why)
+    graph = io_dtype_problems(model)
+    failed = None
+    if not found and not graph:
+        try:
+            failed = _probe(_from_onnx(model))
+        except Exception as exc:  # the importer raises assorted errors for odd attributes
+            failed = f"TVM could not import the model: {_first_line(exc)}"
+        if failed is None:
+            return found, graph
+    found.update(probe_refusals(model, frozenset(found)))
+    if failed and not found:
+        graph.append(f"TVM cannot compile the model: {failed}")
+    return found, graph
 
 
 def import_onnx(model: onnx.ModelProto, target: str):
