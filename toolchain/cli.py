@@ -34,7 +34,8 @@ INTERRUPTED = 130
 BROKEN_PIPE_EXIT = 141
 EXIT_CODES = {
     0: "ok",
-    VerificationError.exit_code: "verification mismatch: outputs outside the tolerance",
+    VerificationError.exit_code: "verification mismatch: outputs outside the tolerance (edgec "
+                                 "check: a target does not take every node)",
     ConfigError.exit_code: "user error: a bad option, file or model (also argparse errors)",
     ToolMissingError.exit_code: "a tool is missing (cross compiler, qemu, g++, verilator)",
     ToolFailedError.exit_code: "a tool ran and failed",
