@@ -195,3 +195,61 @@ def test_remove_dropout_with_its_mask(training, ratio, removed):
     y, mask = _evaluate(out, feeds)
     np.testing.assert_array_equal(y, x)
     assert mask.dtype == np.bool_ and mask.shape == (3, 4) and mask.all()
+
+
+@pytest.mark.parametrize("elem", [TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16])
+def test_expand_float_mod_takes_the_divisors_sign_with_infinities(elem):
+    from toolchain.passes.expand_float_mod import ExpandFloatMod
+
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    inf, nan = np.inf, np.nan
+    x = np.array([0, -0., 0, -3, 3, -1, 1, inf, 1, nan, 5.5, -5.5, 7, -7], dtype)
+    y = np.array([-2, 2, -inf, inf, inf, -inf, -inf, 2, 0, 2, -2, 2, 3, 3], dtype)
+    n = len(x)
+    model = _single("Mod", [("x", elem, [n]), ("y", elem, [n])], [("z", elem, [n])], opset=13,
+                    fmod=0)
+    out = transform(model, [ExpandFloatMod()])
+    assert "Mod" in ops(out) and next(a.i for a in out.graph.node[0].attribute) == 1
+    onnx.checker.check_model(out, full_check=True)
+    with np.errstate(all="ignore"):
+        want = np.mod(x, y)
+        got = _evaluate(out, {"x": x, "y": y})[0]
+    np.testing.assert_array_equal(got, want)  # inf, -inf, nan where numpy has them
+    assert np.array_equal(np.signbit(got), np.signbit(want))  # -0 where numpy has -0
+    assert got[3] == inf and got[6] == -inf
+
+
+def test_float_mod_with_fmod_and_integer_mod_are_left_alone():
+    from toolchain.passes.expand_float_mod import ExpandFloatMod
+
+    for elem, fmod in ((TensorProto.FLOAT, 1), (TensorProto.INT32, 0)):
+        model = _single("Mod", [("x", elem, [3]), ("y", elem, [3])], [("z", elem, [3])],
+                        opset=13, fmod=fmod)
+        assert not ExpandFloatMod().apply(model)[1]
+
+
+@pytest.mark.parametrize("opset,outputs", [(15, 3), (15, 1), (18, 3)])
+def test_expand_batchnorm_training(opset, outputs):
+    """Y from the batch's statistics, the running statistics updated with the momentum, as
+    onnx's reference computes them; FoldBatchNorm leaves a training-mode node alone."""
+    from toolchain.passes.expand_batchnorm_training import ExpandBatchNormTraining
+
+    rng = np.random.default_rng(3)
+    c = 3
+    inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in (
+        ("s", rng.uniform(0.5, 2, c)), ("b", rng.standard_normal(c)),
+        ("m", rng.standard_normal(c)), ("v", rng.uniform(0.5, 2, c)))]
+    outs = [("y", TensorProto.FLOAT, [2, c, 4, 5]), ("run_mean", TensorProto.FLOAT, [c]),
+            ("run_var", TensorProto.FLOAT, [c])][:outputs]
+    model = _single("BatchNormalization", [("x", TensorProto.FLOAT, [2, c, 4, 5])], outs,
+                    opset=opset, inits=inits, training_mode=1, momentum=0.8, epsilon=1e-3)
+    assert not FoldBatchNorm().apply(model)[1]
+    out = transform(model, [ExpandBatchNormTraining()])
+    assert "BatchNormalization" not in ops(out)
+    onnx.checker.check_model(out, full_check=True)
+    x = (rng.standard_normal((2, c, 4, 5)) * 2 + 1).astype(np.float32)
+    for got, want in zip(_evaluate(out, {"x": x}), _evaluate(model, {"x": x}), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    y = _evaluate(out, {"x": x})[0]
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), numpy_helper.to_array(inits[1]),
+                               atol=1e-5)  # normalized with the batch's mean: B remains

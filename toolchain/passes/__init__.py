@@ -36,6 +36,8 @@ def transform(model: onnx.ModelProto, passes: Sequence[Pass]) -> onnx.ModelProto
 def cleanup_passes() -> list[Pass]:
     """The passes every CPU compile runs before TVM import."""
     from toolchain.passes.channel_prelu import ChannelPReluSlope
+    from toolchain.passes.expand_batchnorm_training import ExpandBatchNormTraining
+    from toolchain.passes.expand_float_mod import ExpandFloatMod
     from toolchain.passes.expand_layernorm_stats import ExpandLayerNormStats
     from toolchain.passes.expand_spacetodepth_crd import ExpandSpaceToDepthCRD
     from toolchain.passes.fold_batchnorm import FoldBatchNorm
@@ -45,6 +47,6 @@ def cleanup_passes() -> list[Pass]:
     from toolchain.passes.rewrite_isinf import RewriteSignedIsInf
     from toolchain.passes.unroll_recurrent import UnrollRecurrent
 
-    return [RemoveDropout(), UnrollRecurrent(), FoldConstants(), FoldBatchNorm(),
-            PretransposeGemm(), ChannelPReluSlope(), RewriteSignedIsInf(), ExpandLayerNormStats(),
-            ExpandSpaceToDepthCRD()]
+    return [RemoveDropout(), UnrollRecurrent(), ExpandBatchNormTraining(), FoldConstants(),
+            FoldBatchNorm(), PretransposeGemm(), ChannelPReluSlope(), RewriteSignedIsInf(),
+            ExpandLayerNormStats(), ExpandSpaceToDepthCRD(), ExpandFloatMod()]

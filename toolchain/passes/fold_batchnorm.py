@@ -3,7 +3,8 @@
 Before: ``Conv -> BatchNormalization`` (the conv's output used only by the BN), or a BN on
 its own (pre-activation nets such as DenseNet). After: the conv's weights and bias carry the
 BN's scale and shift; a BN on its own becomes ``Mul`` and ``Add`` with per-channel constants.
-Both keep the outputs equal up to float rounding.
+Both keep the outputs equal up to float rounding. A training-mode BN (ExpandBatchNormTraining
+expands it first) is left alone.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import onnx
 from onnx import helper
 
 from toolchain.passes import Pass
+from toolchain.passes.expand_batchnorm_training import is_training_batchnorm
 from toolchain.passes.graph import (const_value, consumers, graph_output_names,
                                     remove_unused_initializers, set_initializer, unique_name)
 
 
 def _bn_affine(model, bn) -> tuple[np.ndarray, np.ndarray] | None:
+    if is_training_batchnorm(model, bn):  # normalizes with the batch's statistics
+        return None
     vals = [const_value(model, n) for n in bn.input[1:5]]
     if any(v is None for v in vals) or len(bn.output) != 1:
         return None

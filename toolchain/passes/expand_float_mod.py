@@ -1,0 +1,72 @@
+"""ExpandFloatMod: a floating-point ``Mod`` with ``fmod=0`` becomes ``fmod`` plus a sign fix.
+
+Before: ``Mod(x, y)`` (fmod=0) on float, double or float16 tensors: the result takes the sign
+of the divisor, as Python's and numpy's ``%``. TVM's floormod computes ``x - floor(x/y)*y``,
+which is NaN for a finite x and an infinite y (numpy: ``-3 % inf == inf``, ``3 % inf == 3``).
+After, as numpy's own ``npy_divmod``: ``r = Mod(x, y, fmod=1)`` (C's fmod, exact and right for
+infinite divisors); where r is non-zero and its sign differs from y's, ``r + y``; where r is
+zero, a zero with y's sign. NaN stays NaN. Integer Mod and ``fmod=1`` are left alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from toolchain.passes import Pass
+from toolchain.passes.graph import Names, attribute, set_initializer, tensor_types
+
+_FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
+           TensorProto.FLOAT16: np.float16}
+
+
+def _is_floor_mod(node: onnx.NodeProto) -> bool:
+    return (node.op_type == "Mod" and node.domain in ("", "ai.onnx")
+            and int(attribute(node, "fmod", 0)) == 0)
+
+
+class ExpandFloatMod(Pass):
+    def apply(self, model):
+        if not any(_is_floor_mod(n) for n in model.graph.node):
+            return model, False
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        types = tensor_types(model)
+        fresh = Names(model)
+        nodes, changed = [], False
+        for node in model.graph.node:
+            elem = types.get(node.input[0], (0, None))[0] if _is_floor_mod(node) else 0
+            if elem not in _FLOATS:
+                nodes.append(node)
+                continue
+            nodes += self._expand(model, node, _FLOATS[elem], fresh)
+            changed = True
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        return model, changed
+
+    @staticmethod
+    def _expand(model, node, dtype, fresh) -> list[onnx.NodeProto]:
+        x, y = node.input[0], node.input[1]
+        base = node.name or node.output[0]
+        new: list[onnx.NodeProto] = []
+
+        def add(op, inputs, out=None, **attrs):
+            out = out or fresh(f"{base}_{op.lower()}")
+            new.append(helper.make_node(op, inputs, [out], name=f"{base}/{op}_{len(new)}",
+                                        **attrs))
+            return out
+
+        zeros = {}
+        for sign, value in (("pos", 0.0), ("neg", -0.0)):
+            zeros[sign] = fresh(f"{base}_{sign}_zero")
+            set_initializer(model, zeros[sign], np.array(value, dtype))
+        r = add("Mod", [x, y], fmod=1)
+        y_neg = add("Less", [y, zeros["pos"]])
+        r_zero = add("Equal", [r, zeros["pos"]])
+        differ = add("Xor", [add("Less", [r, zeros["pos"]]), y_neg])
+        fix = add("And", [differ, add("Not", [r_zero])])
+        fixed = add("Where", [fix, add("Add", [r, y]), r])
+        signed_zero = add("Where", [y_neg, zeros["neg"], zeros["pos"]])
+        add("Where", [r_zero, signed_zero, fixed], node.output[0])
+        return new
