@@ -88,21 +88,23 @@ def _quantized_layers(g: onnx.GraphProto, consts: dict) -> dict[str, tuple[float
     return layers
 
 
-def _reaches(g: onnx.GraphProto, start: str, targets: set[str]) -> bool:
+def _final(g: onnx.GraphProto, layers: set[str]) -> list[str]:
+    """The layer outputs from which no other layer output is reached."""
     users: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
         for i in n.input:
             users.setdefault(i, []).append(n)
-    seen, todo = {start}, [start]
-    while todo:
-        for n in users.get(todo.pop(), []):
-            for o in n.output:
-                if o in targets and o != start:
-                    return True
-                if o not in seen:
-                    seen.add(o)
-                    todo.append(o)
-    return False
+    final = []
+    for start in layers:
+        seen, todo, reaches = {start}, [start], False
+        while todo and not reaches:
+            for n in users.get(todo.pop(), []):
+                reaches = reaches or any(o in layers for o in n.output)
+                todo.extend(o for o in n.output if o not in seen)
+                seen.update(n.output)
+        if not reaches:
+            final.append(start)
+    return sorted(final)
 
 
 def _output_step(g: onnx.GraphProto, consts: dict) -> float | None:
@@ -127,8 +129,7 @@ def output_step_bound(proto: onnx.ModelProto) -> float | None:
     layers = _quantized_layers(g, consts)
     if not layers:
         return None
-    names = set(layers)
-    final = [n for n in layers if not _reaches(g, n, names)]
+    final = _final(g, set(layers))
     bound = float(sum(layers[n][0] * layers[n][1] for n in final))
     out_step = _output_step(g, consts)
     if out_step:
