@@ -22,6 +22,7 @@ from .budget import choose_reuse_factors
 from .estimate import estimate, utilization
 from .lower import lower
 from .options import FpgaOptions, FpgaSimulateOptions
+from .precision import parse_fixed
 from .plan import Design, apply_reuse_factors, assign_types
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,14 @@ def folder_config(manifest: dict, device: Device) -> fcfg.FpgaConfig:
     edgec.json (validated again, so a hand-edited manifest is a one-line error)."""
     options = FpgaOptions.from_json(manifest.get("options", {}))
     return options.config(fcfg.FpgaDevice.from_device(device))
+
+
+def config_from_report(report: dict) -> fcfg.FpgaConfig:
+    """The resolved configuration report.json records (reuse factors as chosen)."""
+    c = report["config"]
+    return fcfg.FpgaConfig(c["hls_backend"], c["io_type"], c["strategy"], c["reuse_default"],
+                           dict(c["reuse_per_layer"]), None, float(c["clock_period_ns"]),
+                           parse_fixed(c["default_precision"]), c["project_name"])
 
 
 _AP_CHECK = """#include "ap_fixed.h"
@@ -255,4 +264,4 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
-__all__ = ["FpgaBackend", "plan_design", "folder_config"]
+__all__ = ["FpgaBackend", "plan_design", "folder_config", "config_from_report"]
