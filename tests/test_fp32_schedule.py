@@ -114,9 +114,11 @@ def test_structure_host(tmp_path):
     assert len(convs) == 3
     for name, func in convs.items():
         blocks = _block_names(func)
-        # every conv got the channel-vector rule: packed weights, a split-off init
-        assert any(b.endswith("_global") for b in blocks), (name, blocks)
+        # every conv got the channel-vector rule (a split-off init), reading weights packed
+        # at compile time [O/vf, I, KH, KW, vf]: no packing copy left in the kernel
         assert "conv2d_nchw_init" in blocks, (name, blocks)
+        assert not any(b.endswith("_global") for b in blocks), (name, blocks)
+        assert len(func.params[1].shape) == 5, (name, func.params[1])
     # the 1x1 conv has no padding: its copy of the input is inlined
     pw = [f for f in convs.values() if "T.if_then_else" not in f.script()]
     assert pw and all("pad_temp" not in _block_names(f) for f in pw)
@@ -164,3 +166,26 @@ def test_aarch64_kernels_multiply_by_element(tmp_path):
     asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(out / "build" / "kernels.o")],
                          capture_output=True, text=True, check=True).stdout
     assert "fmla\tv" in asm and ".s[" in asm  # fmla vD.4s, vN.4s, vM.s[k]
+
+
+def test_pack_oihw_puts_a_channel_tile_innermost():
+    from toolchain.targets.cpu.pack_weights import pack_oihw
+
+    w = np.arange(8 * 3 * 2 * 2, dtype=np.float32).reshape(8, 3, 2, 2)
+    p = pack_oihw(w, 4)
+    assert p.shape == (2, 3, 2, 2, 4) and p.flags["C_CONTIGUOUS"]
+    for o, c, r, s in np.ndindex(w.shape):
+        assert p[o // 4, c, r, s, o % 4] == w[o, c, r, s]
+
+
+def test_weights_that_are_not_constants_keep_the_packing_loop(tmp_path):
+    """A conv whose weight is a graph input cannot be packed at compile time: the schedule
+    packs it per channel tile at run time, as before."""
+    model = make_conv_mix()
+    w1 = next(i for i in model.graph.initializer if i.name == "w1")
+    model.graph.input.append(helper.make_tensor_value_info("w1", TensorProto.FLOAT, list(w1.dims)))
+    model.graph.initializer.remove(w1)
+    kernels = _kernels(save(model, tmp_path / "m.onnx"), "arm-a72")
+    convs = {n: _block_names(f) for n, f in kernels.items() if "conv2d" in n}
+    copies = [n for n, b in convs.items() if any(x.endswith("_global") for x in b)]
+    assert len(convs) == 3 and len(copies) == 1, convs

@@ -72,10 +72,15 @@ def simplify_int8_activations(ctx: PipelineContext) -> list:
 
 
 def legalize(ctx: PipelineContext) -> list:
-    """Each Relax op becomes a TIR kernel (call_tir); constants fold through them."""
+    """Each Relax op becomes a TIR kernel (call_tir); constants fold through them. With the
+    CPU schedule, convs with constant weights first read them packed in the schedule's
+    register-tile layout (targets/cpu/pack_weights.py)."""
     from tvm import relax
 
-    return [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+    from toolchain.targets.cpu.pack_weights import PackConvWeights
+
+    pack = [] if ctx.schedule == "none" else [PackConvWeights(ctx.target, ctx.vector)]
+    return [*pack, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(), relax.transform.DeadCodeElimination(["main"])]
 
 

@@ -260,28 +260,49 @@ def _pointwise_row_tile(channels: int, width: int, lanes: int) -> tuple[int, int
     return (best[2], best[3]) if best else (0, 1)
 
 
+def conv_tile(channels: int, width: int, kernel: tuple[int, int], stride: int, lanes: int,
+              by_element: bool) -> tuple[int, int]:
+    """(vf, px) of an NCHW conv's register tile: ``vf`` output channels (the vector, and the
+    weight layout's innermost block, pack_weights.py) by ``px`` output pixels; (0, 1) when no
+    tile pays. ``kernel`` is (kh, kw). One rule for the weight packing and the schedule, so
+    the packed layout is the one the schedule reads."""
+    if by_element and stride == 1 and lanes == 4 and kernel == (1, 1):
+        vf, px = _pointwise_row_tile(channels, width, lanes)
+    else:
+        vf, px = _conv_register_tile(channels, width, lanes, kernel[1], stride == 1)
+    if not vf or px * vf < 2 * min(lanes, vf):
+        return 0, 1
+    return vf, px
+
+
 def _buffer_of(region):  # TVM 0.27 calls the region's buffer "source"
     return getattr(region, "buffer", None) or region.source
 
 
 def _conv_stride(sch, block, width: int, taps: int) -> int:
     """The horizontal stride of an NCHW conv block, from its input's (padded) width."""
-    in_width = int(_buffer_of(sch.get(block).reads[0]).shape[3])
+    return horizontal_stride(int(_buffer_of(sch.get(block).reads[0]).shape[3]), taps, width)
+
+
+def horizontal_stride(in_width: int, taps: int, width: int) -> int:
+    """The stride that maps a (padded) input row of ``in_width`` onto ``width`` outputs of a
+    ``taps``-wide kernel, as the schedule infers it from buffer shapes (1 for one output)."""
     return max(1, (in_width - taps) // (width - 1)) if width > 1 else 1
 
 
 def _tile_conv_channels(sch, block, lanes: int, threads: int = 1,
                         by_element: bool = False) -> bool:
-    """NCHW conv2d: vectorize over output channels with weights packed per channel tile.
+    """NCHW conv2d: vectorize over output channels, weights in channel tiles.
 
-    Loop nest: n, f_o, [pack W[f_o tile] as W'[c, r, s, f_i]], y, x_o, c, r, s, x_i (unrolled),
-    f_i (vector). Each step of the reduction does one contiguous vector load of packed weights
-    per ``lanes`` channels and one scalar (broadcast) load of the input per pixel: the GEMM
-    micro-kernel shape, independent of the image width and of the stride.
+    Loop nest: n, f_o, y, x_o, c, r, s, x_i (unrolled), f_i (vector). Each step of the
+    reduction does one contiguous vector load of weights per ``lanes`` channels and one scalar
+    (broadcast) load of the input per pixel: the GEMM micro-kernel shape, independent of the
+    image width and of the stride. The weights are read tile-major, ``W'[f_o, c, r, s, f_i]``:
+    constant weights come packed so at compile time (pack_weights.py, the layout of
+    ``conv_tile``); others are packed per channel tile here, at run time, into the workspace.
 
-    Parallel (``threads`` > 1): over channel tiles (n, f_o) when there are enough of them,
-    each thread packing its own tile's weights; otherwise over output rows (y, x_o) inside
-    each channel tile, after one packing.
+    Parallel (``threads`` > 1): over channel tiles (n, f_o) when there are enough of them;
+    otherwise over output rows (y, x_o) inside each channel tile.
     """
     if not sch.get(block).name_hint.startswith("conv2d_nchw"):
         return False
@@ -293,28 +314,32 @@ def _tile_conv_channels(sch, block, lanes: int, threads: int = 1,
     heavy = _work(sch, block) >= PARALLEL_MIN_WORK
     stride = _conv_stride(sch, block, ext[3], ext[6])
     row_vectors = by_element and stride == 1 and lanes == 4
-    if row_vectors and ext[5] == 1 and ext[6] == 1:
-        vf, px = _pointwise_row_tile(ext[1], ext[3], lanes)
-    else:
-        vf, px = _conv_register_tile(ext[1], ext[3], lanes, ext[6], stride == 1)
-    if not vf or px * vf < 2 * min(lanes, vf):
+    vf, px = conv_tile(ext[1], ext[3], (ext[5], ext[6]), stride, lanes, by_element)
+    if not vf:
         return False
-    weights = [i for i, region in enumerate(sch.get(block).reads)
-               if len(_buffer_of(region).shape) == 4
-               and int(_buffer_of(region).shape[0]) == ext[1] and i > 0]
-    if not weights:
+    reads = [_buffer_of(region).shape for region in sch.get(block).reads]
+    weights = [i for i, shape in enumerate(reads)
+               if i > 0 and len(shape) == 4 and int(shape[0]) == ext[1]]
+    packed = [i for i, shape in enumerate(reads)
+              if i > 0 and len(shape) == 5 and int(shape[0]) * int(shape[4]) == ext[1]]
+    if packed and int(reads[packed[0]][4]) != vf:
+        log.debug("conv weights packed for %d channels, the rule picks %d", reads[packed[0]][4],
+                  vf)
+        return False
+    if not weights and not packed:
         return False
     n, f, y, x, c, r, s = loops
     f_o, f_i = sch.split(f, [None, vf])
     x_o, x_i = sch.split(x, [None, px])
     sch.reorder(n, f_o, y, x_o, c, r, s, x_i, f_i)
-    packed = sch.cache_read(block, weights[0], "global")
-    sch.compute_at(packed, f_o)
-    # Tile-major packing: one channel tile's weights are contiguous, so the reduction streams
-    # through them instead of striding by the channel count (cache-set conflicts).
-    sch.transform_layout(packed, ("write", 0),
-                         lambda a, b, cc, d: (a // vf, b, cc, d, a % vf))
-    _vectorize_innermost(sch, packed)
+    if not packed:
+        copy = sch.cache_read(block, weights[0], "global")
+        sch.compute_at(copy, f_o)
+        # Tile-major packing: one channel tile's weights are contiguous, so the reduction
+        # streams through them instead of striding by the channel count (cache-set conflicts).
+        sch.transform_layout(copy, ("write", 0),
+                             lambda a, b, cc, d: (a // vf, b, cc, d, a % vf))
+        _vectorize_innermost(sch, copy)
     consumers = sch.get_consumers(block)
     cache = sch.cache_write(block, 0, "local")
     # Accumulators channel-innermost, so the vector over f_i is contiguous in registers.
