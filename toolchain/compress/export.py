@@ -53,7 +53,8 @@ from torch import nn
 from toolchain.compress.quantize import (FLOAT_CLASS, QuantLayer, dequantize_in_place,
                                          fold_batchnorm, no_fastpath, output_quant,
                                          weight_qparams)
-from toolchain.compress.pt2e import PT2EQuantized, export_proto, layers_from_graph
+from toolchain.compress.pt2e import (PT2EQuantized, export_proto, layers_from_graph,
+                                     output_from_graph)
 from toolchain.compress.qdq_bound import output_step_bound
 from toolchain.errors import ConfigError, ModelError, VerificationError
 from toolchain.onnx_io import save_model
@@ -391,16 +392,18 @@ def _export(model, path, example_input, steps, mode, input_name, output_name, ba
         raise ConfigError(f"export batch must be >= 1 (or None for dynamic), got {batch}")
     if isinstance(model, PT2EQuantized):  # torchao's graph: QDQ written by its own symbolics
         proto = export_proto(model, x, input_name, output_name, batch, OPSET)
-        layers, out_info = layers_from_graph(proto), None
+        # the output's quantizer goes into the metadata; the check bounds flips (qdq_bound)
+        layers, out_info, out_meta = layers_from_graph(proto), None, output_from_graph(proto)
     else:
         dep, layers, out_info = _deployable(model)
+        out_meta = out_info
         proto = _torch_export(dep, x, input_name, output_name, batch)
         _rewrite(proto, layers, out_info, output_name)
     quantized = any(i["weight_bits"] is not None for i in layers.values())
     meta = {"format": 1, "steps": list(steps), "quantization": mode or {"mode": "float"},
             "layers": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
                        for k, v in layers.items()},
-            "output": out_info}
+            "output": out_meta}
     proto.producer_name = "edgec"
     helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta, sort_keys=True)})
     try:

@@ -33,51 +33,12 @@ from onnx import numpy_helper
 from torch import nn
 
 from toolchain.compress.program import ExportedProgramModule
+from toolchain.compress.pt2e_quantizer import QuantizerConfig, make_quantizer, math_attention
 from toolchain.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 QUANTIZER = "torchao-pt2e"
-
-
-def _layer_quantizer():
-    """A torchao Quantizer that annotates every conv (1-d, 2-d, transposed) and linear op:
-    input activation uint8 per tensor (HistogramObserver), weight int8 symmetric per output
-    channel (axis 0; axis 1 for transposed convs, whose weights are (in, out, k...)).
-    torchao's x86 quantizer annotates conv2d and linear only, which misses what this path is
-    for."""
-    from torchao.quantization.pt2e import HistogramObserver, PerChannelMinMaxObserver
-    from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation, QuantizationSpec,
-                                                     Quantizer)
-
-    act = QuantizationSpec(dtype=torch.uint8, quant_min=0, quant_max=255,
-                           qscheme=torch.per_tensor_affine,
-                           observer_or_fake_quant_ctr=HistogramObserver.with_args(eps=2 ** -12))
-
-    def weight(axis):
-        return QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127,
-                                qscheme=torch.per_channel_symmetric, ch_axis=axis,
-                                observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(
-                                    eps=2 ** -12))
-
-    aten = torch.ops.aten
-    ops = {aten.conv1d.default: 0, aten.conv2d.default: 0, aten.conv3d.default: 0,
-           aten.linear.default: 0, aten.conv_transpose1d.default: 1,
-           aten.conv_transpose2d.input: 1, aten.conv_transpose3d.input: 1}
-
-    class LayerQuantizer(Quantizer):
-        def annotate(self, model):
-            for node in model.graph.nodes:
-                if node.op == "call_function" and node.target in ops and len(node.args) > 1:
-                    node.meta["quantization_annotation"] = QuantizationAnnotation(
-                        input_qspec_map={node.args[0]: act, node.args[1]: weight(ops[node.target])},
-                        _annotated=True)
-            return model
-
-        def validate(self, model):
-            pass
-
-    return LayerQuantizer()
 
 
 class PT2EQuantized(ExportedProgramModule):
@@ -91,8 +52,14 @@ def _first(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _export(model: nn.Module, x: torch.Tensor):
-    """(exported program, static batch or None): dynamic batch when the model allows it."""
+def _export(model: nn.Module, x: torch.Tensor, attention: bool = True):
+    """(exported program, static batch or None): dynamic batch when the model allows it.
+    ``attention``: scaled_dot_product_attention in its matmul form (``math_attention``)."""
+    with math_attention(attention):
+        return _export_program(model, x)
+
+
+def _export_program(model: nn.Module, x: torch.Tensor):
     try:
         batch = torch.export.Dim("batch", min=1)
         return torch.export.export(model, (x[:2],), dynamic_shapes=({0: batch},)), None
@@ -105,7 +72,16 @@ def _export(model: nn.Module, x: torch.Tensor):
                          f"{_first(exc)}") from None
 
 
-def quantize_pt2e(model: nn.Module, X: np.ndarray, samples: int = 512) -> PT2EQuantized:
+def calibrate(prepared: nn.Module, X: torch.Tensor, batch: int | None) -> None:
+    """Run ``X`` through a prepared program (its observers record ranges)."""
+    with torch.no_grad():
+        step = batch or 128
+        for i in range(0, len(X) - len(X) % step if batch else len(X), step):
+            prepared(X[i:i + step])
+
+
+def quantize_pt2e(model: nn.Module, X: np.ndarray, samples: int = 512,
+                  config: QuantizerConfig = QuantizerConfig()) -> PT2EQuantized:
     """Calibrate on ``X[:samples]`` and convert; the result runs like the float model."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -114,19 +90,17 @@ def quantize_pt2e(model: nn.Module, X: np.ndarray, samples: int = 512) -> PT2EQu
     X = torch.tensor(np.asarray(X[:samples]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program, batch = _export(model, X)
-        quantizer = _layer_quantizer()
+        program, batch = _export(model, X, config.attention)
         try:
-            prepared = prepare_pt2e(program.module(), quantizer)
-            with torch.no_grad():
-                step = batch or 128
-                for i in range(0, len(X) - len(X) % step if batch else len(X), step):
-                    prepared(X[i:i + step])
+            prepared = prepare_pt2e(program.module(), make_quantizer(config))
+            calibrate(prepared, X, batch)
             converted = convert_pt2e(prepared)
         except Exception as exc:
             raise ModelError(f"quantize (torchao PT2E) failed: {_first(exc)}") from None
     move_exported_model_to_eval(converted)
-    return PT2EQuantized(converted, batch)
+    result = PT2EQuantized(converted, batch)
+    result.weight_bits = config.weight_bits
+    return result
 
 
 # ---------------------------------------------------------------- ONNX export
@@ -183,6 +157,9 @@ def export_proto(model: PT2EQuantized, x: torch.Tensor, input_name: str, output_
 
     _register_symbolics(opset)
     allow_exported_model_train_eval(model.program)
+    # the exporter restores the module's training flag afterwards; True (a GraphModule's
+    # default) would swap in torchao's training dropout, which has p=0.5 whatever p was
+    model.program.training = False
     n = model.batch or batch or 1
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -196,7 +173,13 @@ def export_proto(model: PT2EQuantized, x: torch.Tensor, input_name: str, output_
         except Exception as exc:
             raise ModelError(f"torch.onnx.export of the torchao-quantized model failed: "
                              f"{_first(exc)}") from None
-    return onnx.load_model_from_string(buf.getvalue())
+    from toolchain.compress.export import _undo_shared_initializers
+
+    proto = onnx.load_model_from_string(buf.getvalue())
+    _undo_shared_initializers(proto.graph)  # equal layers (copies) get their own weights
+    log.info("torchao export: %d weight transpose(s) folded into their DequantizeLinear",
+             fold_weight_transposes(proto))
+    return proto
 
 
 def _value(g: onnx.GraphProto, name: str):
@@ -209,40 +192,113 @@ def _value(g: onnx.GraphProto, name: str):
     return None
 
 
+def _weight_bits(w: np.ndarray) -> int:
+    """4 when every code is in [-7, 7] (int4 weights in their int8 container), else 8. The
+    scales are symmetric per channel (amax / qmax), so an int8 layer always reaches +-127."""
+    return 4 if w.size and int(np.abs(w.astype(np.int32)).max()) <= 7 else 8
+
+
+def _float_entry(node: onnx.NodeProto, weight: str) -> dict:
+    return {"op": node.op_type, "onnx_node": node.name, "onnx_op": node.op_type,
+            "onnx_weight": weight, "weight_bits": None, "weight_axis": None,
+            "weight_scale_pow2": False, "weight_frac_bits": None, "sparsity": 0.0,
+            "act_bits": None, "act_signed": None, "act_scale": None, "act_zero_point": None,
+            "act_frac_bits": None}
+
+
+def _act_facts(g: onnx.GraphProto, dq: onnx.NodeProto | None) -> dict:
+    """act_* entries of a per-tensor DequantizeLinear producing an activation, else {}."""
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return {}
+    scale, zp = _value(g, dq.input[1]), _value(g, dq.input[2])
+    if scale is None or zp is None or scale.size != 1:
+        return {}
+    return {"act_bits": 8, "act_signed": bool(zp.dtype == np.int8), "act_scale": float(scale),
+            "act_zero_point": int(zp), "act_frac_bits": None}
+
+
 def layers_from_graph(proto: onnx.ModelProto) -> dict:
     """Metadata entries for each Conv / ConvTranspose / Gemm / MatMul whose weight is an int8
-    initializer behind a DequantizeLinear (and float layers left as they are)."""
+    initializer behind a DequantizeLinear (and float layers left as they are), and for each
+    Gather reading a quantized table (op "Embedding", weight-only: no act_* facts)."""
     g = proto.graph
     producer = {o: n for n in g.node for o in n.output}
     inits = {t.name for t in g.initializer}
     layers = {}
     for node in g.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather"):
             continue
-        dq = producer.get(node.input[1])
+        w_idx = 0 if node.op_type == "Gather" else 1
+        dq = producer.get(node.input[w_idx])
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-            if node.input[1] in inits:  # a float layer
-                layers[node.name] = {"op": node.op_type, "onnx_node": node.name,
-                                     "onnx_op": node.op_type, "onnx_weight": node.input[1],
-                                     "weight_bits": None, "weight_axis": None,
-                                     "weight_scale_pow2": False, "weight_frac_bits": None,
-                                     "sparsity": 0.0, "act_bits": None, "act_signed": None,
-                                     "act_scale": None, "act_zero_point": None,
-                                     "act_frac_bits": None}
+            if node.op_type != "Gather" and node.input[1] in inits:  # a float layer
+                layers[node.name] = _float_entry(node, node.input[1])
             continue
         w = _value(g, dq.input[0])
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-        entry = {"op": node.op_type, "onnx_node": node.name, "onnx_op": node.op_type,
-                 "onnx_weight": dq.input[0], "weight_bits": 8, "weight_axis": axis,
-                 "weight_scale_pow2": False, "weight_frac_bits": None,
-                 "sparsity": round(float(np.mean(w == 0)), 6), "act_bits": None,
-                 "act_signed": None, "act_scale": None, "act_zero_point": None,
-                 "act_frac_bits": None}
-        act = producer.get(node.input[0])
-        if act is not None and act.op_type == "DequantizeLinear":
-            scale, zp = _value(g, act.input[1]), _value(g, act.input[2])
-            if scale is not None and zp is not None and scale.size == 1:
-                entry.update(act_bits=8, act_signed=bool(zp.dtype == np.int8),
-                             act_scale=float(scale), act_zero_point=int(zp))
+        if w.dtype != np.int8:
+            continue
+        entry = _float_entry(node, dq.input[0])
+        entry.update(weight_bits=_weight_bits(w),
+                     weight_axis=next((a.i for a in dq.attribute if a.name == "axis"), 1),
+                     sparsity=round(float(np.mean(w == 0)), 6))
+        if node.op_type == "Gather":
+            entry["op"] = "Embedding"
+        else:
+            entry.update(_act_facts(g, producer.get(node.input[0])))
         layers[node.name] = entry
     return layers
+
+
+def output_from_graph(proto: onnx.ModelProto) -> dict | None:
+    """The metadata's ``output`` entry: the act_* facts of the DequantizeLinear that produces
+    the model's (only) output, or None for a float output."""
+    g = proto.graph
+    if len(g.output) != 1:
+        return None
+    producer = {o: n for n in g.node for o in n.output}
+    facts = _act_facts(g, producer.get(g.output[0].name))
+    return facts or None
+
+
+def fold_weight_transposes(proto: onnx.ModelProto) -> int:
+    """Transpose(DequantizeLinear(W int8, axis a)) of a 2-D constant weight -> one
+    DequantizeLinear(W^T, axis 1 - a): the exporter writes Linear on 3-D inputs (attention's
+    in_proj, out_proj) as MatMul(x, Transpose(W)), and this is the QDQ form edgec's own export
+    and the CPU integer pass read (the weight behind its DequantizeLinear). Returns how many."""
+    g = proto.graph
+    producer = {o: n for n in g.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    inits = {t.name: t for t in g.initializer}
+    drop, folded = set(), 0
+    for node in g.node:
+        if node.op_type != "Transpose":
+            continue
+        dq = producer.get(node.input[0])
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+        if dq is None or dq.op_type != "DequantizeLinear" or perm != [1, 0] \
+                or dq.input[0] not in inits or uses.get(dq.output[0]) != 1:
+            continue
+        w = numpy_helper.to_array(inits[dq.input[0]])
+        if w.ndim != 2 or w.dtype != np.int8:
+            continue
+        name = f"{dq.input[0]}_transposed"
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), name))
+        if uses.get(dq.input[0]) == 1:
+            drop.add(dq.input[0])
+        axis = next((a for a in dq.attribute if a.name == "axis"), None)
+        if axis is not None:
+            axis.i = 1 - (axis.i % 2)
+        dq.input[0] = name
+        dq.output[0], node.output[0] = node.output[0], dq.output[0]  # DQ now writes Y
+        drop.add(id(node))
+        folded += 1
+    keep = [n for n in g.node if id(n) not in drop]
+    del g.node[:]
+    g.node.extend(keep)
+    kept = [t for t in g.initializer if t.name not in drop]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    return folded

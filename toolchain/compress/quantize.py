@@ -374,13 +374,21 @@ class Quantize:
             raise ConfigError("quantize: this model needs torchao's PT2E quantizer, which is not "
                               "installed: pip install torchao==0.18.0") from None
 
-        if spec.mode != "int8" or self.qat_epochs:
+        from toolchain.compress.pt2e_quantizer import QuantizerConfig
+
+        if spec.mode not in ("int8", "int4"):
             raise UnsupportedOpError(type(model).__name__, "model", self.name,
-                                     "the torchao path (for layers edgec's quantizer refuses) "
-                                     "does int8 post-training quantization only")
+                                     f"the torchao path does int8 and int4 weights (uint8 "
+                                     f"activations), not {self.mode}")
         model.eval()
         log.info("quantize: folded %d batchnorm layer(s)", fold_batchnorm(model))
-        return quantize_pt2e(model, ctx.X_train, self.calibration_samples)
+        config = QuantizerConfig(weight_bits=spec.weight_bits)
+        if self.qat_epochs:  # pt2e_qat.py: prepare_qat_pt2e, fine-tune, convert
+            from toolchain.compress.pt2e_qat import qat_pt2e
+
+            return qat_pt2e(model, ctx, self.qat_epochs, ctx.finetune_lr * 0.3,
+                            self.calibration_samples, config)
+        return quantize_pt2e(model, ctx.X_train, self.calibration_samples, config)
 
     def labels_needed(self, ctx) -> None:
         from toolchain.compress.finetune import labels_needed
