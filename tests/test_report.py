@@ -91,6 +91,72 @@ def test_a_report_off_the_schema_is_one_line(host_build, tmp_path, capsys, chang
     assert needle in err and len(err.strip().splitlines()) == 1, err
 
 
+# ---------------------------------------------------------------- the arena trace
+def _plan():
+    """x -> a -> t1; t1 -> b -> t2; (t1, t2) -> c -> y, with a constant read by a."""
+    import importlib
+
+    from toolchain.optimizer import memplan
+
+    plan_mod = importlib.import_module(memplan.KernelPlan.__module__)
+    plan = plan_mod.KernelPlan()
+    x = plan.add("input", (1, 16), "float32", 0)
+    w = plan.add("const", (16, 64), "float32", 0)
+    t1, t2 = plan.add("temp", (1, 64), "float32"), plan.add("temp", (1, 64), "float32")
+    y = plan.add("temp", (1, 16), "float32")
+    plan.inputs, plan.outputs = [x], [y]
+    plan.calls = [plan_mod.KernelCall("a", (x, w, t1), 1), plan_mod.KernelCall("b", (t1, t2), 1),
+                  plan_mod.KernelCall("c", (t1, t2, y), 1)]
+    return plan, memplan.plan_memory(plan)
+
+
+def test_arena_trace_follows_the_lifetimes():
+    from toolchain.reports.arena import arena_trace
+
+    plan, mem = _plan()
+    t = arena_trace(plan, mem, ["x"], ["y"])
+    assert t["calls"] == ["a", "b", "c"]
+    # call 0: x (64 B) + t1 (256); call 1: t1 + t2; call 2: t1 + t2 + y (64)
+    assert t["live_bytes"] == [320, 512, 576] and (t["peak_bytes"], t["peak_call"]) == (576, 2)
+    by_name = {b["name"]: b for b in t["buffers"]}
+    assert set(by_name) == {"x", "a", "b", "y"}  # the constant is not in the arena
+    assert (by_name["x"]["first"], by_name["x"]["last"], by_name["x"]["role"]) == (-1, 0, "input")
+    assert (by_name["y"]["first"], by_name["y"]["last"], by_name["y"]["role"]) == (2, 3, "output")
+    assert by_name["a"]["role"] == "temp" and by_name["a"]["bytes"] == 256
+    # buffers alive at the same call never share a byte; all lie inside the arena
+    for i in range(3):
+        alive = sorted((b["offset"], b["offset"] + b["bytes"]) for b in t["buffers"]
+                       if b["first"] <= i <= b["last"])
+        assert all(hi <= lo for (_, hi), (lo, _) in zip(alive, alive[1:])), (i, alive)
+        assert alive[-1][1] <= mem.arena_bytes
+    doc = {"calls": t["calls"], "live_bytes": t["live_bytes"], "buffers": t["buffers"],
+           "peak_bytes": t["peak_bytes"], "peak_call": t["peak_call"]}
+    from toolchain.reports.schema import ArenaTrace
+    assert to_json(from_json(ArenaTrace, doc)) == doc
+
+
+def test_compile_writes_the_arena_trace(host_build):
+    report = load_report(host_build / "report.json")
+    t = report.memory.arena_trace
+    assert t is not None and len(t.calls) == report.kernel_calls
+    assert {k: t.calls.count(k) for k in report.kernels} == {
+        k: v.calls for k, v in report.kernels.items()}
+    assert max(t.live_bytes) == t.peak_bytes <= report.memory.arena_bytes
+    assert len(t.buffers) == report.memory.buffers
+    manifest = json.loads((host_build / "edgec.json").read_text())
+    names = {b.name for b in t.buffers if b.role != "temp"}
+    assert names == {s["name"] for s in manifest["inputs"] + manifest["outputs"]}
+
+
+def test_a_version_1_report_still_reads(host_build, tmp_path):
+    data = json.loads((host_build / "report.json").read_text())
+    data.pop("schema_version", None)
+    data["memory"].pop("arena_trace")
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    report = load_report(tmp_path / "report.json")
+    assert report.schema_version == 1 and report.memory.arena_trace is None
+
+
 # ---------------------------------------------------------------- the baselines
 def _bumped(report: dict, key: str, factor: float) -> dict:
     data = json.loads(json.dumps(report))

@@ -94,6 +94,7 @@ class CortexMBackend(Backend):
         from toolchain.optimizer.frontend import import_onnx
         from toolchain.targets.cpu.integer import is_quantized
         from toolchain.optimizer.memplan import check_plan, plan_memory
+        from toolchain.reports.arena import arena_trace
         from toolchain.targets.cpu.pipeline import (PipelineContext, default_pipeline,
                                                   get_pipeline, run_pipeline)
         from toolchain.optimizer.plan import build_plan
@@ -196,7 +197,8 @@ class CortexMBackend(Backend):
             "schedule": ctx.schedule,
             "threads": 1,
             **result.kernel_report(plan),
-            "memory": {**mem.to_json(), "workspace_bytes": ws, "weight_bytes": layout.total},
+            "memory": {**mem.to_json(), "workspace_bytes": ws, "weight_bytes": layout.total,
+                       "arena_trace": arena_trace(plan, mem, names_in, names_out)},
             "mcu": memory,
             "binary_bytes": (stage / "model.elf").stat().st_size,
             "library_bytes": (stage / "libmodel.a").stat().st_size,

@@ -21,8 +21,8 @@ import numpy as np
 
 from toolchain.errors import ConfigError
 from toolchain.targets.cpu.cc import find_compiler
-from toolchain.targets.cpu.options import CpuOptions
 from toolchain.targets.cpu.device import CpuDevice
+from toolchain.targets.cpu.options import CpuOptions
 from toolchain.targets.registry import Backend, Device, NodeSupport, register_backend
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class CpuBackend(Backend):
         from toolchain.targets.cpu import codegen
         from toolchain.optimizer.frontend import import_onnx
         from toolchain.optimizer.memplan import check_plan, plan_memory
+        from toolchain.reports.arena import arena_trace
         from toolchain.targets.cpu.pipeline import PipelineContext, run_pipeline
         from toolchain.optimizer.plan import build_plan
         from toolchain.onnx_io import input_specs, output_specs
@@ -190,7 +191,8 @@ class CpuBackend(Backend):
             "threads": threads,
             **result.kernel_report(plan),
             "memory": {**mem.to_json(), "workspace_bytes": driver.workspace_total(ws, threads),
-                       "weight_bytes": layout.total},
+                       "weight_bytes": layout.total,
+                       "arena_trace": arena_trace(plan, mem, names_in, names_out)},
             "binary_bytes": (stage / "model").stat().st_size,
             "library_bytes": (stage / "libmodel.a").stat().st_size,
             "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -207,6 +209,19 @@ class CpuBackend(Backend):
         dev = CpuDevice.from_device(_device(manifest["target"]))
         specs = [(tuple(o["shape"]), o["dtype"]) for o in manifest["outputs"]]
         return run_binary(dev, out_dir / "model", inputs, specs)
+
+    def bench(self, out_dir: Path, runs: int) -> dict:
+        """The median milliseconds per inference of the binary's own ``--bench`` loop: on
+        this machine for the host, under qemu-user for another CPU (emulated time)."""
+        from toolchain.targets.cpu.runner import bench_binary, launcher
+
+        manifest = json.loads((out_dir / "edgec.json").read_text())
+        dev = CpuDevice.from_device(_device(manifest["target"]))
+        emulator = launcher(dev)
+        where = (f"{Path(emulator[0]).name} on this machine, not the board" if emulator
+                 else "on this machine")
+        return {"runs": runs, "median_ms": bench_binary(dev, out_dir / "model", runs),
+                "where": where}
 
     def generate(self, out_dir: Path, prompt: bytes, tokens: int) -> tuple[list[int], np.ndarray]:
         """A language model's greedy generation by the binary: the ids and their logits."""

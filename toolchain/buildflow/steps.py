@@ -165,15 +165,26 @@ def compile(ctx: StepContext) -> dict:
 
 
 # ---------------------------------------------------------------- verify
+BENCH_RUNS = 10  # timed runs of a verified artifact; bench.json keeps their median
 def verify(ctx: StepContext) -> dict:
-    """Run the artifact and onnxruntime on the same inputs (``edgec verify``)."""
+    """Run the artifact and onnxruntime on the same inputs (``edgec verify``); then, for a
+    target whose backend can time its artifact (``bench``), BENCH_RUNS timed runs."""
     from toolchain.commands.build import verify_folder
+    from toolchain.targets import backend_for
 
     v = ctx.job.target.verify
     results = verify_folder(ctx.input("compiled"), list(v.input), v.seed, v.tolerance)
     ok = all(c.ok for c in results)
     _write_json(ctx.stage / "verify.json", {"ok": ok, "outputs": [c.to_json() for c in results]})
-    return {"ok": ok, "bad_outputs": [c.name for c in results if not c.ok]}
+    summary = {"ok": ok, "bad_outputs": [c.name for c in results if not c.ok]}
+    bench = getattr(backend_for(ctx.job.target.family), "bench", None)
+    if ok and bench is not None and "lm" not in _read_json(ctx.input("compiled") / "edgec.json"):
+        # the latency the build's report shows beside the other targets' (a language model
+        # generates instead: edgec run --prompt gives its tokens/s)
+        timing = bench(ctx.input("compiled"), BENCH_RUNS)
+        _write_json(ctx.stage / "bench.json", timing)
+        summary["median_ms"] = timing["median_ms"]
+    return summary
 
 
 # ---------------------------------------------------------------- simulate
@@ -200,6 +211,15 @@ def simulate(ctx: StepContext) -> dict:
 
 
 # ---------------------------------------------------------------- report
+def _write_page(ctx: StepContext) -> None:
+    """report.html: the build's summary page (``edgec report OUT --html`` writes the same),
+    read from the finished step folders in OUT."""
+    from toolchain.reports.build import load_build
+    from toolchain.reports.buildpage import render
+
+    (ctx.stage / "report.html").write_text(render(load_build(ctx.out)))
+
+
 def _slim(d: dict, drop: tuple[str, ...] = ("layers",)) -> dict:
     return {k: v for k, v in d.items() if k not in drop}
 
@@ -237,6 +257,7 @@ def report(ctx: StepContext) -> dict:
     for name, entry in targets.items():  # which model chain each target compiled
         entry["model"] = name if f"{name}/export" in ctx.inputs else "main"
     _write_json(ctx.stage / "report.json", {"models": models_out, "targets": targets})
+    _write_page(ctx)
     return {"targets": sorted(targets),
             "verified": sorted(n for n, e in targets.items() if e.get("verify", {}).get("ok"))}
 

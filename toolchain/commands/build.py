@@ -17,6 +17,7 @@ from toolchain.onnx_io import (TensorSpec, fix_input_shapes, graph_inputs, input
                                parse_input_shapes, random_inputs)
 from toolchain.options import flag_of
 from toolchain.outdir import staged_output
+from toolchain.reports.schema import SCHEMA_VERSION
 from toolchain.torch_input import export_module, input_shape_for, is_torch_file, load_module
 from toolchain.targets import backend_for, device, devices
 from toolchain.targets.registry import refuse_unsupported
@@ -153,6 +154,7 @@ def compile_folder(model, target: str, output: Path, options=None, *,
         report.setdefault("target", dev.name)
         report.setdefault("input_model", source)
         report["total_seconds"] = round(time.perf_counter() - started, 3)
+        report["schema_version"] = SCHEMA_VERSION  # toolchain/reports/schema.py documents it
         (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

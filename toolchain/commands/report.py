@@ -27,6 +27,7 @@ def register_report(sub) -> None:
 
 def cmd_report(args) -> int:
     from toolchain.reports import load_folder
+    from toolchain.reports.build import is_build
     from toolchain.reports.html import render
     from toolchain.reports.schema import to_json
     from toolchain.reports.summary import rows, verdict
@@ -34,6 +35,8 @@ def cmd_report(args) -> int:
     if args.html and Path(args.html).is_dir():
         raise ConfigError(f"cannot write --html {args.html}: it is a folder; give a file name, "
                           f"e.g. {Path(args.html) / 'report.html'}")
+    if is_build(args.out_dir):
+        return _report_build(args)
     folder = load_folder(Path(args.out_dir))
     summary = rows(folder)
     width = max(len(k) for k, _ in summary)
@@ -52,4 +55,37 @@ def cmd_report(args) -> int:
                    "simulation": to_json(folder.simulation) if folder.simulation else None,
                    "verification": to_json(folder.verification) if folder.verification
                    else None}
+    return 0
+
+
+def _report_build(args) -> int:
+    """An ``edgec build`` output folder: one line per compression step and per target, and
+    with --html the build's summary page."""
+    from toolchain.reports.build import load_build
+    from toolchain.reports.buildpage import render
+    from toolchain.reports.summary import size
+
+    b = load_build(Path(args.out_dir))
+    for chain, rows in b.chains.items():
+        for r in rows:
+            print(f"{b.sources.get(chain, chain)}: {r.label:<16} {r.metric} "
+                  f"{'-' if r.score is None else f'{r.score:g}'}, {size(r.bytes)} {r.bytes_what}")
+    for t in b.targets:
+        lat = "; ".join(f"{x.value:g} {x.unit} ({x.source})" for x in t.latencies())
+        print(f"{t.name}: {t.verdict.status.upper()}"
+              + (f", weights {size(t.weight_bytes)}, RAM {size(t.ram_bytes)}"
+                 if t.weight_bytes is not None else "")
+              + (f", latency {lat}" if lat else ""))
+    if args.html:
+        with staged_file(args.html) as tmp:
+            tmp.write_text(render(b))
+        print(f"HTML report written to {args.html}")
+    args.result = {
+        "build": str(b.path), "html": str(args.html) if args.html else None,
+        "steps": {chain: [vars(r) for r in rows] for chain, rows in b.chains.items()},
+        "targets": [{"name": t.name, "family": t.family, "model": b.sources.get(t.chain),
+                     "verdict": {"status": t.verdict.status, "detail": t.verdict.detail},
+                     "weight_bytes": t.weight_bytes, "ram_bytes": t.ram_bytes,
+                     "binary_bytes": t.binary_bytes,
+                     "latency": [vars(x) for x in t.latencies()]} for t in b.targets]}
     return 0

@@ -78,6 +78,9 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
         "memory.arena_bytes_without_reuse": BYTES, "memory.workspace_bytes": Tolerance(rel=0.1,
                                                                                         abs=1024),
         "binary_bytes": BINARY, "library_bytes": BINARY,
+        # schema 2: the arena over the kernel sequence (its peak, its length, its buffers)
+        "memory.arena_trace.peak_bytes": BYTES, "memory.arena_trace.live_bytes#": COUNTS,
+        "memory.arena_trace.buffers#": COUNTS,
     },
     "fpga": {
         "target": EXACT, "device.part": EXACT, "input_type": EXACT, "config.strategy": EXACT,

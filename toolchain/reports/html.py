@@ -10,7 +10,7 @@ import json
 from . import plots
 from .folder import Folder
 from .schema import CpuReport, FpgaReport, to_json
-from .summary import memory_needs, size, verdict
+from .summary import fpga_latency_note, memory_needs, size, verdict
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em 2em;max-width:78em;color:#222}
 h1{font-size:1.5em;margin:.2em 0}h2{margin:1.4em 0 .4em;font-size:1.2em;border-bottom:1px solid
@@ -25,7 +25,7 @@ font-weight:bold}.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-sta
 .head div{border:1px solid #ddd;border-radius:.3em;padding:.3em .8em}.head b{display:block;
 font-size:1.25em}.head span{font-size:85%;color:#555}figure{margin:0;border:1px solid
 #ddd;padding:.4em}figcaption{font-size:90%;color:#444}.note{color:#555;font-size:90%}
-details{margin:.5em 0}summary{cursor:pointer;font-weight:bold}"""
+.why{background:#f5f7fa;border-left:3px solid #3b6ea8;padding:.4em .7em;font-size:92%}.tag{color:#fff;padding:.1em .45em;border-radius:.25em;font-weight:bold;font-size:85%;white-space:nowrap}details{margin:.5em 0}figure.wide{display:inline-block}figure img{max-width:100%}summary{cursor:pointer;font-weight:bold}"""
 
 
 def _e(text) -> str:
@@ -40,9 +40,9 @@ def _table(head: list[str], body: list[list], numeric: set[int] = frozenset()) -
     return f"<table><tr>{th}</tr>{rows}</table>"
 
 
-def _figure(title_png: tuple[str, str]) -> str:
+def _figure(title_png: tuple[str, str], css: str = "") -> str:
     title, png = title_png
-    return (f"<figure><img alt='{_e(title)}' src='data:image/png;base64,{png}'>"
+    return (f"<figure{css and f' class={css!r}'}><img alt='{_e(title)}' src='data:image/png;base64,{png}'>"
             f"<figcaption>{_e(title)}</figcaption></figure>")
 
 
@@ -110,6 +110,30 @@ def _cpu_memory(r: CpuReport) -> str:
                  "check these against.") + "</p>")
 
 
+def _arena(r: CpuReport) -> str:
+    """The arena plot, what it shows, and its buffers (folded)."""
+    t, m = r.memory.arena_trace, r.memory
+    if t is None:
+        return ("<p class='note'>This report.json has no arena trace (schema "
+                f"{r.schema_version}; compile again with this edgec to get it).</p>")
+    n = len(t.calls)
+    peak = (f"call {t.peak_call} (<code>{_e(t.calls[t.peak_call])}</code>)" if n else "-")
+    rows = [[b.id, _e(b.name), b.role, f"{b.offset:,}", f"{b.bytes:,}",
+             "before 0" if b.first < 0 else b.first, "after the last" if b.last >= n else b.last]
+            for b in sorted(t.buffers, key=lambda b: (b.first, b.offset))]
+    return (_figure(plots.arena(t, m.arena_bytes), 'wide')
+            + f"<p class='note'>Each box is one buffer of the activation arena: its height is "
+              f"its size, its place the offset the memory planner gave it, its width the calls "
+              f"from the one that writes it to the last that reads it. Boxes at the same height "
+              f"share bytes at different times. {len(t.buffers)} buffers over {n} kernel calls; "
+              f"at most {size(t.peak_bytes)} are alive at once, at {peak}; the arena is "
+              f"{size(m.arena_bytes)} (offsets are {64}-byte aligned, so it can exceed the "
+              "peak).</p>"
+            + "<details><summary>The arena's buffers</summary>"
+            + _table(["buffer", "name", "role", "offset", "bytes", "written by call",
+                      "last read by call"], rows, numeric={0, 3, 4, 5, 6}) + "</details>")
+
+
 def _cpu_speed(r: CpuReport) -> str:
     speed = r.kernel_seconds or r.kernel_instructions
     head = ["#", "kernel", "fused ops", "calls"]
@@ -148,11 +172,7 @@ def _fpga_cost(folder: Folder, r: FpgaReport) -> tuple[str, str]:
         text += f"; RTL not simulated ({_e(sim.rtl.reason)})"
     else:
         text += "; not simulated (run <code>edgec simulate</code>)"
-    text += (".</p><p class='note'>The estimate follows hls4ml's template rules (pipeline depth "
-             "per layer, reuse factor, clock), calibrated on published syntheses, not on "
-             "synthesis of this design. The simulated figure counts the cycles of the da4ml "
-             "Verilog, which can differ (it is exact for that RTL). "
-             f"{_e(est.note[:1].upper() + est.note[1:])}.</p>")
+    text += f".</p><p class='why'><b>Why two figures.</b> {_e(fpga_latency_note(r, sim))}</p>"
     if sim and sim.rtl.ran and sim.rtl.lut_estimate is not None:
         text += (f"<p class='note'>The da4ml RTL itself: ~{sim.rtl.lut_estimate:,} LUT, "
                  f"~{sim.rtl.ff_estimate or 0:,} FF (da4ml's estimates, beside the HLS "
@@ -215,6 +235,7 @@ def render(folder: Folder) -> str:
     if isinstance(r, CpuReport):
         ram = memory_needs(r)[2].available
         parts += ["<h2>What it costs: memory</h2>", _row(_cpu_memory(r), plots.memory(r, ram)),
+                  "<h3>The arena over the kernel sequence</h3>", _arena(r),
                   "<h2>What it costs: speed</h2>", _row(_cpu_speed(r), plots.kernel_share(r))]
     elif isinstance(r, FpgaReport):
         fit, layers = _fpga_cost(folder, r)

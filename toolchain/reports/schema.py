@@ -2,18 +2,27 @@
 ``simulation.json`` (``edgec simulate``) and ``verify.json`` (``edgec verify --json`` or the
 build's verify step), as dataclasses with stable keys.
 
-Version 1 (``SCHEMA_VERSION``). A report without a ``schema_version`` key is version 1: compile
-wrote the same keys before the key existed. The loader checks every key the dataclasses name
-(present, right type) and fails with one line naming the file and the key; keys it does not
-know are kept in ``extra`` (a newer edgec may add keys; ``tests/test_report.py`` checks that
-compile writes none the schema does not document).
+Version 2 (``SCHEMA_VERSION``); the loader reads versions 1 and 2 (``READABLE_VERSIONS``).
+A report without a ``schema_version`` key is version 1: compile wrote the same keys before the
+key existed. The loader checks every key the dataclasses name (present, right type) and fails
+with one line naming the file and the key; keys it does not know are kept in ``extra`` (a newer
+edgec may add keys; ``tests/test_report.py`` checks that compile writes none the schema does
+not document).
+
+Changes: version 2 adds ``memory.arena_trace`` (``ArenaTrace``, written by every CPU compile):
+the kernel of each call in order (``calls``), the arena bytes live during each call
+(``live_bytes``; ``peak_bytes`` at call ``peak_call``), and every arena buffer (``buffers``:
+``id``, ``offset`` and ``bytes`` in the arena, ``first`` call that writes it (-1: a graph
+input), ``last`` call that reads it (the number of calls: a model output), ``role`` input /
+temp / output, ``name``: the tensor name of an input or output, else the kernel that writes
+it). It replaces version 1's ``memory.arena_over_calls``, which no edgec wrote.
 
 Keys, the CPU family (``CpuReport``: ARM, RISC-V and host; ``family`` "cpu", written "arm"
 before the host joined the family, which reads the same): the target and its build (``triple``,
 ``cpu``, ``features``, ``compiler``, ``pipeline``, ``schedule``, ``threads``), kernel calls before and after fusion, the
 kernels (``kernels[name] = {ops, calls}``, in call order), ``memory`` (bytes: arena with and
-without buffer reuse, workspace, weights; optionally ``arena_over_calls``, the arena bytes live
-at each kernel call), ``binary_bytes`` / ``library_bytes``, seconds per stage, ``tolerance``.
+without buffer reuse, workspace, weights; ``arena_trace``, the arena over the kernel sequence),
+``binary_bytes`` / ``library_bytes``, seconds per stage, ``tolerance``.
 Optional per-kernel speed: ``kernel_seconds`` or ``kernel_instructions`` (name -> figure).
 Cortex-M (``family`` "cortexm") writes the same keys plus ``mcu`` (``McuMemory``: flash and SRAM
 of the image and of libmodel.a against the device).
@@ -21,7 +30,8 @@ of the image and of libmodel.a against the device).
 FPGA (``FpgaReport``): the device and its part totals, the hls4ml config, the per-layer plan
 (``layers``), the chosen ``estimate`` (latency cycles/ns, II, resources: labelled estimates),
 ``estimates_by_strategy``, ``utilization`` (used / available / percent per resource, ``fits``),
-``hls`` (the project), ``rtl`` (whether da4ml RTL exists, why not), ``compression``.
+``hls`` (the project), ``rtl`` (whether da4ml RTL exists, why not), ``compression``,
+optionally ``output_steps`` (per output, the quantization step verify allows it to differ by).
 """
 
 from __future__ import annotations
@@ -36,7 +46,8 @@ from typing import Any, Optional, Union
 
 from toolchain.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class SchemaError(ConfigError):
@@ -51,13 +62,37 @@ class Kernel:
 
 
 @dataclass(frozen=True)
+class ArenaBuffer:
+    """One arena buffer: where it lies and from which call to which call it is alive."""
+
+    id: int
+    offset: int
+    bytes: int
+    first: int  # the call that writes it; -1: a graph input, copied in before the first call
+    last: int  # the last call that reads it; len(calls): a model output
+    role: str  # "input", "temp" or "output"
+    name: str  # an input's or output's tensor name, else the kernel that writes it
+
+
+@dataclass(frozen=True)
+class ArenaTrace:
+    """The arena over the kernel sequence (``toolchain.reports.arena.arena_trace``)."""
+
+    calls: list[str]  # the kernel of each call, in order
+    live_bytes: list[int]  # bytes of the buffers alive during each call
+    buffers: list[ArenaBuffer]
+    peak_bytes: int
+    peak_call: int
+
+
+@dataclass(frozen=True)
 class CpuMemory:
     arena_bytes: int
     arena_bytes_without_reuse: int
     buffers: int
     workspace_bytes: int
     weight_bytes: int
-    arena_over_calls: Optional[list[int]] = None
+    arena_trace: Optional[ArenaTrace] = None  # version 2
 
 
 @dataclass(frozen=True)
@@ -164,6 +199,7 @@ class FpgaReport:
     target: str
     input_model: str
     total_seconds: float
+    output_steps: Optional[dict[str, float]] = None  # per output: the step verify allows
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -288,10 +324,12 @@ def from_json(cls, data: dict, source: str = "report"):
     """``data`` as the dataclass ``cls``; SchemaError (one line) on any mismatch."""
     if not isinstance(data, dict):
         raise SchemaError(f"{source}: expected a JSON object, got {type(data).__name__}")
-    version = data.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise SchemaError(f"{source}: schema_version {version!r}, this edgec reads version "
-                          f"{SCHEMA_VERSION}; recompile with this edgec")
+    version = data.get("schema_version", 1)
+    if version not in READABLE_VERSIONS:
+        raise SchemaError(f"{source}: schema_version {version!r}, this edgec reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}; recompile with this edgec")
+    if any(f.name == "schema_version" for f in dataclasses.fields(cls)):
+        data = {**data, "schema_version": version}  # no key: version 1, not this one
     try:
         return _build(cls, data)
     except SchemaError as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .folder import Folder
-from .schema import CpuReport, FpgaReport
+from .schema import CpuReport, FpgaReport, Simulation
 
 
 @dataclass(frozen=True)
@@ -141,3 +141,53 @@ def rows(folder: Folder) -> list[tuple[str, str]]:
         else:
             out.append(("RTL", f"not simulated: {rtl.reason}"))
     return out
+
+
+def fpga_latency_note(report: FpgaReport, sim: Simulation | None) -> str:
+    """Why the latency estimate and the simulated latency are two figures, and why they
+    differ (or agree) for this design: one paragraph of plain text."""
+    est, clock = report.estimate, report.config.get("clock_period_ns")
+    period = f"{clock:g} ns" if isinstance(clock, (int, float)) else "one"
+    rtl = sim.rtl if sim is not None else None
+    ran = rtl is not None and rtl.ran and rtl.latency_cycles is not None
+    if est.source.startswith("estimate (da4ml"):
+        text = (f"Both figures describe the same da4ml design: the estimate of "
+                f"{est.latency_cycles} cycles is the depth of da4ml's pipeline (plus the "
+                "cycles of any layer left to HLS, such as a softmax), read from its solution")
+        if ran:
+            hls_only = est.latency_cycles - rtl.latency_cycles
+            text += (f"; Verilator ran that Verilog and counted {rtl.latency_cycles} cycles"
+                     + (", so they agree." if hls_only == 0 else
+                        f"; the {hls_only} cycle(s) between them are the HLS-only layers, "
+                        "which the RTL does not hold."))
+        else:
+            text += "; the RTL was not simulated."
+        return text
+    text = (f"The estimate ({est.latency_cycles} cycles, II {est.ii_cycles}) is for hls4ml's "
+            f"C++ project as Vitis HLS would schedule it with the {est.strategy} strategy: "
+            "per-layer pipeline depth from the reuse factor and the strategy, at a "
+            f"{period} clock. No HLS tool ran: edgec computes it from hls4ml's template rules, "
+            "calibrated on published synthesis reports (targets/fpga/README.md).")
+    if not ran:
+        return text + (" Simulating the RTL (edgec simulate without --no-rtl) would give a "
+                       "cycle count measured on a design beside it.")
+    text += (f" The simulated figure ({rtl.latency_cycles} cycles, II {rtl.ii_cycles}) comes "
+             "from a different implementation of the same network: da4ml's "
+             "distributed-arithmetic Verilog (adder trees, no DSPs, fully parallel), which "
+             f"registers only where its logic would exceed one {period} clock period. "
+             "Verilator counts its cycles exactly and its outputs are compared bit for bit "
+             "with the C emulation, but it does not measure the HLS design.")
+    diff = est.latency_cycles - rtl.latency_cycles
+    if diff == 0:
+        text += " Here the two agree."
+    elif diff > 0:
+        text += (f" Here the HLS estimate is {diff} cycle(s) longer: HLS pipelines every layer "
+                 "(multiplier, accumulation and output registers"
+                 + (", and reuse of each multiplier over several cycles" if
+                    est.ii_cycles > 1 or est.strategy == "resource" else "")
+                 + "), while da4ml's adder trees often fit several layers into one period.")
+    else:
+        text += (f" Here the RTL takes {-diff} cycle(s) more: da4ml's adder trees for these "
+                 "layers are deeper than one clock period allows, so it adds pipeline "
+                 "registers that the HLS rules do not count.")
+    return text
