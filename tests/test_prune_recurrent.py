@@ -84,3 +84,20 @@ def test_macs_count_every_gate_of_every_layer_and_step(kind, gates):
     model = Spotter(kind, 2, 8).eval()
     s = model_stats(model, np.zeros((1, 6, 5), np.float32))
     assert s.macs == 6 * (gates * 8 * (5 + 8) + gates * 8 * (8 + 8)) + 8 * 4
+
+
+class FinalState(nn.Module):
+    """Reads the LSTM's final state h_n, which torch-pruning's graph does not follow."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = nn.LSTM(5, 8, batch_first=True), nn.Linear(8, 4)
+
+    def forward(self, x):
+        _, (h, _) = self.rnn(x)
+        return self.fc(h[-1])
+
+
+def test_a_layer_read_through_its_final_state_is_refused_naming_it():
+    with pytest.raises(UnsupportedOpError, match=r"'LSTM' in node 'rnn'.*h_n"):
+        compress(FinalState().eval(), [PruneChannels(0.5, epochs=0)], _ctx())

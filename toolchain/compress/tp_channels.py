@@ -70,6 +70,7 @@ def prune_channels(model: nn.Module, example: np.ndarray, fraction: float) -> nn
         why = rnn_channels.unsupported(m)
         if why:
             raise UnsupportedOpError(type(m).__name__, name, "prune-channels", why)
+    hidden = [m.hidden_size for _, m in recurrent]
     rnn = rnn_channels.make_pruner()
     try:
         pruner = tp.pruner.MetaPruner(
@@ -89,6 +90,13 @@ def prune_channels(model: nn.Module, example: np.ndarray, fraction: float) -> nn
         raise ModelError(f"prune-channels: the output shape changed from {tuple(before)} to "
                          f"{tuple(after)}; the layer producing the output was not found")
     n_after = sum(p.numel() for p in model.parameters())
+    kept = [(n, m) for (n, m), h in zip(recurrent, hidden) if m.hidden_size == h]
+    if kept and n_after == n_before:
+        name, m = kept[0]
+        raise UnsupportedOpError(type(m).__name__, name, "prune-channels",
+                                 "its hidden units cannot be pruned: the dependency graph "
+                                 "follows only the layer's output sequence to the layers that "
+                                 "read it (not its final state h_n, nor a flatten over time)")
     if n_after == n_before:
         raise UnsupportedOpError("prune-channels", type(model).__name__, "prune-channels",
                                  "no layer can lose channels (only the output layers have "
