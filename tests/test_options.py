@@ -109,15 +109,15 @@ def test_cli_toml_config_and_api_are_one_thing(tmp_path, recorded, target):
 
 
 @pytest.mark.parametrize("target, flags, needles", [
-    ("host", ["--threads", "0"], ["--threads 0", "from 1 to 256"]),
-    ("host", ["--threads", "two"], ["--threads 'two'", "an integer"]),
-    ("host", ["--pipeline", "turbo"], ["--pipeline 'turbo'", "not one of auto, cpu, cpu-int"]),
-    ("host", ["--compiler", "msvc"], ["--compiler 'msvc'", "not one of auto, gcc, zig"]),
+    ("host", ["--threads", "0"], ["--threads must be an integer from 1 to 256, not 0"]),
+    ("host", ["--threads", "two"], ["--threads must be an integer, not 'two'"]),
+    ("host", ["--pipeline", "turbo"], ["--pipeline 'turbo' is not one of auto, cpu, cpu-int"]),
+    ("host", ["--compiler", "msvc"], ["--compiler 'msvc' is not one of auto, gcc, zig"]),
     ("host", ["--input-shape", "input=1,a"], ["bad --input-shape 'input=1,a'"]),
-    ("cortex-m4", ["--stack-bytes", "100"], ["--stack-bytes 100", "at least 1024"]),
-    ("fpga-xcu250", ["--strategy", "fastest"], ["--strategy 'fastest'",
-                                                "latency, resource, distributed_arithmetic"]),
-    ("fpga-xcu250", ["--io-type", "serial"], ["--io-type 'serial'", "io_parallel, io_stream"]),
+    ("cortex-m4", ["--stack-bytes", "100"], ["--stack-bytes must be an integer of at least 1024, not 100"]),
+    ("fpga-xcu250", ["--strategy", "fastest"], [
+        "--strategy 'fastest' is not one of latency, resource, distributed_arithmetic"]),
+    ("fpga-xcu250", ["--io-type", "serial"], ["--io-type 'serial' is not one of io_parallel, io_stream"]),
     ("fpga-xcu250", ["--budget", "dsp=10", "--reuse-factor", "2"], ["--budget", "not both"]),
     ("fpga-xcu250", ["--default-precision", "float"], ["--default-precision 'float'"]),
     ("fpga-xcu250", ["--clock-period", "0.1"], ["--clock-period", "0.5 to 100"]),
@@ -130,7 +130,7 @@ def test_bad_value_is_one_line_exit_2(tmp_path, capsys, recorded, target, flags,
 
 
 @pytest.mark.parametrize("target, keywords, needle", [
-    ("host", {"threads": 0}, "--threads 0"),
+    ("host", {"threads": 0}, "--threads must be an integer from 1 to 256, not 0"),
     ("fpga-xcu250", {"threads": 2}, "option --threads does not apply to target fpga-xcu250 "
                                     "(family fpga); it is an option of the cpu targets"),
     ("host", {"reuse_factor": ["2"]}, "option --reuse-factor does not apply to target host"),
@@ -177,7 +177,8 @@ def test_simulate_takes_its_family_options_and_reads_the_rest_back(tmp_path, cap
     assert (cfg.strategy, cfg.clock_period_ns, cfg.reuse_default, cfg.reuse_per_layer,
             cfg.default_precision.hls()) == ("resource", 4.0, 2, {"fc": 4}, "fixed<12,4,RND,SAT>")
     # a bad simulate value, and an option of no family, before anything runs
-    _one_line(capsys, main(["simulate", str(out), "--samples", "0"]), "--samples 0")
+    _one_line(capsys, main(["simulate", str(out), "--samples", "0"]),
+              "--samples must be a positive integer, not 0")
     with pytest.raises(ConfigError, match="unknown option --threads of the fpga targets"):
         api.simulate(out, threads=2)
     # a CPU folder takes no simulate options
@@ -194,7 +195,7 @@ def test_a_manifest_with_a_bad_option_is_one_line(tmp_path, capsys, recorded):
     manifest = _manifest(out)
     manifest["options"]["threads"] = 0
     (out / "edgec.json").write_text(json.dumps(manifest))
-    _one_line(capsys, main(["run", str(out)]), "edgec.json", "--threads 0")
+    _one_line(capsys, main(["run", str(out)]), "edgec.json", "--threads must be an integer from 1 to 256, not 0")
 
 
 def test_real_host_folder_saves_its_options(compiled_small_cnn):

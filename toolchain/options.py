@@ -36,9 +36,11 @@ def option(default: Any, help: str, *, choices: Choices | None = None, metavar: 
            check: Callable[[Any], str | None] | None = None,
            normalize: Callable[[str], str] | None = None) -> Any:
     """A field of an options class. ``choices`` may be a function (a registry read lazily);
-    ``check(value)`` returns what is wrong (e.g. "expected 1 to 256") or None, or raises its
-    own ConfigError; ``normalize``
-    maps a given string first (lower-casing, an alias)."""
+    ``check(value)`` returns what the value must be (e.g. "an integer from 1 to 256") when it
+    is not, else None, or raises its own ConfigError; ``normalize``
+    maps a given string first (lower-casing, an alias). A bad value reads
+    ``--threads must be an integer from 1 to 256, not 0`` (``check`` returns the part after
+    "must be") or ``--pipeline 'turbo' is not one of auto, cpu, ...``."""
     meta = {"help": help, "choices": choices, "metavar": metavar, "check": check,
             "normalize": normalize}
     if isinstance(default, (list, dict, set)):
@@ -80,8 +82,8 @@ _EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "
 
 def _one(f: dataclasses.Field, kind: Any, value: Any) -> Any:
     def bad() -> ConfigError:
-        return ConfigError(f"invalid option {flag_of(f.name)} {value!r}: expected "
-                           f"{_EXPECTED.get(kind, kind.__name__)}")
+        return ConfigError(f"{flag_of(f.name)} must be {_EXPECTED.get(kind, kind.__name__)}, "
+                           f"not {value!r}")
 
     if kind is bool:
         if not isinstance(value, bool):
@@ -126,23 +128,22 @@ def _coerce(f: dataclasses.Field, kind: Any, value: Any) -> Any:
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"invalid option {flag_of(f.name)}: a value is required")
+        raise ConfigError(f"{flag_of(f.name)} needs a value")
     if repeated:
         items = value if isinstance(value, (list, tuple)) else [value]
         out = tuple(_one(f, element, v) for v in items)
     elif isinstance(value, (list, tuple, dict)):
-        raise ConfigError(f"invalid option {flag_of(f.name)} {value!r}: expected one value")
+        raise ConfigError(f"{flag_of(f.name)} takes one value, not {value!r}")
     else:
         out = _one(f, element, value)
     for v in out if repeated else (out,):
         allowed = choices_of(f)
         if allowed is not None and v not in allowed:
-            raise ConfigError(f"invalid option {flag_of(f.name)} {v!r}: not one of "
-                              + ", ".join(allowed))
+            raise ConfigError(f"{flag_of(f.name)} {v!r} is not one of " + ", ".join(allowed))
         check = f.metadata.get("check")
         problem = check(v) if check else None
         if problem:
-            raise ConfigError(f"invalid option {flag_of(f.name)} {v!r}: {problem}")
+            raise ConfigError(f"{flag_of(f.name)} must be {problem}, not {v!r}")
     return out
 
 

@@ -9,7 +9,7 @@ from toolchain.options import CommonOptions, option
 
 
 def _stack(n: int) -> str | None:
-    return None if n >= 1024 else "expected an integer of at least 1024"
+    return None if n >= 1024 else "an integer of at least 1024"
 
 
 @dataclass(frozen=True)

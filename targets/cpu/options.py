@@ -18,7 +18,7 @@ def _pipelines() -> tuple[str, ...]:
 
 
 def _threads(n: int) -> str | None:
-    return None if 1 <= n <= MAX_THREADS else f"expected an integer from 1 to {MAX_THREADS}"
+    return None if 1 <= n <= MAX_THREADS else f"an integer from 1 to {MAX_THREADS}"
 
 
 @dataclass(frozen=True)

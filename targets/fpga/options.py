@@ -23,7 +23,7 @@ def _precision(text: str) -> str | None:
 
 
 def _positive(n: int) -> str | None:
-    return None if n >= 1 else "expected a positive integer"
+    return None if n >= 1 else "a positive integer"
 
 
 # Only the clock period's default comes from the device; validation needs none.
