@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass, field
 
 from toolchain.errors import ConfigError
@@ -63,24 +62,6 @@ class FpgaConfig:
         return d
 
 
-def add_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("FPGA targets (fpga-*)")
-    g.add_argument("--hls-backend", default=None, metavar="vitis|vivado",
-                   help="hls4ml backend (default vitis)")
-    g.add_argument("--io-type", default=None, metavar="io_parallel|io_stream",
-                   help="hls4ml IO type (default io_parallel)")
-    g.add_argument("--strategy", default=None, metavar="|".join(STRATEGIES),
-                   help="HLS strategy for dense and conv layers (default latency)")
-    g.add_argument("--reuse-factor", action="append", default=[], metavar="N|LAYER=N",
-                   help="reuse factor for all layers (N) or one layer (LAYER=N); repeatable")
-    g.add_argument("--budget", default=None, metavar="dsp=N|lut=N|latency=CYCLES",
-                   help="let edgec pick valid reuse factors within this budget")
-    g.add_argument("--clock-period", type=float, default=None, metavar="NS",
-                   help="clock period in ns (default: the device's)")
-    g.add_argument("--default-precision", default=None, metavar="fixed<W,I>",
-                   help="precision of float layers and activations (default fixed<16,6>)")
-
-
 def _positive_int(text: str, what: str) -> int:
     try:
         value = int(text)
@@ -91,8 +72,9 @@ def _positive_int(text: str, what: str) -> int:
     return value
 
 
-def from_args(args: argparse.Namespace, device: FpgaDevice) -> FpgaConfig:
-    """Validate the FPGA options in ``args``; each bad value is a ConfigError naming its option."""
+def from_args(args, device: FpgaDevice) -> FpgaConfig:
+    """Validate the FPGA options in ``args`` (an ``FpgaOptions``, or anything with its
+    attributes); each bad value is a ConfigError naming its option."""
     backend = (getattr(args, "hls_backend", None) or "vitis").lower()
     if backend not in HLS_BACKENDS:
         raise ConfigError(f"invalid --hls-backend '{backend}': choose vitis or vivado")
