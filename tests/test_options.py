@@ -205,3 +205,14 @@ def test_real_host_folder_saves_its_options(compiled_small_cnn):
     manifest = read_manifest(compiled_small_cnn("host"))
     assert manifest["options"] == CpuOptions().to_json()
     assert folder_options(manifest) == CpuOptions()
+
+
+def test_a_folder_written_before_the_options_were_typed_still_reads():
+    """Such a manifest saved every flag of every family (None for an unset FPGA option)."""
+    from toolchain.commands.build import folder_options
+    from toolchain.targets.fpga.options import FpgaOptions
+
+    old = {"model": "m.onnx", "target": "fpga-xcu250", "output": "o", "threads": 1,
+           "pipeline": "auto", "keep_build": False, "module_path": [], "input_shape": [],
+           "reuse_factor": ["2"], "hls_backend": None, "strategy": None, "budget": None}
+    assert folder_options({"family": "fpga", "options": old}) == FpgaOptions(reuse_factor=("2",))

@@ -188,8 +188,8 @@ class Options:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Options":
-        """Read back what ``to_json`` wrote (keys of other classes are ignored: a manifest
-        holds the common options beside the family's)."""
+        """Read back what ``to_json`` wrote. Keys that are not fields are ignored: a folder
+        written before the options were typed saved every flag of every family."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names and v is not None})
 
@@ -197,10 +197,6 @@ class Options:
         """The fields that differ from their defaults."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if getattr(self, f.name) != f.default}
-
-
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]
 
 
 def own_fields(cls: type, common: type | None = None) -> list[dataclasses.Field]:
