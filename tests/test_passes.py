@@ -253,3 +253,27 @@ def test_expand_batchnorm_training(opset, outputs):
     y = _evaluate(out, {"x": x})[0]
     np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), numpy_helper.to_array(inits[1]),
                                atol=1e-5)  # normalized with the batch's mean: B remains
+
+
+@pytest.mark.parametrize("attrs", [{}, {"start": 1}, {"start": -2, "end": -1}, {"end": 10},
+                                   {"start": 3, "end": 1}])
+def test_fold_shape_outputs(attrs):
+    from toolchain.passes.fold_shape_outputs import FoldShapeOutputs
+
+    model = _single("Shape", [("x", TensorProto.FLOAT, [2, 3, 4])],
+                    [("y", TensorProto.INT64, None)], opset=21, **attrs)
+    out = transform(model, [FoldShapeOutputs()])
+    assert ops(out) == ["Constant"]
+    x = np.zeros((2, 3, 4), np.float32)
+    np.testing.assert_array_equal(_evaluate(out, {"x": x})[0], _evaluate(model, {"x": x})[0])
+
+
+def test_shape_read_by_a_node_is_left_to_the_importer():
+    from toolchain.passes.fold_shape_outputs import FoldShapeOutputs
+
+    g = helper.make_graph([helper.make_node("Shape", ["x"], ["s"]),
+                           helper.make_node("Reshape", ["x", "s"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert not FoldShapeOutputs().apply(model)[1]

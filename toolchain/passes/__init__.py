@@ -42,6 +42,7 @@ def cleanup_passes() -> list[Pass]:
     from toolchain.passes.expand_spacetodepth_crd import ExpandSpaceToDepthCRD
     from toolchain.passes.fold_batchnorm import FoldBatchNorm
     from toolchain.passes.fold_constants import FoldConstants
+    from toolchain.passes.fold_shape_outputs import FoldShapeOutputs
     from toolchain.passes.pretranspose_gemm import PretransposeGemm
     from toolchain.passes.remove_dropout import RemoveDropout
     from toolchain.passes.rewrite_isinf import RewriteSignedIsInf
@@ -49,4 +50,4 @@ def cleanup_passes() -> list[Pass]:
 
     return [RemoveDropout(), UnrollRecurrent(), ExpandBatchNormTraining(), FoldConstants(),
             FoldBatchNorm(), PretransposeGemm(), ChannelPReluSlope(), RewriteSignedIsInf(),
-            ExpandLayerNormStats(), ExpandSpaceToDepthCRD(), ExpandFloatMod()]
+            ExpandLayerNormStats(), ExpandSpaceToDepthCRD(), ExpandFloatMod(), FoldShapeOutputs()]
