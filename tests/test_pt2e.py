@@ -193,3 +193,15 @@ def test_quantized_attention_model_compiles_and_verifies(gpt, tmp_path):
     out = tmp_path / "host"
     assert main(["compile", str(gpt[4]), "-t", "host", "-o", str(out)]) == 0
     assert main(["verify", str(out)]) == 0
+
+
+def test_auto_sends_attention_and_embedding_models_to_torchao(gpt):
+    from toolchain.compress.pt2e import PT2EQuantized
+    from toolchain.compress.quantize import is_quantized
+
+    _, model, _, ctx, _ = gpt
+    q, _ = compress(model, [Quantize("int8")], ctx)
+    assert isinstance(q, PT2EQuantized)
+    # fixed<W,I> (power-of-two scales, for FPGAs) stays with edgec's quantizer
+    q, _ = compress(model, [Quantize("fixed<8,3>")], ctx)
+    assert is_quantized(q) and not isinstance(q, PT2EQuantized)

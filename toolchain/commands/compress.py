@@ -94,7 +94,9 @@ def register_compress(sub) -> None:
     p.add_argument("--calibration", default="minmax", help="minmax, percentile or histogram")
     p.add_argument("--quantizer", default="auto",
                    help="auto (default: edgec's own; torchao's PT2E flow for Conv1d / "
-                        "ConvTranspose, which edgec's refuses), edgec, or torchao (int8 PTQ)")
+                        "ConvTranspose / LSTM, which edgec's refuses, and for int8/int4 "
+                        "models with attention or embeddings, which it leaves float), edgec, "
+                        "or torchao (int8/int4 weights, PTQ or --qat-epochs)")
     p.add_argument("--qat-epochs", type=int, default=0,
                    help="quantization-aware fine-tuning epochs after calibration")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs after prune / lowrank steps "

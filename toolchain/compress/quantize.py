@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 CALIBRATIONS = ("minmax", "percentile", "histogram")
 QUANTIZERS = ("auto", "edgec", "torchao")
-# layers edgec's quantizer refuses that torchao's PT2E x86 quantizer takes (--quantizer auto);
+# layers edgec's quantizer refuses that torchao's PT2E quantizer takes (--quantizer auto; a
+# model with _KEPT layers goes there too, for int8/int4, since torchao quantizes them);
 # for a recurrent layer torchao quantizes the model's Linear/Conv layers and leaves the
 # LSTM/GRU itself float (its ONNX node compiles through UnrollRecurrent).
 TORCHAO_TAKES = ("Conv1d", "ConvTranspose1d", "ConvTranspose2d", "Conv3d", "LSTM", "GRU", "RNN")
@@ -410,6 +411,11 @@ class Quantize:
                 log.info("quantize: %s; quantizing with torchao's PT2E flow instead", exc)
                 return self._torchao(model, ctx, spec)
             raise
+        if self.quantizer == "auto" and not spec.pow2 and \
+                any(isinstance(m, _KEPT) for m in model.modules()):
+            log.info("quantize: attention / embedding layers, which edgec's quantizer leaves "
+                     "float; quantizing with torchao's PT2E flow instead")
+            return self._torchao(model, ctx, spec)
         model.eval()
         log.info("quantize: folded %d batchnorm layer(s)", fold_batchnorm(model))
         frac = spec.fixed[0] - spec.fixed[1] if spec.fixed else None
