@@ -209,7 +209,8 @@ def test_build_page_puts_steps_and_targets_side_by_side(build_out, tmp_path, cap
     assert size(mem["weight_bytes"]) in page
     assert size(mem["arena_bytes"] + mem["workspace_bytes"]) in page
     bench = json.loads((build_out / "host" / "verify" / "bench.json").read_text())
-    assert f"{bench['median_ms']:,g} ms" in page and bench["runs"] >= 1
+    from toolchain.reports.plots import _time
+    assert f"<b>{_time(bench['median_ms'] * 1e6)}</b>" in page and bench["runs"] >= 1
     assert len(_pngs(page)) == 2  # the compression steps, the targets
     assert not re.search(r"(src|href)=['\"](?!data:)", page) and "<script" not in page
     # the text summary and --json say the same

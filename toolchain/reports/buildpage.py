@@ -14,7 +14,7 @@ from .summary import fpga_latency_note, size
 def _max_error(row: TargetRow) -> str:
     v = row.folder.verification
     if v is None:
-        return "-"
+        return "not verified"
     return f"{max((c.max_rel_error for c in v.outputs), default=0.0):.1e}"
 
 
@@ -27,10 +27,13 @@ def _latency(row: TargetRow) -> str:
     lat = row.latencies()
     if not lat:
         return "<span class='note'>not measured</span>"
-    return "<br>".join(f"<b>{lat_.value:,g} {_e(lat_.unit)}</b>"
-                       + (f" = {plots._time(lat_.ns)}" if lat_.ns is not None and
-                          lat_.unit == "cycles" else "")
-                       + f" <span class='note'>({_e(lat_.source)})</span>" for lat_ in lat)
+    def figure(x) -> str:
+        if x.unit == "ms" and x.ns is not None:
+            return f"<b>{plots._time(x.ns)}</b>"
+        text = f"<b>{x.value:,g} {_e(x.unit)}</b>"
+        return text + (f" = {plots._time(x.ns)}" if x.ns is not None else "")
+
+    return "<br>".join(f"{figure(x)} <span class='note'>({_e(x.source)})</span>" for x in lat)
 
 
 def _memory(row: TargetRow) -> str:
