@@ -26,6 +26,8 @@ Run it before FoldConstant, which would fold the weight's dequantize away.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import tvm
@@ -71,6 +73,7 @@ class _Lowerer(relax.PyExprMutator):
         self.fuse_requant = fuse_requant
         self.rewritten = 0
         self.nhwc = nhwc  # NCHW int8 var -> the NHWC var it was transposed from (shared)
+        self.to_int = _TO_INT.get(vector.int8_dot) if vector is not None else None
 
     # -- matching ---------------------------------------------------------------------------
     def _value(self, expr):
@@ -270,7 +273,8 @@ class _Lowerer(relax.PyExprMutator):
         def kernel(xt, wt, bt, st):
             return qgemm.gemm_te(xt, wt, bt, st, geom=core["geom"], in_zero=z_x, instr=instr,
                                  tp=tp, out_channels=o, out_dtype=out_dtype, out_zero=z_y,
-                                 clamp=clamp, int4_shape=int4_shape)
+                                 clamp=clamp, int4_shape=int4_shape,
+                                 to_int=self.to_int)
 
         out = self.builder_.emit(self.builder_.call_te(
             kernel, x, relax.const(w_const), relax.const(b.astype(np.int32)), relax.const(scale),
@@ -294,13 +298,28 @@ class _Lowerer(relax.PyExprMutator):
             return None
         scale = ((real / s_y) if out_dtype != "float32" else real).astype(np.float32)
         w_rsc = np.ascontiguousarray(w_ohwi[..., 0].transpose(1, 2, 0))
+        x = self._input_nhwc(core)
+        own = _DEPTHWISE.get(self.vector.int8_dot) if self.vector is not None else None
+        if own is not None and own.supports(_static_shape(x), _dtype(x)):
+            # The target folder's kernel (e.g. targets/cortexm/int8_depthwise.py), scheduled.
+            func = own.build(_static_shape(x), _dtype(x), core["geom"], in_zero=z_x,
+                             out_dtype=out_dtype, out_zero=z_y, clamp=clamp,
+                             to_int=self.to_int)
+            gv = self.builder_.add_func(func, "qgemm_dwconv")
+            out_shape = [int(d) for d in func.params[-1].shape]
+            out = self.builder_.emit(relax.call_tir(
+                gv, [x, relax.const(own.pack_weights(w_rsc)), relax.const(b.astype(np.int32)),
+                     relax.const(scale)], relax.TensorType(out_shape, out_dtype)))
+            self.rewritten += 1
+            return out
 
         def kernel(xt, wt, bt, st):
             return qdepthwise.depthwise_te(xt, wt, bt, st, geom=core["geom"], in_zero=z_x,
-                                           out_dtype=out_dtype, out_zero=z_y, clamp=clamp)
+                                           out_dtype=out_dtype, out_zero=z_y, clamp=clamp,
+                                           to_int=self.to_int)
 
         out = self.builder_.emit(self.builder_.call_te(
-            kernel, self._input_nhwc(core), relax.const(w_rsc), relax.const(b.astype(np.int32)),
+            kernel, x, relax.const(w_rsc), relax.const(b.astype(np.int32)),
             relax.const(scale), primfunc_name_hint="qgemm_dwconv",
             primfunc_attrs={"op_pattern": 8, "edgec.qgemm": qdepthwise.KIND}))
         self.rewritten += 1
@@ -557,12 +576,40 @@ class LowerQDQToInteger:
 
 
 _DOT_INSTRS = {"sdot": qgemm.SDOT, "vpdpbusd": qgemm.VNNI, "generic": qgemm.GENERIC}
+# int8_dot family -> its devices' float -> int32 rounding conversion (qgemm.requantize).
+_TO_INT: dict[str, Callable] = {}
 
 
-def register_dot_instr(int8_dot: str, instr: qgemm.DotInstr) -> None:
+def register_dot_instr(int8_dot: str, instr: qgemm.DotInstr, *,
+                       to_int: Callable | None = None) -> None:
     """A target folder's own int8 GEMM step for devices whose ``int8_dot`` names it (its
-    tensor intrinsic registered by the folder, e.g. targets/cortexm/int8_dot.py)."""
+    tensor intrinsic registered by the folder, e.g. targets/cortexm/int8_dot.py).
+    ``to_int``: their rounding float -> int32 conversion, for requantize."""
     _DOT_INSTRS[int8_dot] = instr
+    if to_int is not None:
+        _TO_INT[int8_dot] = to_int
+    else:
+        _TO_INT.pop(int8_dot, None)
+
+
+@dataclass(frozen=True)
+class DepthwiseKernel:
+    """A target folder's own int8 depthwise kernel: ``supports(x_shape, x_dtype)``,
+    ``build(x_shape, x_dtype, geom, *, in_zero, out_dtype, out_zero, clamp, to_int)``
+    -> a scheduled PrimFunc (X, W, bias, scale, Y), ``pack_weights(w_rsc)`` -> its W."""
+
+    supports: Callable
+    build: Callable
+    pack_weights: Callable
+
+
+_DEPTHWISE: dict[str, DepthwiseKernel] = {}
+
+
+def register_depthwise(int8_dot: str, kernel: DepthwiseKernel) -> None:
+    """Devices whose ``int8_dot`` is this family take ``kernel`` for int8 depthwise convs
+    (where it ``supports`` the input; elsewhere qdepthwise.py's)."""
+    _DEPTHWISE[int8_dot] = kernel
 
 
 def _dot_instr(vector: VectorUnit | None, symmetric_weights: bool) -> qgemm.DotInstr:

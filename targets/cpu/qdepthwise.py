@@ -18,7 +18,7 @@ KIND = "depthwise"  # the value of the PrimFunc attribute "edgec.qgemm" for thes
 
 
 def depthwise_te(x, w, bias, scale, *, geom, in_zero: int, out_dtype: str, out_zero: int = 0,
-                 clamp: tuple[int, int] | None = None):
+                 clamp: tuple[int, int] | None = None, to_int=None):
     """``x`` NHWC [N, H, W, C] int8/uint8 (``in_zero`` its zero point, what padding reads),
     ``w`` [R, S, C] int8, ``bias`` int32 [C], ``scale`` float32 [C] -> [N, OH, OW, C]."""
     from tvm import te, tirx
@@ -51,7 +51,8 @@ def depthwise_te(x, w, bias, scale, *, geom, in_zero: int, out_dtype: str, out_z
     from toolchain.targets.cpu.qgemm import requantize
 
     return te.compute((n, oh, ow, c), lambda nn, y, xx, cc: requantize(
-        window(nn, y, xx, cc), bias[cc], scale[cc], out_dtype, out_zero, clamp), name="qgemm_out")
+        window(nn, y, xx, cc), bias[cc], scale[cc], out_dtype, out_zero, clamp, to_int),
+        name="qgemm_out")
 
 
 def schedule_depthwise(func, threads: int = 1):

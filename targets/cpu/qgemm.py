@@ -58,6 +58,9 @@ class DotInstr:
     # Packed: weight groups one instruction call covers (the activation is loaded once as
     # ``groups_per_call * group`` bytes and each group picked by lane: sdot by element).
     groups_per_call: int = 1
+    # (pixels, channels) of the register tile, for CPUs with few registers (Cortex-M's 13
+    # general registers hold the accumulators and the operands); None: tile_for's default.
+    tile: tuple[int, int] | None = None
 
     @property
     def step(self) -> int:
@@ -293,6 +296,8 @@ def tile_for(instr: DotInstr, rows: int) -> tuple[int, int]:
     row (batch-1 matmul) spends the registers on more channels instead."""
     if instr.packed:  # to channels = to / lanes registers per pixel
         return (1 if rows == 1 else 4), 4 * instr.lanes
+    if instr.tile is not None:
+        return (1, instr.tile[0] * instr.tile[1]) if rows == 1 else instr.tile
     to = {NEON_SMLAL.name: 4}.get(instr.name, 2)
     if rows == 1:
         return 1, 2 * to
@@ -381,7 +386,8 @@ def unpack_int4_te(packed, shape):
 
 def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotInstr,
             tp: int, out_channels: int, out_dtype: str, out_zero: int = 0,
-            clamp: tuple[int, int] | None = None, int4_shape: tuple[int, ...] | None = None):
+            clamp: tuple[int, int] | None = None, int4_shape: tuple[int, ...] | None = None,
+            to_int=None):
     """TE compute for ``x`` NHWC ``[N, H, W, C]`` (int8, or uint8 holding int8 + 128 ... see
     ``in_zero``) -> ``[N, OH, OW, O]`` (requantized ``out_dtype`` or float32).
 
@@ -454,18 +460,26 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
     return te.compute(
         (n, oh, ow, out_channels),
         lambda nn, y, xx, o: requantize(read_acc(nn, y, xx, o), bias[o], scale[o], out_dtype,
-                                        out_zero, clamp),
+                                        out_zero, clamp, to_int),
         name="qgemm_out")
 
 
-def requantize(acc, bias, scale, out_dtype: str, out_zero: int, clamp):
+def requantize(acc, bias, scale, out_dtype: str, out_zero: int, clamp, to_int=None):
     """The epilogue of every integer kernel: (acc + bias) * scale, rounded to nearest-even,
-    shifted by the zero point and clamped (ReLU/Clip folded into ``clamp``); or float32."""
+    shifted by the zero point and clamped (ReLU/Clip folded into ``clamp``); or float32.
+
+    ``to_int(v)``: a target's own float32 -> int32 conversion that rounds to nearest-even and
+    saturates (Cortex-M: ``vcvtr``; its FPv4 has no VRINT, and LLVM calls ``rintf`` for
+    ``round``, ~25 instructions per output)."""
     from tvm import tirx
 
     v = (acc + bias).astype("float32") * scale
     if out_dtype == "float32":
         return v
+    lo, hi = clamp if clamp is not None else ((-128, 127) if out_dtype == "int8" else (0, 255))
+    if to_int is not None:
+        q = tirx.max(tirx.min(to_int(v), hi - out_zero), lo - out_zero) + out_zero
+        return q.astype(out_dtype)
     q = tirx.round(v).astype("int32") + out_zero
     lo, hi = clamp if clamp is not None else ((-128, 127) if out_dtype == "int8" else (0, 255))
     return tirx.max(tirx.min(q, hi), lo).astype(out_dtype)
@@ -488,6 +502,8 @@ def _schedule_qgemm(func, target, threads: int):
     name = str(func.attrs["edgec.qgemm"]) if func.attrs is not None and "edgec.qgemm" in func.attrs else ""
     from toolchain.targets.cpu import qdepthwise
 
+    if "edgec.scheduled" in func.attrs:  # a target folder's hand-written kernel
+        return func
     if name == qdepthwise.KIND:
         return qdepthwise.schedule_depthwise(func, threads)
     instr = BY_NAME.get(name) or dot_instr(target)
@@ -506,6 +522,8 @@ def _schedule_qgemm(func, target, threads: int):
     if lanes != instr.lanes or ext[5] != instr.group:
         raise ValueError(f"qgemm kernel built for {lanes}x{ext[5]} lanes, target has {instr}")
     _, to = tile_for(instr, 1 if ext[1] == 1 else 2)
+    if ext[1] > 1 and instr.tile is not None:
+        to = instr.tile[1]
     if instr is NEON_SMLAL and ext[1] > 1:
         to = smlal_cols(tp)
     p_o, p_i = sch.split(p, [None, tp])
@@ -518,7 +536,8 @@ def _schedule_qgemm(func, target, threads: int):
         sch.reorder(n, p_o, o_o, ko, ko_i, p_i, o_i, j, t)
     else:
         sch.reorder(n, p_o, o_o, ko, p_i, o_i, j, t)
-    _tile_common(sch, im2col, acc4, out, p_o, o_o, to, [sumb])
+    # A tiled instruction is for CPUs without SIMD (Cortex-M4/M7): a scalar epilogue.
+    _tile_common(sch, im2col, acc4, out, p_o, o_o, to, [sumb], instr.tile is None)
     sch.decompose_reduction(acc4, ko)
     if ko_i is not None:
         sch.unroll(ko_i)
@@ -627,7 +646,8 @@ def _addp(a, b, T):
                                    a, b, dtype="int32x4")
 
 
-def _tile_common(sch, im2col, acc, out, rows, cols, to: int, between=()) -> None:
+def _tile_common(sch, im2col, acc, out, rows, cols, to: int, between=(),
+                 vectorize: bool = True) -> None:
     """What both kernel forms share. im2col per row tile (loop ``rows``), just before the
     tile's first use: A shrinks to [tp, K] (in L1), reused across all channel tiles. The
     accumulators live in registers: only the tile's are ever live (compacted to it). The
@@ -639,7 +659,8 @@ def _tile_common(sch, im2col, acc, out, rows, cols, to: int, between=()) -> None
         sch.reverse_compute_at(block, cols, preserve_unit_loops=True)
     try:
         sch.reverse_compute_at(out, cols, preserve_unit_loops=True)
-        _vectorize_inner(sch, out, to)
+        if vectorize:
+            _vectorize_inner(sch, out, to)
     except Exception as exc:  # noqa: BLE001  (epilogue as its own loop nest)
         log.debug("qgemm epilogue not tiled: %s", str(exc).splitlines()[0])
 
