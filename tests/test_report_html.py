@@ -46,6 +46,7 @@ source = "mlp"
 
 [compress]
 prune = 0.5
+epochs = 1
 quantize = "int8"
 
 [[target]]
