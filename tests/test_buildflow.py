@@ -171,6 +171,12 @@ def test_killed_step_leaves_no_half_written_folder(first, env, monkeypatch):
      ["[target fpga-xcu250]", "threads", "cpu targets"]),
     ('[model]\nsource = "mlp"\n[[target]]\nname = "arm-a99"\n',
      ["[target arm-a99]", "unknown target"]),
+    ('[model]\nsource = "mlp"\n[[target]]\nname = "host"\nreuse_factor = 2\n',
+     ["[target host]", "--reuse-factor does not apply", "fpga targets"]),
+    ('[model]\nsource = "mlp"\n[[target]]\nname = "host"\npipeline = "turbo"\n',
+     ["[target host]", "--pipeline 'turbo' is not one of auto, cpu"]),
+    ('[model]\nsource = "mlp16"\n[[target]]\nname = "fpga-xcu250"\n[target.simulate]\n'
+     'samples = 0\n', ["[target fpga-xcu250.simulate]", "--samples must be a positive"]),
     ('[model]\nsource = "nope"\n[[target]]\nname = "host"\n', ["[model]", "source"]),
     ('[model]\nsource = "mlp"\n[compress]\nprune = 1.5\n[[target]]\nname = "host"\n',
      ["[compress]", "--prune"]),

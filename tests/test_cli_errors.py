@@ -54,6 +54,17 @@ def test_truncated(tmp_path, small_cnn):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flags, needle", [
+    (["-t", "host", "--threads", "two"], "--threads must be an integer, not 'two'"),
+    (["-t", "fpga-xcu250", "--threads", "2"], "option --threads does not apply to target "
+                                              "fpga-xcu250 (family fpga)"),
+])
+def test_bad_or_foreign_option_is_one_line(tmp_path, small_cnn, flags, needle):
+    proc = edgec("compile", str(small_cnn), "-o", str(tmp_path / "out"), *flags)
+    assert_one_line_error(proc, needle)
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+
+
 def test_unknown_target(tmp_path, small_cnn):
     proc = edgec("compile", str(small_cnn), "-t", "arm-z99", "-o", str(tmp_path / "out"))
     assert_one_line_error(proc, "unknown target 'arm-z99'", "arm-a72")
