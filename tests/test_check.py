@@ -149,3 +149,12 @@ def test_cortexm_refuses_int64_casts_without_a_double_fpu(target, refused):
     found = backend_for("cortexm").support(model, device(target))
     assert [s.supported for s in found] == [not refused] * 2
     assert ("double-precision FPU" in found[0].reason) == refused
+
+
+def test_api_check_takes_a_model_object():
+    from toolchain import api
+
+    result = api.check(_mlp("Celu"), ["host", "fpga-xcu250"])
+    assert result["ok"] is False
+    assert [[s["node"] for s in r["unsupported"]] for r in result["targets"]] == [["act"]] * 2
+    assert api.check(_mlp("Relu"), "host")["ok"] is True

@@ -39,6 +39,23 @@ def _shapes(input_shape) -> tuple[str, ...]:
     return tuple(input_shape)
 
 
+def check(model, targets, *, input_shape=None, module_path=()) -> dict:
+    """Which nodes of ``model`` (an ONNX or .pt path, or an ``onnx.ModelProto`` with static
+    input shapes) each of ``targets`` (a name or a list) takes, before any slow step: what
+    ``edgec check --json`` prints (``ok``, and per target ``supported_ops``, ``unsupported``
+    with each node's reason, ``all``)."""
+    import onnx
+
+    from .commands.check import check_result, load
+    from .onnx_io import fix_input_shapes
+
+    names = [targets] if isinstance(targets, str) else list(targets)
+    if isinstance(model, onnx.ModelProto):
+        return check_result(fix_input_shapes(model, {}), names, model.graph.name or "model")
+    return check_result(load(Path(model), list(_shapes(input_shape)), module_path), names,
+                        str(model))
+
+
 def compile_options(target: str, *, input_shape=None, **values) -> "CommonOptions":
     """The typed compile options of ``target``'s family (e.g. ``CpuOptions``), validated:
     ``values`` are its fields; an option of another family is a ConfigError naming it."""

@@ -63,15 +63,17 @@ def check_model(model, targets: list[str]) -> list[dict]:
     return results
 
 
-def _load(args):
+def load(path: Path, input_shape: list[str], module_paths=()):
+    """The model as ``edgec compile`` takes it: checked, static input shapes (``input_shape``
+    as ``NAME=D1,...`` strings); a PyTorch module is exported to ONNX in a temporary folder."""
     from toolchain.commands.build import _refuse_contradicting_shapes
     from toolchain.torch_input import (export_module, input_shape_for, is_torch_file,
                                        load_module)
 
-    shapes = parse_input_shapes(args.input_shape)
-    path = Path(args.model)
+    shapes = parse_input_shapes(input_shape)
+    path = Path(path)
     if is_torch_file(path):
-        module = load_module(path, module_paths=args.module_path)
+        module = load_module(path, module_paths=list(module_paths))
         input_name, input_shape = input_shape_for(shapes, path.name)
         with tempfile.TemporaryDirectory(prefix="edgec-check-") as tmp:
             export_module(module, Path(tmp) / "model.onnx", input_shape, input_name)
@@ -86,15 +88,22 @@ def cmd_check(args) -> int:
         raise ConfigError("a --target is given twice")
     for name in args.target:
         device(name)  # an unknown name fails before the model is read
-    results = check_model(_load(args), args.target)
-    ok = all(r["ok"] for r in results)
-    args.result = {"model": str(args.model), "ok": ok, "targets": results}
+    args.result = check_result(load(args.model, args.input_shape, args.module_path),
+                               args.target, str(args.model))
+    ok = args.result["ok"]
+    results = args.result["targets"]
     if args.json:
         print(json.dumps(args.result, indent=2))
     else:
         for line in table_lines(results):
             print(line)
     return 0 if ok else 1
+
+
+def check_result(model, targets: list[str], name: str) -> dict:
+    """What ``edgec check --json`` prints: the model's name, ``ok``, and per target its answer."""
+    results = check_model(model, targets)
+    return {"model": name, "ok": all(r["ok"] for r in results), "targets": results}
 
 
 def table_lines(results: list[dict]) -> list[str]:
