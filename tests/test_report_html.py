@@ -213,6 +213,9 @@ def test_build_page_puts_steps_and_targets_side_by_side(build_out, tmp_path, cap
     from toolchain.reports.plots import _time
     assert f"<b>{_time(bench['median_ms'] * 1e6)}</b>" in page and bench["runs"] >= 1
     assert len(_pngs(page)) == 2  # the compression steps, the targets
+    own = _page(build_out / "host" / "compile", tmp_path / "host.html")  # the target's page
+    assert f"{_time(bench['median_ms'] * 1e6)}</b><span>per inference (median of " \
+           f"{bench['runs']} runs, on this machine)" in own
     assert not re.search(r"(src|href)=['\"](?!data:)", page) and "<script" not in page
     # the text summary and --json say the same
     assert main(["--json", "report", str(build_out)]) == 0

@@ -88,10 +88,9 @@ class TargetRow:
         if r.kernel_instructions:
             out.append(Latency(sum(r.kernel_instructions.values()), "instructions",
                                "kernel instructions (qemu)"))
-        bench = self.folder.path.parent / "verify" / "bench.json"
-        if bench.is_file():
-            b = json.loads(bench.read_text())
-            ms = float(b["median_ms"])
+        b = self.folder.bench
+        if b is not None:
+            ms = b["median_ms"]
             out.append(Latency(ms, "ms", f"median of {b['runs']} runs, {b['where']}",
                                ms * 1e6))
         return out

@@ -8,6 +8,7 @@ simulate writes ``OUT/simulation.json``; ``edgec verify`` writes nothing unless 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class Folder:
     simulation: Simulation | None = None
     verification: Verification | None = None
     files: tuple[str, ...] = ()  # the JSON files read, relative to path
+    bench: dict | None = None  # an edgec build's verify/bench.json: {runs, median_ms, where}
 
     @property
     def family(self) -> str:
@@ -46,7 +48,21 @@ def load_folder(out_dir: Path) -> Folder:
     report = load_report(path)
     sim = _first([out_dir / "simulation.json", out_dir.parent / "simulate" / "simulation.json"])
     ver = _first([out_dir / "verify.json", out_dir.parent / "verify" / "verify.json"])
+    bench = _first([out_dir / "bench.json", out_dir.parent / "verify" / "bench.json"])
     files = tuple(str(p.relative_to(out_dir.parent)) if p.parent != out_dir else p.name
-                  for p in (path, sim, ver) if p is not None)
+                  for p in (path, sim, ver, bench) if p is not None)
     return Folder(out_dir, manifest, report, load_simulation(sim) if sim else None,
-                  load_verification(ver) if ver else None, files)
+                  load_verification(ver) if ver else None, files, _bench(bench))
+
+
+def _bench(path: Path | None) -> dict | None:
+    """bench.json as the build's verify step writes it, or None (absent or not that shape)."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return {"runs": int(data["runs"]), "median_ms": float(data["median_ms"]),
+                "where": str(data["where"])}
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a bench.json of edgec build (runs, median_ms, "
+                          "where)") from None

@@ -210,6 +210,10 @@ def _headline(folder: Folder) -> str:
         boxes = [(size(m.arena_bytes + m.workspace_bytes), "RAM (arena + workspace)"),
                  (size(m.weight_bytes), "weights"), (size(r.binary_bytes), "static executable"),
                  (str(r.kernel_calls), "kernel calls")]
+        if folder.bench is not None:
+            b = folder.bench
+            boxes.append((plots._time(b["median_ms"] * 1e6), f"per inference (median of "
+                          f"{b['runs']} runs, {b['where']})"))
     else:
         res = r.utilization.resources
         boxes = [(f"{r.estimate.latency_cycles} cycles", "latency (HLS estimate)")]
