@@ -70,7 +70,7 @@ def shrink_units(layer: nn.Module, keep_per_layer: list[torch.Tensor]) -> None:
         if l + 1 < layer.num_layers:
             _set(layer, f"weight_ih_l{l + 1}", keep, 1)
     layer.hidden_size = len(keep_per_layer[0])
-    layer._init_flat_weights()
+    layer._init_flat_weights()  # torch's forward reads a cached list of the parameters
 
 
 def make_pruner():
@@ -95,7 +95,7 @@ def make_pruner():
             keep = torch.tensor(sorted(set(range(layer.input_size)) - set(int(i) for i in idxs)))
             _set(layer, "weight_ih_l0", keep, 1)
             layer.input_size = len(keep)
-            layer._init_flat_weights()
+            layer._init_flat_weights()  # refresh the cached parameter list
             return layer
 
         def get_out_channels(self, layer):
