@@ -141,19 +141,56 @@ def test_conv_mix_matches_onnxruntime(tmp_path, target):
         assert results and all(c.ok for c in results), results
 
 
-def test_aarch64_stride1_convs_load_input_rows(tmp_path):
-    """arm-a72: stride-1 convs copy the tile's input row into a local vector (fmla by
-    element); the stride-2 conv keeps its per-pixel loads; the host never does it."""
+def _row_buffers(func) -> list:
+    """The local copies of a conv's input row (not its accumulators)."""
+    from tvm.s_tir import Schedule
+
+    sch, found = Schedule(func), []
+    stack = [sch.get_sblock("root")]
+    while stack:
+        block = stack.pop()
+        found.extend(b for b in sch.get(block).alloc_buffers
+                     if b.scope() == "local" and not b.name.startswith("conv2d"))
+        stack.extend(sch.get_child_blocks(block))
+    return found
+
+
+def _strided_conv(width: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((16, 4, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])], "s2",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, width, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, width // 2, width // 2])],
+        [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_aarch64_convs_load_input_rows(tmp_path):
+    """arm-a72: every conv, strided too, copies its tile's input row into a local vector
+    (fmla by element); a stride-2 row is stored by phase (even inputs, then odd) when 2
+    divides its padded width (14 + 2), in order otherwise (conv_mix: 13 + 2); the host
+    never copies rows."""
     path = save(make_conv_mix(), tmp_path / "m.onnx")
-    arm = {n: _block_names(f) for n, f in _kernels(path, "arm-a72").items() if "conv2d" in n}
-    rows = {n for n, b in arm.items()
-            if any(x.endswith("_local") and not x.startswith("conv2d") for x in b)}
-    assert len(arm) == 3 and len(rows) == 2, arm
-    strided = (set(arm) - rows).pop()
-    assert "T_add" in arm[strided]  # the last conv (stride 2) is the one without ReLU
-    host = [_block_names(f) for n, f in _kernels(path, "host").items() if "conv2d" in n]
-    assert all(not any(x.endswith("_local") and not x.startswith("conv2d") for x in b)
-               for b in host)
+    arm = {n: _row_buffers(f) for n, f in _kernels(path, "arm-a72").items() if "conv2d" in n}
+    assert len(arm) == 3 and all(len(rows) == 1 for rows in arm.values()), arm
+    assert all(len(rows[0].shape) == 4 for rows in arm.values()), arm
+    host = [_row_buffers(f) for n, f in _kernels(path, "host").items() if "conv2d" in n]
+    assert len(host) == 3 and not any(host)
+    even = _kernels(save(_strided_conv(14), tmp_path / "s2.onnx"), "arm-a72")
+    (rows,) = [_row_buffers(f) for n, f in even.items() if "conv2d" in n]
+    assert len(rows) == 1 and [int(d) for d in rows[0].shape[3:]] == [2, 8], rows
+
+
+@needs_target("arm-a72")
+def test_aarch64_stride2_row_by_phase_matches_onnxruntime(tmp_path):
+    out = tmp_path / "a72"
+    path = save(_strided_conv(14), tmp_path / "s2.onnx")
+    assert main(["compile", str(path), "-t", "arm-a72", "-o", str(out)]) == 0
+    results = verify_folder(out, seed=0)
+    assert results and all(c.ok for c in results), results
 
 
 @needs_target("arm-a72")
