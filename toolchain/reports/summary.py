@@ -104,7 +104,10 @@ def rows(folder: Folder) -> list[tuple[str, str]]:
         out += [("kernels", f"{r.distinct_kernels} distinct, {r.kernel_calls_before_fusion} -> "
                             f"{r.kernel_calls_after_fusion} calls by fusion"),
                 ("activation arena", f"{size(mem.arena_bytes)} (without reuse "
-                                     f"{size(mem.arena_bytes_without_reuse)})"),
+                                     f"{size(mem.arena_bytes_without_reuse)})"
+                 + (f"; at most {size(mem.arena_trace.peak_bytes)} alive, at call "
+                    f"{mem.arena_trace.peak_call} of {len(mem.arena_trace.calls)}"
+                    if mem.arena_trace is not None and mem.arena_trace.calls else "")),
                 ("workspace", size(mem.workspace_bytes)),
                 ("weights", size(mem.weight_bytes)),
                 ("binary / library", f"{size(r.binary_bytes)} / {size(r.library_bytes)}"),
