@@ -158,3 +158,18 @@ def test_api_check_takes_a_model_object():
     assert result["ok"] is False
     assert [[s["node"] for s in r["unsupported"]] for r in result["targets"]] == [["act"]] * 2
     assert api.check(_mlp("Relu"), "host")["ok"] is True
+
+
+def test_cortexm_takes_a_cast_of_a_shape():
+    """Shape -> Cast(float) is known at compile time (it compiles and verifies on cortex-m4)."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Cast", ["s"], ["sf"], name="to_f32", to=TensorProto.FLOAT),
+             helper.make_node("ReduceMax", ["sf"], ["n"], name="width", keepdims=0),
+             helper.make_node("Div", ["x", "n"], ["y"], name="scale")]
+    graph = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    model = fix_input_shapes(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), {})
+    found = backend_for("cortexm").support(model, device("cortex-m4"))
+    assert [s.supported for s in found] == [True] * 4, found

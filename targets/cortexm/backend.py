@@ -56,12 +56,10 @@ class CortexMBackend(Backend):
         ``_refuse_soft_conversions``, which checks the built objects for the same)."""
         from toolchain.targets.cpu.support import cpu_support
 
-        found = cpu_support(model)
         if McuDevice.from_device(device).double_fpu:
-            return found
-        casts = _float_int64_casts(model)
-        return [NodeSupport(s.node, s.op, False, casts[s.index], s.index)
-                if s.supported and s.index in casts else s for s in found]
+            return cpu_support(model)
+        # judged after the cleanup passes, as the frontend's checks: a folded cast needs none
+        return cpu_support(model, _float_int64_casts)
 
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """Build ``int main(void) { return 0; }`` with edgec's start-up and run it on the board."""
@@ -237,9 +235,13 @@ def _float_int64_casts(model) -> dict[int, str]:
     types = {t.name: t.data_type for t in g.initializer}
     types.update({v.name: v.type.tensor_type.elem_type
                   for v in [*g.input, *g.value_info, *g.output] if v.type.HasField("tensor_type")})
+    # values known at compile time (constants, shapes) are folded by TVM: no helper is called
+    runtime = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
     found = {}
     for idx, node in enumerate(model.graph.node):
-        if node.op_type != "Cast" or not node.input:
+        if node.op_type not in ("Shape", "Size") and any(i in runtime for i in node.input):
+            runtime.update(o for o in node.output if o)
+        if node.op_type != "Cast" or not node.input or node.input[0] not in runtime:
             continue
         to = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "to"), 0)
         pair = {types.get(node.input[0], 0), to}

@@ -11,6 +11,8 @@ they share, or by the name prefix a pass gives the nodes it writes out (``lstm/.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import onnx
 
 from toolchain.errors import UnsupportedOpError
@@ -71,14 +73,20 @@ def _origin(original: onnx.ModelProto, node: onnx.NodeProto) -> int | None:
     return None
 
 
-def cpu_support(model: onnx.ModelProto) -> list[NodeSupport]:
-    """Every node of ``model`` for the CPU family, then the whole-graph problems."""
+def cpu_support(model: onnx.ModelProto,
+                more: Callable[[onnx.ModelProto], dict[int, str]] | None = None
+                ) -> list[NodeSupport]:
+    """Every node of ``model`` for the CPU family, then the whole-graph problems. ``more``
+    adds a family's own refusals (node index -> why), judged on the cleaned graph as the
+    frontend's are."""
     from toolchain.optimizer import frontend
 
     cleaned, refused = _clean(model)
     reasons: dict[int, str] = dict(refused)
     extra: list[NodeSupport] = []
     found, graph = frontend.refusals(cleaned)
+    for idx, why in (more(cleaned) if more else {}).items():
+        found.setdefault(idx, why)
     for idx, why in sorted(found.items()):
         node = cleaned.graph.node[idx]
         if node.domain == SET_ASIDE:
