@@ -261,7 +261,7 @@ def test_torchao_quantizes_what_edgecs_quantizer_refuses(sensor, monkeypatch):
             assert dq.op_type == "DequantizeLinear"
             assert inits[dq.input[0]].data_type == onnx.TensorProto.INT8
             assert producer[n.input[0]].op_type == "DequantizeLinear"  # quantized activation
-            entry = layers[n.name]
+            entry = next(e for e in layers.values() if e["onnx_node"] == n.name)
             assert entry["weight_bits"] == 8 and entry["act_bits"] == 8
             assert entry["weight_axis"] == (1 if op == "ConvTranspose" else 0)
     # the pruned zeros survive torchao's conversion

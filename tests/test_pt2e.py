@@ -109,6 +109,10 @@ def test_every_matmul_and_embedding_is_quantized(gpt):
                                           if t.name == dq.input[1])).shape == (table.shape[0],)
     assert prod[proto.graph.output[0].name].op_type == "DequantizeLinear"  # quantized output
     meta = metadata_of(proto)
+    # keyed by the module each weight came from
+    assert {"tok", "pos", "block.self_attn.in_proj", "block.self_attn.out_proj",
+            "block.linear1", "block.linear2", "head"} <= set(meta["layers"])
+    assert meta["layers"]["tok"]["onnx_weight"] == "tok.weight_quantized"
     ops = sorted(e["op"] for e in meta["layers"].values())
     assert ops.count("Embedding") == 2 and len(ops) == 2 + 8  # the 8 weight matmuls
     assert all(e["weight_bits"] == 8 for e in meta["layers"].values())

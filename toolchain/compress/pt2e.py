@@ -45,6 +45,7 @@ class PT2EQuantized(ExportedProgramModule):
     """A torchao-converted program (int8 weights, QDQ activations) as an nn.Module."""
 
     weight_bits = 8
+    weight_names: dict = {}  # torchao's frozen weight name -> the parameter it came from
 
 
 def _first(exc: BaseException) -> str:
@@ -80,11 +81,51 @@ def calibrate(prepared: nn.Module, X: torch.Tensor, batch: int | None) -> None:
             prepared(X[i:i + step])
 
 
+def _weight_sources(gm: nn.Module, prepared: bool) -> dict[tuple[str, int], str]:
+    """(annotated node, argument index) -> the get_attr target its weight is read from:
+    the parameter's name in a prepared graph (through its observer), torchao's
+    ``_frozen_paramN`` in a converted one (through its dequantize)."""
+    found = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        for i, arg in enumerate(node.args[:3]):
+            if not isinstance(arg, torch.fx.Node):
+                continue
+            src = arg
+            if prepared and src.op == "call_module" and src.args:
+                src = src.args[0]
+            elif not prepared and src.op == "call_function" and src.args and \
+                    "dequantize_per_channel" in str(src.target):
+                src = src.args[0]
+            else:
+                continue
+            if isinstance(src, torch.fx.Node) and src.op == "get_attr":
+                found[(node.name, i)] = str(src.target)
+    return found
+
+
+def convert(prepared: nn.Module, batch: int | None, weight_bits: int) -> PT2EQuantized:
+    """convert_pt2e, in eval mode, remembering which parameter each int8 weight came from
+    (``weight_names``: frozen name -> parameter name, for readable ONNX and metadata names)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    params = {n for n, _ in prepared.named_parameters()}
+    before = {k: v for k, v in _weight_sources(prepared, True).items() if v in params}
+    converted = convert_pt2e(prepared)
+    move_exported_model_to_eval(converted)
+    result = PT2EQuantized(converted, batch)
+    result.weight_bits = weight_bits
+    result.weight_names = {frozen: before[k] for k, frozen in
+                           _weight_sources(converted, False).items() if k in before}
+    return result
+
+
 def quantize_pt2e(model: nn.Module, X: np.ndarray, samples: int = 512,
                   config: QuantizerConfig = QuantizerConfig()) -> PT2EQuantized:
     """Calibrate on ``X[:samples]`` and convert; the result runs like the float model."""
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     model = model.eval()
     X = torch.tensor(np.asarray(X[:samples]))
@@ -94,13 +135,9 @@ def quantize_pt2e(model: nn.Module, X: np.ndarray, samples: int = 512,
         try:
             prepared = prepare_pt2e(program.module(), make_quantizer(config))
             calibrate(prepared, X, batch)
-            converted = convert_pt2e(prepared)
+            return convert(prepared, batch, config.weight_bits)
         except Exception as exc:
             raise ModelError(f"quantize (torchao PT2E) failed: {_first(exc)}") from None
-    move_exported_model_to_eval(converted)
-    result = PT2EQuantized(converted, batch)
-    result.weight_bits = config.weight_bits
-    return result
 
 
 # ---------------------------------------------------------------- ONNX export
@@ -177,6 +214,7 @@ def export_proto(model: PT2EQuantized, x: torch.Tensor, input_name: str, output_
 
     proto = onnx.load_model_from_string(buf.getvalue())
     _undo_shared_initializers(proto.graph)  # equal layers (copies) get their own weights
+    _name_weights(proto.graph, model.weight_names)
     log.info("torchao export: %d weight transpose(s) folded into their DequantizeLinear",
              fold_weight_transposes(proto))
     return proto
@@ -190,6 +228,36 @@ def _value(g: onnx.GraphProto, name: str):
         if n.op_type == "Constant" and n.output[0] == name:
             return numpy_helper.to_array(n.attribute[0].t)
     return None
+
+
+def _name_weights(g: onnx.GraphProto, names: dict) -> None:
+    """torchao's ``_frozen_paramN`` initializers -> ``<parameter>_quantized``."""
+    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+    renamed = {}
+    for t in g.initializer:
+        if t.name not in names:
+            continue
+        new, k = f"{names[t.name]}_quantized", 1
+        while new in taken:
+            k += 1
+            new = f"{names[t.name]}_quantized_{k}"
+        taken.add(new)
+        renamed[t.name], t.name = new, new
+    for n in g.node:
+        n.input[:] = [renamed.get(i, i) for i in n.input]
+
+
+def _layer_key(weight: str, node: onnx.NodeProto) -> str:
+    """The module a quantized weight belongs to (``e.layers.0.self_attn.in_proj`` from
+    ``e.layers.0.self_attn.in_proj_weight_quantized``), else the ONNX node's name."""
+    base = weight.removesuffix("_transposed")
+    if not base.endswith("_quantized"):
+        return node.name
+    base = base.removesuffix("_quantized")
+    for suffix in (".weight", "_weight"):
+        if base.endswith(suffix):
+            return base[:-len(suffix)]
+    return base
 
 
 def _weight_bits(w: np.ndarray) -> int:
@@ -220,7 +288,8 @@ def _act_facts(g: onnx.GraphProto, dq: onnx.NodeProto | None) -> dict:
 def layers_from_graph(proto: onnx.ModelProto) -> dict:
     """Metadata entries for each Conv / ConvTranspose / Gemm / MatMul whose weight is an int8
     initializer behind a DequantizeLinear (and float layers left as they are), and for each
-    Gather reading a quantized table (op "Embedding", weight-only: no act_* facts)."""
+    Gather reading a quantized table (op "Embedding", weight-only: no act_* facts). Keyed by
+    the module the weight came from when its name says (``_name_weights``), else by node."""
     g = proto.graph
     producer = {o: n for n in g.node for o in n.output}
     inits = {t.name for t in g.initializer}
@@ -245,7 +314,8 @@ def layers_from_graph(proto: onnx.ModelProto) -> dict:
             entry["op"] = "Embedding"
         else:
             entry.update(_act_facts(g, producer.get(node.input[0])))
-        layers[node.name] = entry
+        key = _layer_key(dq.input[0], node)
+        layers[key if key not in layers else node.name] = entry
     return layers
 
 

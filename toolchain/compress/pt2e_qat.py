@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from toolchain.compress.program import ExportedProgramModule
-from toolchain.compress.pt2e import PT2EQuantized, _export, _first, calibrate
+from toolchain.compress.pt2e import PT2EQuantized, _export, _first, calibrate, convert
 from toolchain.compress.pt2e_quantizer import QuantizerConfig, make_quantizer
 from toolchain.errors import ModelError
 from toolchain.models.train import Recipe
@@ -41,7 +41,7 @@ def qat_pt2e(model: nn.Module, ctx, epochs: int, lr: float, samples: int = 512,
              config: QuantizerConfig = QuantizerConfig()) -> PT2EQuantized:
     """PTQ-initialized QAT for ``epochs`` on ``ctx``'s labelled training split (see above)."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     from toolchain.compress.finetune import finetune
 
@@ -60,10 +60,6 @@ def qat_pt2e(model: nn.Module, ctx, epochs: int, lr: float, samples: int = 512,
         finetune(trainable, ctx, Recipe(epochs=epochs, lr=lr, batch=ctx.batch, seed=ctx.seed))
         move_exported_model_to_eval(prepared)
         try:
-            converted = convert_pt2e(prepared)
+            return convert(prepared, batch, config.weight_bits)
         except Exception as exc:
             raise ModelError(f"quantize (torchao PT2E QAT) failed: {_first(exc)}") from None
-    move_exported_model_to_eval(converted)
-    result = PT2EQuantized(converted, batch)
-    result.weight_bits = config.weight_bits
-    return result
