@@ -452,9 +452,12 @@ class _Lowerer(relax.PyExprMutator):
         name = _op(value)
         if name == "relax.dequantize":
             return self._same_grid(call.args[0], s_y, z_y, dtype)
-        if name == "relax.add" or (name == "relax.nn.relu"
-                                   and _op(self._value(value.args[0])) == "relax.add"):
+        if self._is_add(value):
             return self._residual_add(value, s_y, z_y, dtype)
+        if name == "relax.reshape" and self._is_add(self._value(value.args[0])):
+            # a residual block's output flattened for a Linear head
+            out = self._residual_add(self._value(value.args[0]), s_y, z_y, dtype)
+            return None if out is None else relax.op.reshape(out, _static_shape(value))
         if name == "relax.concat":
             fields = value.args[0]
             if isinstance(fields, relax.Var):
@@ -493,10 +496,15 @@ class _Lowerer(relax.PyExprMutator):
                 relax.op.nn.max_pool2d(src, **pool, layout="NHWC")))
         return None
 
+    def _is_add(self, value) -> bool:
+        """``value`` is add(x, y) or relu(add(x, y))."""
+        name = _op(value)
+        return name == "relax.add" or (name == "relax.nn.relu"
+                                       and _op(self._value(value.args[0])) == "relax.add")
+
     def _residual_add(self, value, s_y: float, z_y: int, dtype: str):
-        """quantize(relu?(dequantize(a) + dequantize(b))) -> one int8 elementwise kernel:
-        round((a - z_a) s_a / s_y + (b - z_b) s_b / s_y) + z_y, clamped (channels-last when
-        both operands are)."""
+        """quantize(relu?(dequantize(a) + dequantize(b))) -> one int8 elementwise kernel (the
+        integer add ``qadd``, channels-last when both operands are): see ``qadd_te``."""
         lo = z_y if _op(value) == "relax.nn.relu" else _QRANGE[dtype][0]
         add = self._value(value.args[0]) if _op(value) == "relax.nn.relu" else value
         acts = [self._activation(x) for x in add.args]
@@ -507,13 +515,19 @@ class _Lowerer(relax.PyExprMutator):
             return None
         nhwc = [self._nhwc_of(q) for q in srcs]
         channels_last = all(v is not None for v in nhwc)
-        terms = []
-        for q, (_, s, z) in zip(nhwc if channels_last else srcs, acts):
-            f = relax.op.subtract(relax.op.astype(q, "float32"), relax.const(float(z), "float32"))
-            terms.append(relax.op.multiply(f, relax.const(np.float32(s / s_y), "float32")))
-        r = relax.op.add(relax.op.round(relax.op.add(*terms)), relax.const(float(z_y), "float32"))
-        out = self.builder_.emit(relax.op.astype(
-            relax.op.clip(r, max(lo, _QRANGE[dtype][0]), _QRANGE[dtype][1]), dtype))
+        a, b = nhwc if channels_last else srcs
+        fixed = add_multipliers(acts[0][1] / s_y, acts[1][1] / s_y)
+        if fixed is None:
+            return None
+        (m_a, m_b), shift = fixed
+        lo, hi = max(lo, _QRANGE[dtype][0]), _QRANGE[dtype][1]
+
+        def kernel(at, bt):
+            return qadd_te(at, bt, (acts[0][2], m_a), (acts[1][2], m_b), shift, z_y, (lo, hi),
+                           dtype)
+
+        out = self.builder_.emit(self.builder_.call_te(kernel, a, b, primfunc_name_hint="qadd"))
+        self.rewritten += 1
         return self._register_nchw(out) if channels_last else out
 
     def _rescale(self, q, s: float, z: int, s_y: float, z_y: int, dtype: str):
@@ -545,6 +559,38 @@ class _Lowerer(relax.PyExprMutator):
         elif not self.fuse_requant and name in ("relax.matmul", "relax.nn.conv2d"):
             new = self._plain(call)
         return call if new is None else new
+
+
+def add_multipliers(m_a: float, m_b: float) -> tuple[tuple[int, int], int] | None:
+    """Fixed-point forms of the two rescale factors of an int8 add: (M_a, M_b), S with
+    M = round(m * 2**S), S as large as keeps 255 * (|M_a| + |M_b|) + 2**S within int32 (at
+    most 24; the error of M is below 2**-S * 255 / 2 output steps). None if S < 8."""
+    total = 255.0 * (abs(m_a) + abs(m_b))
+    if not total > 0:
+        return None
+    shift = min(24, int(np.floor(np.log2((2 ** 31 - 2 ** 25) / total))))
+    if shift < 8:
+        return None
+    return (int(round(m_a * 2 ** shift)), int(round(m_b * 2 ** shift))), shift
+
+
+def qadd_te(a, b, za: tuple[int, int], zb: tuple[int, int], shift: int, z_y: int,
+            clamp: tuple[int, int], out_dtype: str):
+    """TE: the int8 add ``round_half_even(((a - z_a) M_a + (b - z_b) M_b) / 2**S) + z_y``,
+    clamped, in int32 arithmetic (``za``/``zb``: (zero point, M)). The rounding is exact on the
+    fixed-point sum: a tie goes to the even value, as onnxruntime's QuantizeLinear does."""
+    from tvm import te, tirx
+
+    (z_a, m_a), (z_b, m_b) = za, zb
+    half = 1 << (shift - 1)
+
+    def value(*i):
+        acc = ((a(*i).astype("int32") - z_a) * m_a + (b(*i).astype("int32") - z_b) * m_b)
+        odd = tirx.shift_right(acc, shift) & 1
+        q = tirx.shift_right(acc + (half - 1) + odd, shift) + z_y
+        return tirx.max(tirx.min(q, clamp[1]), clamp[0]).astype(out_dtype)
+
+    return te.compute(a.shape, value, name="qadd")
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowerQDQToInteger")

@@ -241,6 +241,31 @@ def _quantize_output(module: nn.Module, inputs, output):
     return module.edgec_output_quant(output)
 
 
+def _quantize_residual(module: nn.Module, inputs, output):
+    return module.edgec_residual_quant(output)
+
+
+def residual_producers(model: nn.Module) -> list[str]:
+    """The modules whose outputs a tensor + tensor add reads (a residual connection), found
+    by tracing ``model`` with torch.fx (none if it does not trace)."""
+    import operator
+
+    from torch import fx
+
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as exc:  # noqa: BLE001  (data-dependent control flow: adds stay float)
+        log.debug("quantize: no residual adds found (%s)", str(exc).splitlines()[0])
+        return []
+    names: list[str] = []
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in (operator.add, torch.add) and \
+                len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2]):
+            names += [a.target for a in node.args[:2]
+                      if a.op == "call_module" and a.target not in names]
+    return names
+
+
 def dequantize_in_place(model: nn.Module) -> None:
     """Turn every quantized layer back into a plain one holding its fake-quantized weight,
     and drop the output quantizer (used on the copy that the ONNX exporter traces)."""
@@ -423,11 +448,20 @@ class Quantize:
         if not layers:
             raise UnsupportedOpError("none", type(model).__name__, self.name,
                                      "the model has no Conv2d or Linear layer to quantize")
+        # traced before the layers change class
+        residual = [] if spec.pow2 else residual_producers(model)
         for m in layers:
             m.__class__ = _QCLASS[type(m)]
             m.weight_bits, m.weight_pow2 = spec.weight_bits, spec.pow2
             m.act_quant = ActQuant(spec.act_bits, spec.act_signed, self.calibration,
                                    self.percentile, frac)
+        # Both operands of a residual add quantized too (the export traces them as QDQ): the
+        # add then runs on int8 and no float activation is left between blocks.
+        for name in residual:
+            producer = model.get_submodule(name)
+            producer.edgec_residual_quant = ActQuant(spec.act_bits, spec.act_signed,
+                                                     self.calibration, self.percentile)
+            producer.register_forward_hook(_quantize_residual)
         model.edgec_output_quant = ActQuant(spec.act_bits, spec.act_signed, self.calibration,
                                             self.percentile, frac)
         model.register_forward_hook(_quantize_output)
