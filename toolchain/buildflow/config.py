@@ -3,11 +3,16 @@
 ::
 
     [model]                       # where the model comes from
-    source = "cnn"                # a zoo name, an .onnx file or a torch.save()d .pt module
-    input_shape = "input=1,16"    # needed for a .pt module (and for dynamic ONNX inputs)
-    data = "mlp16"                # the zoo data set a .pt module takes (compression, accuracy)
+    source = "cnn"                # a zoo name, an .onnx file, a torch.save()d .pt module, a
+                                  # torch.export .pt2 program, or file.py:ClassName
+    weights = "net.pth"           # the state dict of a file.py:ClassName model
+    module_path = ["src"]         # folders the model's (or data's, metric's) source is in
+    input_shape = "input=1,16"    # NAME=D1,D2,...[:dtype]; a torch model without data needs it
+    data = "mlp16"                # (a zoo data set; [compress] data takes any data)
 
     [compress]                    # the long options of `edgec compress`
+    data = "my.npz"               # DATA.npz, a folder of .npy, module:function, or a zoo name
+    metric = "top1"               # or module:function
     quantize = "int8"
 
     [[target]]
@@ -44,12 +49,15 @@ from toolchain.config import _coerce
 from toolchain.errors import ConfigError, EdgecError
 
 TORCH_SUFFIXES = (".pt", ".pth")
+TORCH_KINDS = ("torch", "program", "class")
 # Keys of a command that a build sets itself (the model, where outputs go) or that would make
 # the result depend on the machine rather than on the config (a weight cache folder).
 # The compress options that each ask for a step (the others tune those steps).
 STEP_KEYS = ("distill", "lowrank", "prune", "prune_channels", "quantize")
+# (weights and module_path belong to the [model] table; compress's data is its [compress] key)
 _NOT_OPTIONS = {"help", "config", "model", "target", "output", "out_dir", "json", "data",
-                "cache_dir"}
+                "cache_dir", "weights", "module_path"}
+_OWN_KEYS = {"compress": {"data"}}
 
 
 # ---------------------------------------------------------------- option classes from parsers
@@ -69,7 +77,8 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
 def actions(command: str) -> dict[str, argparse.Action]:
     """The options of ``command`` a build file may set, by dest."""
     return {a.dest: a for a in _parsers()[command]._actions
-            if a.option_strings and a.dest not in _NOT_OPTIONS}
+            if a.option_strings and (a.dest not in _NOT_OPTIONS
+                                     or a.dest in _OWN_KEYS.get(command, ()))}
 
 
 def _freeze(value: Any) -> Any:
@@ -170,14 +179,25 @@ def options_json(options: Any) -> dict:
 class ModelSource:
     """The model a chain of steps starts from."""
 
-    source: str                          # a zoo name, or the absolute path of a file
-    input_shape: tuple[str, ...] = ()    # NAME=D1,D2,... per input
+    source: str                          # a zoo name, a file's absolute path, file.py:Class
+    input_shape: tuple[str, ...] = ()    # NAME=D1,D2,...[:dtype] per input
     data: str | None = None              # the zoo data set it takes (a zoo model: its own)
+    weights: str | None = None           # a class's state dict (absolute path)
+    module_path: tuple[str, ...] = ()    # absolute folders of the user's source
 
     @property
     def kind(self) -> str:
+        """zoo, onnx, torch (a pickled module), program (.pt2) or class (file.py:Class)."""
+        from toolchain.torch_input import is_class_ref
+
         suffix = Path(self.source).suffix.lower()
-        return "onnx" if suffix == ".onnx" else "torch" if suffix in TORCH_SUFFIXES else "zoo"
+        if suffix == ".onnx":
+            return "onnx"
+        if suffix in TORCH_SUFFIXES:
+            return "torch"
+        if suffix == ".pt2":
+            return "program"
+        return "class" if is_class_ref(self.source) else "zoo"
 
     @property
     def data_name(self) -> str | None:
@@ -208,7 +228,8 @@ class BuildConfig:
 
     def to_json(self) -> dict:
         def model_json(m: ModelSource) -> dict:
-            return {"source": m.source, "input_shape": list(m.input_shape), "data": m.data}
+            return {"source": m.source, "input_shape": list(m.input_shape), "data": m.data,
+                    "weights": m.weights, "module_path": list(m.module_path)}
 
         out: dict[str, Any] = {"build": {"output": self.output}, "target": []}
         if self.model is not None:
@@ -250,7 +271,7 @@ def from_table(data: dict, path: Path, base: Path) -> BuildConfig:
     model = compress = None
     if "model" in data:
         model = _model(_table(data, "model", path), path, "model", base)
-        compress = _compress(_table(data, "compress", path), model, path, "compress")
+        compress = _compress(_table(data, "compress", path), model, path, "compress", base)
     targets = data.get("target")
     if not isinstance(targets, list) or not targets:
         raise ConfigError(f"config file {path}: no [[target]]; add one, e.g. [[target]] "
@@ -284,63 +305,106 @@ def _table(data: dict, key: str, path: Path, where: str | None = None) -> dict:
 
 def _model(table: dict, path: Path, where: str, base: Path) -> ModelSource:
     from toolchain import models
+    from toolchain.buildflow.sources import resolve_code_ref
     from toolchain.onnx_io import parse_input_shapes
 
-    _known(table, {"source", "input_shape", "data"}, path, where)
+    _known(table, {"source", "input_shape", "data", "weights", "module_path"}, path, where)
+    at = _where(path, where)
     source = table.get("source")
     if not isinstance(source, str) or not source:
-        raise ConfigError(f"config file {_where(path, where)}: source = {source!r} should name "
-                          f"a zoo model ({', '.join(models.names())}), an .onnx or a .pt file")
+        raise ConfigError(f"config file {at}: source = {source!r} should name a zoo model "
+                          f"({', '.join(models.names())}), an .onnx, .pt or .pt2 file, or "
+                          "file.py:ClassName")
     shapes = table.get("input_shape", [])
     shapes = [shapes] if isinstance(shapes, str) else shapes
     if not isinstance(shapes, list) or not all(isinstance(s, str) for s in shapes):
-        raise ConfigError(f"config file {_where(path, where)}: input_shape = {shapes!r} should "
-                          "be a string NAME=D1,D2,... or a list of them")
+        raise ConfigError(f"config file {at}: input_shape = {shapes!r} should be a string "
+                          "NAME=D1,D2,...[:dtype] or a list of them")
     try:
         parse_input_shapes(shapes)
     except ConfigError as exc:
-        raise ConfigError(f"config file {_where(path, where)}: input_shape: {exc}") from None
+        raise ConfigError(f"config file {at}: input_shape: {exc}") from None
     data = table.get("data")
     if data is not None and data not in models.names():
-        raise ConfigError(f"config file {_where(path, where)}: data = {data!r} is not a zoo "
-                          f"model ({', '.join(models.names())})")
-    m = ModelSource(source, tuple(shapes), data)
+        raise ConfigError(f"config file {at}: data = {data!r} is not a zoo data set "
+                          f"({', '.join(models.names())}); give your own data as [compress] "
+                          "data = \"DATA.npz\" (or a folder of .npy, or module:function)")
+    folders = table.get("module_path", [])
+    folders = [folders] if isinstance(folders, str) else folders
+    if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
+        raise ConfigError(f"config file {at}: module_path = {folders!r} should be a folder or "
+                          "a list of folders")
+    folders = [Path(f) if Path(f).is_absolute() else (base / f).resolve() for f in folders]
+    for folder in folders:
+        if not folder.is_dir():
+            raise ConfigError(f"config file {at}: module_path: no such folder: {folder}")
+    module_path = tuple(str(f) for f in folders)
+    weights = table.get("weights")
+    if weights is not None:
+        if not isinstance(weights, str) or not weights:
+            raise ConfigError(f"config file {at}: weights = {weights!r} should be a file")
+        file = Path(weights) if Path(weights).is_absolute() else (base / weights).resolve()
+        if not file.is_file():
+            raise ConfigError(f"config file {at}: weights = {weights!r}: file not found: {file}")
+        weights = str(file)
+    m = ModelSource(source, tuple(shapes), data, weights, module_path)
     if m.kind == "zoo":
         if source not in models.names():
-            raise ConfigError(f"config file {_where(path, where)}: source = {source!r} is not a "
-                              f"zoo model ({', '.join(models.names())}) nor an .onnx or .pt "
-                              "file")
+            raise ConfigError(f"config file {at}: source = {source!r} is not a zoo model "
+                              f"({', '.join(models.names())}) nor an .onnx, .pt or .pt2 file "
+                              "nor file.py:ClassName")
+    elif m.kind == "class":
+        m = replace(m, source=resolve_code_ref(source, base, at, "source"))
+        if weights is None:
+            raise ConfigError(f"config file {at}: source = {source!r} is an architecture: add "
+                              "weights = \"STATE_DICT.pt\" (torch.save(model.state_dict(), "
+                              "path))")
     else:
         file = Path(source) if Path(source).is_absolute() else (base / source).resolve()
         if not file.is_file():
-            raise ConfigError(f"config file {_where(path, where)}: source file not found: "
-                              f"{file}")
-        m = ModelSource(str(file), m.input_shape, data)
-        if m.kind == "torch" and not shapes:
-            raise ConfigError(f"config file {_where(path, where)}: a PyTorch module has no "
-                              "input shape; add input_shape = \"input=1,16\" (batch first)")
+            raise ConfigError(f"config file {at}: source file not found: {file}")
+        m = replace(m, source=str(file))
+    if weights is not None and m.kind != "class":
+        raise ConfigError(f"config file {at}: weights go with a file.py:ClassName source, not "
+                          f"with {source!r}")
     return m
 
 
-def _compress(table: dict, model: ModelSource, path: Path, where: str):
+def _compress(table: dict, model: ModelSource, path: Path, where: str, base: Path):
+    from toolchain.buildflow.sources import data_ref, resolve_data, resolve_metric
     from toolchain.commands.compress import _validate_numbers, build_steps
 
+    at = _where(path, where)
+    table = dict(table)
+    if table.get("data") is not None:
+        if model.kind == "onnx":
+            raise ConfigError(f"config file {at}: data: an ONNX model is not compressed; data "
+                              "goes with a PyTorch model (a zoo name, .pt, .pt2 or "
+                              "file.py:ClassName)")
+        table["data"] = resolve_data(table["data"], base, model.module_path, at)
+    if table.get("metric") is not None:
+        table["metric"] = resolve_metric(table["metric"], base, model.module_path, at)
     options = _options("compress", table, path, where)
     asked = {k for k in changed(options) if k in STEP_KEYS}
     if asked and model.kind == "onnx":
-        raise ConfigError(f"config file {_where(path, where)}: {', '.join(sorted(asked))}: "
-                          "compression takes a PyTorch model (a zoo name or a .pt file); an "
-                          "ONNX model goes straight to compile")
-    if asked and model.data_name is None:
-        raise ConfigError(f"config file {_where(path, where)}: compressing a .pt module needs "
-                          "the data it takes: set data = \"ZOO_NAME\" in its model table")
+        raise ConfigError(f"config file {at}: {', '.join(sorted(asked))}: compression takes a "
+                          "PyTorch model (a zoo name, a .pt/.pt2 file or file.py:ClassName); "
+                          "an ONNX model goes straight to compile")
+    if asked and data_ref(model, options) is None:
+        raise ConfigError(f"config file {at}: compressing a model file needs the data it "
+                          "takes: set data = \"DATA.npz\" (a folder of .npy, module:function "
+                          "or a zoo data set) in [compress]")
+    if model.kind in TORCH_KINDS and not model.input_shape and data_ref(model, options) is None:
+        raise ConfigError(f"config file {at}: a PyTorch model has no input shape; add "
+                          "input_shape = \"input=1,16\" (batch first) to its model table, or "
+                          "data = \"DATA.npz\" to [compress]")
     args = namespace("compress", options)
     try:
         _validate_numbers(args)
         # distill's teacher is loaded by the compress step; a stand-in is enough here
         build_steps(args, teacher=object() if args.distill else None)
     except EdgecError as exc:
-        raise ConfigError(f"config file {_where(path, where)}: {exc}") from None
+        raise ConfigError(f"config file {at}: {exc}") from None
     return options
 
 
@@ -385,9 +449,9 @@ def _target(entry, index: int, model, compress, top_compress: dict, path: Path,
         model_t = model
     if "compress" in entry:
         compress_t = _compress(_table(entry, "compress", path, f"{where}.compress"), model_t,
-                               path, f"{where}.compress")
+                               path, f"{where}.compress", base)
     elif own:  # its own model, compressed as the top-level table says
-        compress_t = _compress(top_compress, model_t, path, "compress")
+        compress_t = _compress(top_compress, model_t, path, "compress", base)
     else:
         compress_t = compress
     return TargetConfig(name, dev.family, compile_opts, verify, simulate, model_t, compress_t,

@@ -10,6 +10,8 @@ step's result depends on: it goes into the cache key.
 from __future__ import annotations
 
 import json
+import logging
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -17,8 +19,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from toolchain.buildflow.cache import file_hash, version_line
+from toolchain.buildflow.sources import (MODEL_FILES, code_identity, data_context,
+                                         data_identity, data_ref, load_folder, load_source)
 from toolchain.buildflow.config import (STEP_KEYS, ModelSource, TargetConfig, changed,
                                         namespace, options_json)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,8 @@ def _read_json(path: Path) -> dict:
 
 
 def _copy_model(src: Path, stage: Path) -> str:
-    """Copy the folder's model file (model.onnx or model.pt) into ``stage``; return its name."""
-    for name in ("model.onnx", "model.pt"):
+    """Copy the folder's model file (model.onnx, .pt or .pt2) into ``stage``; its name."""
+    for name in MODEL_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, stage / name)
             return name
@@ -71,11 +77,12 @@ def load(ctx: StepContext) -> dict:
         from toolchain import models
 
         torch.save(models.trained(m.source), ctx.stage / "model.pt")
-    elif m.kind == "torch":
-        from toolchain.torch_input import load_module
-
-        load_module(Path(m.source))
-        shutil.copyfile(m.source, ctx.stage / "model.pt")
+    elif m.kind == "class":  # pickled by reference to its registered source (sources.py)
+        torch.save(load_source(m), ctx.stage / "model.pt")
+    elif m.kind in ("torch", "program"):
+        load_source(m)
+        shutil.copyfile(m.source, ctx.stage / ("model.pt2" if m.kind == "program" else
+                                               "model.pt"))
     else:
         from toolchain.onnx_io import load_model
 
@@ -88,14 +95,15 @@ def load(ctx: StepContext) -> dict:
 
 # ---------------------------------------------------------------- compress
 def compress(ctx: StepContext) -> dict:
-    """The compression steps of ``edgec compress`` on the loaded module (none: a copy)."""
+    """The compression steps of ``edgec compress`` on the loaded module (none: a copy).
+    A module that does not pickle (a torchao-converted graph) is exported here at once:
+    the folder then holds model.onnx and export.json, which the export step takes as they are."""
+    import numpy as np
     import torch
 
     from toolchain import models
     from toolchain.commands.compress import _load_module, build_steps
-    from toolchain.compress import Context
     from toolchain.compress import compress as run_steps
-    from toolchain.torch_input import load_module
 
     m, src = ctx.job.model, ctx.input("model")
     if not any(k in STEP_KEYS for k in changed(ctx.job.compress)):
@@ -111,43 +119,80 @@ def compress(ctx: StepContext) -> dict:
     if steps[0].name == "distill" and m.kind == "zoo":
         module = models.build(m.source)  # a distilled student starts untrained
     else:
-        module = load_module(src / "model.pt")
-    name = m.source if m.kind == "zoo" else Path(m.source).stem
-    small, report = run_steps(module, steps, Context.for_zoo(m.data_name), name)
-    torch.save(small, ctx.stage / "model.pt")
+        module = load_folder(src, m)
+    name = m.source if m.kind == "zoo" else Path(m.source.rpartition(":")[2] if m.kind ==
+                                                  "class" else m.source).stem
+    data = data_context(m, ctx.job.compress, module)
+    small, report = run_steps(module, steps, data, name)
     _write_json(ctx.stage / "compress.json", report.to_json())
+    if report.reference is not None:  # the original's outputs, for export's onnxruntime score
+        np.save(ctx.stage / "reference.npy", report.reference)
+    try:
+        torch.save(small, ctx.stage / "model.pt")
+    except (AttributeError, TypeError, pickle.PicklingError) as exc:
+        (ctx.stage / "model.pt").unlink(missing_ok=True)
+        log.info("the compressed model does not pickle (%s); exporting it now", exc)
+        _write_onnx(small, ctx.job, data, ctx.stage, ctx.stage)
     return {"steps": [s.name for s in steps], "accuracy": [report.initial.accuracy,
-                                                          report.final.accuracy]}
+                                                          report.final.accuracy],
+            "metric": report.final.metric, "score": [report.initial.score, report.final.score]}
 
 
 # ---------------------------------------------------------------- export
-def export(ctx: StepContext) -> dict:
-    """ONNX (QDQ when quantized), checked against PyTorch with onnxruntime."""
-    from toolchain.compress import Context, export_onnx, onnx_accuracy, quantization_meta
-    from toolchain.onnx_io import parse_input_shapes
-    from toolchain.torch_input import (export_module, input_shape_for, load_module,
-                                       quantization_of)
+def _write_onnx(module, job: Job, data, src: Path, stage: Path) -> dict:
+    """model.onnx (QDQ when quantized) and export.json: onnxruntime checked against PyTorch,
+    and scored with the run's metric on the evaluation split."""
+    import numpy as np
 
-    m, src, opts = ctx.job.model, ctx.input("model"), ctx.job.compress
-    if (src / "model.onnx").is_file():
-        _copy_model(src, ctx.stage)
-        return {}
-    module = load_module(src / "model.pt")
-    out = ctx.stage / "model.onnx"
-    if m.data_name is None:
-        name, shape = input_shape_for(parse_input_shapes(m.input_shape), m.source)
-        export_module(module, out, shape, name)
-        return {"file_bytes": out.stat().st_size}
-    data = Context.for_zoo(m.data_name)
+    from toolchain.compress import export_onnx, onnx_accuracy, onnx_outputs, quantization_meta
+    from toolchain.compress.evaluate import PERCENT
+    from toolchain.models.train import predict
+    from toolchain.onnx_io import parse_input_shapes
+    from toolchain.torch_input import quantization_of
+
+    m, opts, out = job.model, job.compress, stage / "model.onnx"
     mode = quantization_meta(opts.quantize) if opts.quantize else (
         quantization_of(module) or quantization_meta(None))
     steps = _read_json(src / "compress.json").get("steps", [])
+    names = list(parse_input_shapes(m.input_shape))
     result = export_onnx(module, out, data.X_test, steps=[s["config"] for s in steps],
-                         mode=mode, batch=opts.batch or None)
-    summary = {**result.to_json(), "path": out.name, "quantization": mode,
-               "onnx_accuracy": round(onnx_accuracy(out, data.X_test, data.y_test), 3)}
-    _write_json(ctx.stage / "export.json", summary)
-    return {"onnx_accuracy": summary["onnx_accuracy"], "file_bytes": result.file_bytes}
+                         mode=mode, batch=opts.batch or None,
+                         **({"input_name": names[0]} if len(names) == 1 else {}))
+    summary = {**result.to_json(), "path": out.name, "quantization": mode}
+    if data.metric is None:  # a zoo data set: top-1
+        summary["onnx_accuracy"] = round(onnx_accuracy(out, data.X_test, data.y_test), 3)
+    else:
+        reference = (np.load(src / "reference.npy") if (src / "reference.npy").is_file()
+                     else predict(module, data.X_test))
+        score = data.metric.score(onnx_outputs(out, data.X_test), data.y_test, reference)
+        score = round(score, 3) if data.metric.name in PERCENT else score
+        summary.update(metric=data.metric.name, onnx_score=score,
+                       onnx_accuracy=score if data.metric.name == "top1" else None)
+    _write_json(stage / "export.json", summary)
+    return summary
+
+
+def export(ctx: StepContext) -> dict:
+    """ONNX (QDQ when quantized), checked against PyTorch with onnxruntime."""
+    from toolchain.onnx_io import parse_input_shapes
+    from toolchain.torch_input import export_module, input_shape_for
+
+    m, src, opts = ctx.job.model, ctx.input("model"), ctx.job.compress
+    if (src / "model.onnx").is_file():  # an ONNX model, or exported by compress
+        _copy_model(src, ctx.stage)
+        if not (src / "export.json").is_file():
+            return {}
+        shutil.copyfile(src / "export.json", ctx.stage / "export.json")
+        summary = _read_json(src / "export.json")
+    else:
+        module = load_folder(src, m)
+        if data_ref(m, opts) is None:
+            name, shape = input_shape_for(parse_input_shapes(m.input_shape), m.source)
+            export_module(module, ctx.stage / "model.onnx", shape, name)
+            return {"file_bytes": (ctx.stage / "model.onnx").stat().st_size}
+        summary = _write_onnx(module, ctx.job, data_context(m, opts, module), src, ctx.stage)
+    return {"onnx_accuracy": summary.get("onnx_accuracy"), "file_bytes": summary["file_bytes"],
+            "onnx_score": summary.get("onnx_score", summary.get("onnx_accuracy"))}
 
 
 # ---------------------------------------------------------------- compile
@@ -287,9 +332,21 @@ def _source_identity(m: ModelSource) -> dict:
         from toolchain import models
 
         ident = {"zoo": m.source, "zoo_key": models.cache_key(m.source)}
+    elif m.kind == "class":
+        ident = {**code_identity(m.source, m.module_path), "kind": m.kind,
+                 "weights_sha256": file_hash(Path(m.weights))}
     else:
         ident = {"file_sha256": file_hash(Path(m.source)), "kind": m.kind}
     return {**ident, "input_shape": list(m.input_shape), "data": m.data_name}
+
+
+def _data_identity(job: Job) -> dict:
+    """The content of the step's data and of a metric of the user's own (sources.py)."""
+    m, opts = job.model, job.compress
+    out = {"data": data_identity(data_ref(m, opts), m.module_path)}
+    if opts.metric is not None and ":" in opts.metric:
+        out["metric"] = code_identity(opts.metric, m.module_path)
+    return out
 
 
 def material(job: Job) -> dict:
@@ -298,6 +355,7 @@ def material(job: Job) -> dict:
         out = {"model": _source_identity(job.model)}
         if job.step != "load":
             out["compress"] = options_json(job.compress)
+            out["data_content"] = _data_identity(job)
         return out
     t = job.target
     if job.step == "compile":
