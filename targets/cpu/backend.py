@@ -223,6 +223,17 @@ class CpuBackend(Backend):
         return {"runs": runs, "median_ms": bench_binary(dev, out_dir / "model", runs),
                 "where": where}
 
+    def profile(self, out_dir: Path, inputs: list[np.ndarray], runs: int):
+        """Time per kernel natively, exact instructions per kernel under qemu-user
+        (targets/cpu/profile.py): a ``Profile`` for OUT/profile.json."""
+        from toolchain.commands.build import folder_options
+        from toolchain.targets.cpu.profile import profile_folder
+
+        manifest = json.loads((out_dir / "edgec.json").read_text())
+        dev = CpuDevice.from_device(_device(manifest["target"]))
+        options = folder_options(manifest)
+        return profile_folder(out_dir, dev, options.compiler, options.threads, inputs, runs)
+
     def generate(self, out_dir: Path, prompt: bytes, tokens: int) -> tuple[list[int], np.ndarray]:
         """A language model's greedy generation by the binary: the ids and their logits."""
         from toolchain.targets.cpu.runner import generate_binary

@@ -235,12 +235,24 @@ def register_run(sub) -> None:
     p.add_argument("--output", action="append", type=Path, default=[], metavar="Y.npy",
                    help="where to save each output")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true",
+                   help="speed per kernel into OUT/profile.json (the HTML report shows it): "
+                        "median time per kernel natively, exact instructions per kernel "
+                        "under qemu (a separate profiling build; OUT/model is unchanged)")
+    p.add_argument("--runs", type=int, default=None, metavar="N",
+                   help="with --profile: timed runs per kernel (default 50)")
     p.set_defaults(func=cmd_run, command_parser=p)
 
 
 def cmd_run(args) -> int:
     manifest = read_manifest(args.out_dir)
     inputs = load_inputs(manifest, args.input, args.seed)
+    if args.profile or args.runs is not None:
+        if not args.profile or args.output:
+            raise ConfigError("--runs needs --profile" if not args.profile else
+                              "--profile writes OUT/profile.json, not --output")
+        return _profile(Path(args.out_dir), manifest, inputs, 50 if args.runs is None
+                        else args.runs)
     if args.output and len(args.output) != len(manifest["outputs"]):
         raise ConfigError(f"the model has {len(manifest['outputs'])} output(s); "
                           f"{len(args.output)} --output given")
@@ -258,6 +270,31 @@ def cmd_run(args) -> int:
         else:
             flat = arr.reshape(-1)
             print(f"{spec['name']}: shape {list(arr.shape)} first values {np.round(flat[:8], 5).tolist()}")
+    return 0
+
+
+def _profile(out_dir: Path, manifest: dict, inputs: list, runs: int) -> int:
+    """``edgec run OUT --profile``: the family's per-kernel profile, saved and printed."""
+    from toolchain.reports.schema import to_json
+
+    backend = backend_for(manifest["family"])
+    if not hasattr(backend, "profile"):
+        raise ConfigError(f"--profile is not available for target {manifest['target']} "
+                          f"(family {manifest['family']})")
+    prof = backend.profile(out_dir, inputs, runs)
+    part = out_dir / "profile.json.part"
+    part.write_text(json.dumps(to_json(prof), indent=2) + "\n")
+    part.replace(out_dir / "profile.json")
+    time = prof.kind == "time"
+    fmt = (lambda v: f"{v * 1e6:.2f} us") if time else (lambda v: f"{v:,.0f}")
+    width = max((len(k) for k in prof.kernels), default=6)
+    print(f"{'kernel':<{width}}  calls  {'median time' if time else 'instructions':>14}  share")
+    for name, k in prof.kernels.items():
+        print(f"{name:<{width}}  {k.calls:>5}  {fmt(k.value):>14}  {100 * k.share:5.1f}%")
+    print(f"kernels {fmt(prof.kernel_sum)}, whole inference {fmt(prof.total)} "
+          f"({'median of ' + str(prof.runs) + ' runs, ' if time else 'exact, '}"
+          f"{prof.where}) "
+          f"-> {out_dir / 'profile.json'}")
     return 0
 
 

@@ -4,6 +4,7 @@ simulate and verify when they exist, each validated by the schema.
 simulate writes ``OUT/simulation.json``; ``edgec verify`` writes nothing unless asked
 (``edgec verify OUT --json OUT/verify.json``). In an ``edgec build`` tree the compiled folder is
 ``T/compile/`` and the others are ``T/simulate/simulation.json`` and ``T/verify/verify.json``.
+``edgec run OUT --profile`` writes ``OUT/profile.json`` (time or instructions per kernel).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 
 from toolchain.errors import ConfigError
 
-from .schema import (CpuReport, FpgaReport, Simulation, Verification, load_report,
-                     load_simulation, load_verification)
+from .schema import (CpuReport, FpgaReport, Profile, Simulation, Verification, load_profile,
+                     load_report, load_simulation, load_verification)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Folder:
     verification: Verification | None = None
     files: tuple[str, ...] = ()  # the JSON files read, relative to path
     bench: dict | None = None  # an edgec build's verify/bench.json: {runs, median_ms, where}
+    profile: Profile | None = None  # OUT/profile.json (edgec run OUT --profile)
 
     @property
     def family(self) -> str:
@@ -49,10 +51,12 @@ def load_folder(out_dir: Path) -> Folder:
     sim = _first([out_dir / "simulation.json", out_dir.parent / "simulate" / "simulation.json"])
     ver = _first([out_dir / "verify.json", out_dir.parent / "verify" / "verify.json"])
     bench = _first([out_dir / "bench.json", out_dir.parent / "verify" / "bench.json"])
+    prof = _first([out_dir / "profile.json"])
     files = tuple(str(p.relative_to(out_dir.parent)) if p.parent != out_dir else p.name
-                  for p in (path, sim, ver, bench) if p is not None)
+                  for p in (path, sim, ver, bench, prof) if p is not None)
     return Folder(out_dir, manifest, report, load_simulation(sim) if sim else None,
-                  load_verification(ver) if ver else None, files, _bench(bench))
+                  load_verification(ver) if ver else None, files, _bench(bench),
+                  load_profile(prof) if prof else None)
 
 
 def _bench(path: Path | None) -> dict | None:

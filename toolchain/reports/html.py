@@ -9,7 +9,7 @@ import json
 
 from . import plots
 from .folder import Folder
-from .schema import CpuReport, FpgaReport, to_json
+from .schema import CpuReport, FpgaReport, Profile, to_json
 from .summary import fpga_latency_note, memory_needs, size, verdict
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em 2em;max-width:78em;color:#222}
@@ -134,25 +134,56 @@ def _arena(r: CpuReport) -> str:
                       "last read by call"], rows, numeric={0, 3, 4, 5, 6}) + "</details>")
 
 
-def _cpu_speed(r: CpuReport) -> str:
-    speed = r.kernel_seconds or r.kernel_instructions
-    head = ["#", "kernel", "fused ops", "calls"]
-    if speed:
-        head.append("seconds" if r.kernel_seconds else "instructions")
+def _cpu_speed(r: CpuReport, profile: Profile | None = None) -> str:
+    """The kernels in call order with their time or instructions and share, from
+    OUT/profile.json when it exists (else report.json's optional figures), and where the
+    figures come from."""
+    speed, head_unit, fmt = r.kernel_seconds or r.kernel_instructions, "", str
+    if profile is not None:
+        speed = {k: f.value for k, f in profile.kernels.items()}
+        if profile.kind == "time":
+            factor, unit = plots.time_unit(profile.kernel_sum)
+            head_unit, fmt = f"median time ({unit})", lambda v: f"{v * factor:,.2f}"
+        else:
+            unit, head_unit, fmt = "instructions", "instructions", lambda v: f"{v:,.0f}"
+    elif speed:
+        head_unit = "seconds" if r.kernel_seconds else "instructions"
+        fmt = (lambda v: f"{v:.6g}") if r.kernel_seconds else (lambda v: f"{v:,}")
+    head = ["#", "kernel", "fused ops", "calls"] + ([head_unit, "share"] if speed else [])
+    total = sum(speed.values()) if speed else 0
     body = []
     for i, (name, k) in enumerate(r.kernels.items()):
         row = [i, _e(name), _e(" + ".join(k.ops)), k.calls]
         if speed:
-            row.append(f"{speed.get(name, 0):,}")
+            v = speed.get(name)
+            row += ["-" if v is None else fmt(v),
+                    "-" if v is None else f"{100 * v / (total or 1):.1f}%"]
         body.append(row)
-    note = "" if speed else ("<p class='note'>report.json has no per-kernel time or "
-                             "instruction count; the kernels in call order (measure with "
-                             "<code>model --bench N</code> or examples/bench_arm_count.py).</p>")
+    if profile is not None:
+        what = (f"the median time of each kernel over {profile.runs} runs, "
+                f"{_e(profile.where)}" if profile.kind == "time" else
+                f"the exact guest instructions of each kernel under {_e(profile.where)} (the "
+                "counting plugin of examples/armcount; emulated: instructions, not time)")
+        note = (f"<p class='note'>From profile.json (<code>edgec run OUT --profile</code>): "
+                f"{what}. The kernels sum to {fmt(profile.kernel_sum)} {unit}, "
+                f"{100 * profile.kernel_sum / (profile.total or 1):.1f}% of the whole "
+                f"inference's {fmt(profile.total)} {unit} ("
+                + ("the rest is the driver: copying inputs and outputs, the call loop"
+                   if profile.kernel_sum <= profile.total else
+                   "more than the whole: each kernel's figure includes the timer's own cost, "
+                   "which the whole run, timed apart, does not")
+                + ").</p>")
+    elif speed:
+        note = ""
+    else:
+        note = ("<p class='note'>No per-kernel time or instruction count yet: "
+                "<code>edgec run OUT --profile</code> measures them (time natively, "
+                "instructions under qemu). The kernels in call order.</p>")
     return (f"<p>{r.kernel_calls_before_fusion} -> {r.kernel_calls_after_fusion} kernel calls "
             f"after fusion, {r.distinct_kernels} distinct kernels; pipeline "
             f"<code>{_e(r.pipeline)}</code>, {r.threads} thread(s), {_e(r.cpu)} "
             f"{_e(' '.join(r.features))}</p>" + note
-            + _table(head, body, numeric={0, 3, 4}))
+            + _table(head, body, numeric={0, 3, 4, 5}))
 
 
 def _fpga_cost(folder: Folder, r: FpgaReport) -> tuple[str, str]:
@@ -189,6 +220,8 @@ def _fpga_cost(folder: Folder, r: FpgaReport) -> tuple[str, str]:
 def _raw(folder: Folder) -> str:
     parts = [("report.json", to_json(folder.report)), ("edgec.json (manifest)",
                                                        folder.manifest)]
+    if folder.profile:
+        parts.insert(1, ("profile.json", to_json(folder.profile)))
     if folder.simulation:
         parts.insert(1, ("simulation.json", to_json(folder.simulation)))
     if folder.verification:
@@ -240,7 +273,8 @@ def render(folder: Folder) -> str:
         ram = memory_needs(r)[2].available
         parts += ["<h2>What it costs: memory</h2>", _row(_cpu_memory(r), plots.memory(r, ram)),
                   "<h3>The arena over the kernel sequence</h3>", _arena(r),
-                  "<h2>What it costs: speed</h2>", _row(_cpu_speed(r), plots.kernel_share(r))]
+                  "<h2>What it costs: speed</h2>", _row(_cpu_speed(r, folder.profile),
+                                                              plots.kernel_share(r, folder.profile))]
     elif isinstance(r, FpgaReport):
         fit, layers = _fpga_cost(folder, r)
         parts += ["<h2>What it costs: the part</h2>", _row(fit, plots.fpga_resources(r)),

@@ -9,7 +9,7 @@ from collections import Counter
 
 from matplotlib.ticker import MaxNLocator
 
-from .schema import ArenaTrace, CpuReport, FpgaReport, Simulation
+from .schema import ArenaTrace, CpuReport, FpgaReport, Profile, Simulation
 
 W = 4.6  # inches at 100 dpi: a plot beside its table on a 1200 px page
 BLUE, GREY, ORANGE, RED, GREEN = "#3b6ea8", "#9aa5b1", "#e08a2c", "#c0392b", "#2e8b57"
@@ -32,32 +32,65 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def kernel_share(report: CpuReport) -> tuple[str, str]:
-    """(title, PNG): per-kernel time or instructions when the report has them, else the ops
-    the kernels run (calls x fused ops, by op)."""
+TOP_KERNELS = 15  # the plot's bars; the rest are summed into one
+
+
+def time_unit(seconds: float) -> tuple[float, str]:
+    """(factor, unit) that shows ``seconds`` with a few digits: µs or ms."""
+    return (1e3, "ms") if seconds >= 1e-2 else (1e6, "µs")
+
+
+def kernel_share(report: CpuReport, profile: Profile | None = None) -> tuple[str, str]:
+    """(title, PNG): per-kernel time or instructions from ``profile`` (OUT/profile.json) or
+    the report when they have them, else the ops the kernels run (calls x fused ops, by op)."""
     plt = _pyplot()
     speed = report.kernel_seconds or report.kernel_instructions
-    if speed:
+    integer = True
+    if profile is not None:
+        if profile.kind == "time":
+            factor, unit = time_unit(profile.kernel_sum)
+            items = [(k, f.value * factor) for k, f in profile.kernels.items()]
+            what, integer = f"median time per inference ({unit})", False
+            title = (f"Kernel share of time (median of {profile.runs} runs, "
+                     f"{profile.where})")
+        else:
+            items = [(k, f.value) for k, f in profile.kernels.items()]
+            what = "guest instructions per inference"
+            title = f"Kernel share of instructions (exact, under {profile.where}; not time)"
+    elif speed:
         what = "time (s)" if report.kernel_seconds else "instructions"
-        items = sorted(speed.items(), key=lambda kv: kv[1])
+        integer = not report.kernel_seconds
+        items = list(speed.items())
         title = f"Kernel share of {what}"
     else:
         ops: Counter = Counter()
         for k in report.kernels.values():
             for op in k.ops:
                 ops[op] += k.calls
-        items = sorted(ops.items(), key=lambda kv: kv[1])
+        items = list(ops.items())
         what = "op instances (calls x fused ops)"
-        title = "Kernel share by op (report.json has no per-kernel timing)"
-    fig, ax = plt.subplots(figsize=(W, 0.32 * len(items) + 1.1))
+        title = ("Kernel share by op (no per-kernel time or instructions: "
+                 "edgec run OUT --profile measures them)")
     total = sum(v for _, v in items) or 1
+    items = sorted(items, key=lambda kv: kv[1])
+    if len(items) > TOP_KERNELS:
+        rest = items[:len(items) - TOP_KERNELS + 1]
+        items = [(f"{len(rest)} others", sum(v for _, v in rest))] + \
+            items[len(items) - TOP_KERNELS + 1:]
+    fig, ax = plt.subplots(figsize=(W, 0.32 * len(items) + 1.1))
     bars = ax.barh([k for k, _ in items], [v for _, v in items], color=BLUE)
     for bar, (_, v) in zip(bars, items):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f" {100 * v / total:.0f}%", va="center", fontsize=8)
+                f" {100 * v / total:.1f}%", va="center", fontsize=8)
     ax.set_xlabel(what)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.margins(x=0.15)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=integer))
+    if integer and total >= 1e4:
+        from matplotlib.ticker import FuncFormatter
+
+        big = total >= 1e7
+        ax.xaxis.set_major_formatter(FuncFormatter(
+            lambda v, _: f"{v / 1e6:g}M" if big else f"{v / 1e3:g}k"))
+    ax.margins(x=0.18)
     ax.tick_params(axis="y", labelsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     return title, _png(fig)

@@ -27,6 +27,16 @@ Optional per-kernel speed: ``kernel_seconds`` or ``kernel_instructions`` (name -
 Cortex-M (``family`` "cortexm") writes the same keys plus ``mcu`` (``McuMemory``: flash and SRAM
 of the image and of libmodel.a against the device).
 
+``profile.json`` (``Profile``, written by ``edgec run OUT --profile``; its own version,
+``profile_version`` 1, ``PROFILE_VERSION``): speed per kernel of one inference, ``kind``
+"time" (``unit`` "seconds": a profiling build of the driver timed with clock_gettime around
+each kernel call, the median of ``runs`` runs, natively) or "instructions" (``unit``
+"instructions": exact guest instructions per call under qemu-user, counted by the TCG plugin
+of examples/armcount between marker system calls; emulated, so not time). ``where`` says which;
+``total`` is the whole inference the same way (edgec_model_run: median seconds, or its
+instructions); ``kernels[name] = {calls, value, share}`` (``value`` summed over the kernel's
+calls, ``share`` of the kernels' sum), in call order; ``calls``: each call's kernel and value.
+
 FPGA (``FpgaReport``): the device and its part totals, the hls4ml config, the per-layer plan
 (``layers``), the chosen ``estimate`` (latency cycles/ns, II, resources: labelled estimates),
 ``estimates_by_strategy``, ``utilization`` (used / available / percent per resource, ``fits``),
@@ -260,6 +270,58 @@ class OutputComparison:
 class Verification:
     ok: bool
     outputs: list[OutputComparison]
+
+
+# ---------------------------------------------------------------- profile.json
+PROFILE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class KernelFigure:
+    """One kernel's part of an inference: its calls and their time or instructions."""
+
+    calls: int
+    value: float  # seconds or instructions per inference, summed over the kernel's calls
+    share: float  # of the sum over all kernels, 0..1
+
+
+@dataclass(frozen=True)
+class CallFigure:
+    kernel: str
+    value: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """OUT/profile.json: time or instructions per kernel (``edgec run OUT --profile``)."""
+
+    kind: str  # "time" or "instructions"
+    unit: str  # "seconds" or "instructions"
+    where: str  # e.g. "on this machine (x86_64)", "qemu-aarch64 -cpu cortex-a72, not the board"
+    runs: int  # timed runs the medians are of (1 for instruction counts: they are exact)
+    total: float  # the whole inference (edgec_model_run), the same way
+    kernels: dict[str, KernelFigure]
+    calls: list[CallFigure]
+    target: str = ""
+    profile_version: int = PROFILE_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kernel_sum(self) -> float:
+        return sum(k.value for k in self.kernels.values())
+
+
+def load_profile(path: Path) -> Profile:
+    """OUT/profile.json, validated (SchemaError names the file and the key)."""
+    data = _read(path)
+    version = data.get("profile_version") if isinstance(data, dict) else None
+    if version != PROFILE_VERSION:
+        raise SchemaError(f"{path}: profile_version {version!r}, this edgec reads "
+                          f"{PROFILE_VERSION}; profile again with 'edgec run OUT --profile'")
+    try:
+        return _build(Profile, data)
+    except SchemaError as exc:
+        raise SchemaError(f"{path} does not match the profile schema: {exc}") from None
 
 
 REPORTS = {"cpu": CpuReport, "cortexm": CpuReport, "fpga": FpgaReport}
