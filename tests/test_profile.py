@@ -145,3 +145,22 @@ def test_arm_instruction_profile_sums_to_count_py(armcount, tmp_path, monkeypatc
     # exact: a second count is the same, call for call
     assert main(["-q", "run", str(out), "--profile", "--input", str(tmp_path / "x.npy")]) == 0
     assert load_profile(out / "profile.json").calls == prof.calls
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="gcc not installed (apt-get install gcc)")
+def test_the_plugin_is_built_once_from_source_into_the_cache(tmp_path, monkeypatch):
+    from toolchain.targets.cpu import profile
+
+    src = tmp_path / "src" / "examples" / "armcount"
+    src.mkdir(parents=True)
+    shutil.copy(ARMCOUNT / "count.c", src / "count.c")  # no libcount.so beside it
+    monkeypatch.setattr(profile, "armcount_folder", lambda: src)
+    monkeypatch.delenv("EDGEC_COUNT_PLUGIN", raising=False)
+    monkeypatch.setenv("EDGEC_CACHE", str(tmp_path / "cache"))
+    plugin = profile.count_plugin()
+    assert plugin.parent == tmp_path / "cache" / "armcount" and plugin.read_bytes()[:4] == b"\x7fELF"
+    stamp = plugin.stat().st_mtime_ns
+    assert profile.count_plugin() == plugin and plugin.stat().st_mtime_ns == stamp
+    monkeypatch.setenv("EDGEC_COUNT_PLUGIN", str(tmp_path / "none.so"))
+    with pytest.raises(Exception, match="EDGEC_COUNT_PLUGIN=.*no such file"):
+        profile.count_plugin()
