@@ -68,3 +68,25 @@ def test_residual_adds_run_in_int8_on_the_m4(residual_int8, tmp_path):
     fused = [v["ops"] for v in kernels.values()]
     adds = [ops for ops in fused if "qadd" in ops or "add" in ops]
     assert len(adds) == 2 and not any("dequantize" in ops for ops in adds), fused
+
+
+@pytest.mark.slow
+@needs_target("cortex-m4")
+def test_resnet8_int8_fits_the_m4_and_verifies(tmp_path):
+    """MLPerf Tiny's ResNet-8 (seeded weights), int8: with its residual adds in int8 the arena
+    holds int8 activations only and the image fits the M4's 192 KiB (float adds: 201 KiB)."""
+    from toolchain import models
+    from toolchain.compress import Quantize, export_onnx
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((32, 3, 32, 32), dtype=np.float32)
+    model = Quantize("int8", calibration_samples=32).apply(models.build("resnet8"),
+                                                            SimpleNamespace(X_train=x))
+    path, out = tmp_path / "resnet8_int8.onnx", tmp_path / "out"
+    export_onnx(model, path, x[:4])
+    assert main(["compile", str(path), "-t", "cortex-m4", "-o", str(out)]) == 0
+    assert all(c.ok and c.output_range > 0 for c in verify_folder(out, seed=0))
+    report = json.loads((out / "report.json").read_text())
+    assert report["mcu"]["ram_bytes"] < report["mcu"]["ram_available"]
+    fused = [v["ops"] for v in report["kernels"].values()]
+    assert sum("qadd" in ops for ops in fused) == 2, fused  # the third add feeds the pool

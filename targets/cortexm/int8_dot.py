@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from toolchain.targets.cpu import qgemm
 
-# 2 pixels x 2 channels: 4 accumulators and 8 sign-extended operands fit the 13 general
-# registers (4 x 2 spilled accumulators: KWS DS-CNN's pointwise convs took 1.6x longer).
-SMLAD = qgemm.DotInstr("edgec_smlad_1x4_i8", 1, 4, "int8", tile=(2, 2))
+# 1 pixel x 4 channels: 4 accumulators, the pixel's 2 sign-extended halves and one weight
+# word's at a time fit the 13 general registers (no spills), and no pixel is padded (KWS DS-CNN
+# on cortex-m4: 4 x 2 tiles 14.1M instructions with spills, 2 x 2 7.1M, 1 x 4 6.3M, 1 x 8 7.9M).
+SMLAD = qgemm.DotInstr("edgec_smlad_1x4_i8", 1, 4, "int8", tile=(1, 4))
 # VMLADAVA.S8: 16 int8 products summed into a general register (one accumulator per
 # pixel x channel, 16 bytes of each operand per step: one q-register load each).
 MVE_VMLADAV = qgemm.DotInstr("edgec_mve_vmladav_1x16_i8", 1, 16, "int8")

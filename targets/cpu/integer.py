@@ -35,6 +35,7 @@ from tvm import relax
 from tvm.ir.expr import GenericConst
 
 from toolchain.targets.cpu import qdepthwise, qgemm
+from toolchain.targets.cpu.qelementwise import add_multipliers, qadd_te, qmean_te
 from toolchain.targets.cpu.vector import VectorUnit
 
 log = logging.getLogger(__name__)
@@ -458,6 +459,12 @@ class _Lowerer(relax.PyExprMutator):
             # a residual block's output flattened for a Linear head
             out = self._residual_add(self._value(value.args[0]), s_y, z_y, dtype)
             return None if out is None else relax.op.reshape(out, _static_shape(value))
+        if name == "relax.mean":
+            return self._global_mean(value, s_y, z_y, dtype)
+        if name == "relax.reshape" and _op(self._value(value.args[0])) == "relax.mean":
+            # the pooled features flattened for a Linear head
+            out = self._global_mean(self._value(value.args[0]), s_y, z_y, dtype)
+            return None if out is None else relax.op.reshape(out, _static_shape(value))
         if name == "relax.concat":
             fields = value.args[0]
             if isinstance(fields, relax.Var):
@@ -495,6 +502,28 @@ class _Lowerer(relax.PyExprMutator):
             return self._register_nchw(self.builder_.emit(
                 relax.op.nn.max_pool2d(src, **pool, layout="NHWC")))
         return None
+
+    def _global_mean(self, value, s_y: float, z_y: int, dtype: str):
+        """quantize(mean(dequantize(q), axes H, W, keepdims)) (GlobalAveragePool) -> the int32
+        sum of each channel, requantized once (``qmean_te``); channels-last when q is."""
+        act = self._activation(value.args[0])
+        shape = _static_shape(value.args[0])
+        axes = [int(a) for a in (value.attrs.axis or [])]
+        if act is None or shape is None or len(shape) != 4 or sorted(axes) != [2, 3] or \
+                not bool(value.attrs.keepdims):
+            return None
+        q, s_x, z_x = act
+        src = self._root(q)
+        nhwc = self._nhwc_of(src)
+        pixels = shape[2] * shape[3]
+        scale = np.float32(s_x / (pixels * s_y))
+
+        def kernel(xt):
+            return qmean_te(xt, nhwc is not None, z_x, scale, z_y, dtype, self.to_int)
+
+        self.rewritten += 1
+        return self.builder_.emit(self.builder_.call_te(
+            kernel, nhwc if nhwc is not None else src, primfunc_name_hint="qmean"))
 
     def _is_add(self, value) -> bool:
         """``value`` is add(x, y) or relu(add(x, y))."""
@@ -559,38 +588,6 @@ class _Lowerer(relax.PyExprMutator):
         elif not self.fuse_requant and name in ("relax.matmul", "relax.nn.conv2d"):
             new = self._plain(call)
         return call if new is None else new
-
-
-def add_multipliers(m_a: float, m_b: float) -> tuple[tuple[int, int], int] | None:
-    """Fixed-point forms of the two rescale factors of an int8 add: (M_a, M_b), S with
-    M = round(m * 2**S), S as large as keeps 255 * (|M_a| + |M_b|) + 2**S within int32 (at
-    most 24; the error of M is below 2**-S * 255 / 2 output steps). None if S < 8."""
-    total = 255.0 * (abs(m_a) + abs(m_b))
-    if not total > 0:
-        return None
-    shift = min(24, int(np.floor(np.log2((2 ** 31 - 2 ** 25) / total))))
-    if shift < 8:
-        return None
-    return (int(round(m_a * 2 ** shift)), int(round(m_b * 2 ** shift))), shift
-
-
-def qadd_te(a, b, za: tuple[int, int], zb: tuple[int, int], shift: int, z_y: int,
-            clamp: tuple[int, int], out_dtype: str):
-    """TE: the int8 add ``round_half_even(((a - z_a) M_a + (b - z_b) M_b) / 2**S) + z_y``,
-    clamped, in int32 arithmetic (``za``/``zb``: (zero point, M)). The rounding is exact on the
-    fixed-point sum: a tie goes to the even value, as onnxruntime's QuantizeLinear does."""
-    from tvm import te, tirx
-
-    (z_a, m_a), (z_b, m_b) = za, zb
-    half = 1 << (shift - 1)
-
-    def value(*i):
-        acc = ((a(*i).astype("int32") - z_a) * m_a + (b(*i).astype("int32") - z_b) * m_b)
-        odd = tirx.shift_right(acc, shift) & 1
-        q = tirx.shift_right(acc + (half - 1) + odd, shift) + z_y
-        return tirx.max(tirx.min(q, clamp[1]), clamp[0]).astype(out_dtype)
-
-    return te.compute(a.shape, value, name="qadd")
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowerQDQToInteger")

@@ -1,0 +1,67 @@
+"""The int8 elementwise and pooling kernels of the integer lowering (integer.py), in TE.
+
+- ``qadd_te``: a residual add of two int8 tensors on their own grids, onto the output's grid,
+  in int32 fixed point (no float): ``M = round(s / s_y * 2**S)`` per operand, an exactly
+  rounded (half to even) shift, the zero point and a clamp (ReLU folded in);
+- ``qmean_te``: global average pooling, one int32 sum per channel requantized once (the
+  GEMM's epilogue, ``qgemm.requantize``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from toolchain.targets.cpu.qgemm import requantize
+
+
+def add_multipliers(m_a: float, m_b: float) -> tuple[tuple[int, int], int] | None:
+    """Fixed-point forms of the two rescale factors of an int8 add: (M_a, M_b), S with
+    M = round(m * 2**S), S as large as keeps 255 * (|M_a| + |M_b|) + 2**S within int32 (at
+    most 24; the error of M is below 2**-S * 255 / 2 output steps). None if S < 8."""
+    total = 255.0 * (abs(m_a) + abs(m_b))
+    if not total > 0:
+        return None
+    shift = min(24, int(np.floor(np.log2((2 ** 31 - 2 ** 25) / total))))
+    if shift < 8:
+        return None
+    return (int(round(m_a * 2 ** shift)), int(round(m_b * 2 ** shift))), shift
+
+
+def qadd_te(a, b, za: tuple[int, int], zb: tuple[int, int], shift: int, z_y: int,
+            clamp: tuple[int, int], out_dtype: str):
+    """TE: the int8 add ``round_half_even(((a - z_a) M_a + (b - z_b) M_b) / 2**S) + z_y``,
+    clamped, in int32 arithmetic (``za``/``zb``: (zero point, M)). The rounding is exact on the
+    fixed-point sum: a tie goes to the even value, as onnxruntime's QuantizeLinear does."""
+    from tvm import te, tirx
+
+    (z_a, m_a), (z_b, m_b) = za, zb
+    half = 1 << (shift - 1)
+
+    def value(*i):
+        acc = ((a(*i).astype("int32") - z_a) * m_a + (b(*i).astype("int32") - z_b) * m_b)
+        odd = tirx.shift_right(acc, shift) & 1
+        q = tirx.shift_right(acc + (half - 1) + odd, shift) + z_y
+        return tirx.max(tirx.min(q, clamp[1]), clamp[0]).astype(out_dtype)
+
+    return te.compute(a.shape, value, name="qadd")
+
+
+def qmean_te(x, channels_last: bool, z_x: int, scale, z_y: int, out_dtype: str, to_int=None):
+    """TE: [N, C, 1, 1] = requantize(sum over H, W of x - H W z_x, scale) with ``scale`` =
+    s_x / (H W s_y); ``x`` NHWC when ``channels_last``, else NCHW."""
+    from tvm import te
+
+    if channels_last:
+        n, h, w, c = (int(d) for d in x.shape)
+    else:
+        n, c, h, w = (int(d) for d in x.shape)
+    rh, rw = te.reduce_axis((0, h), name="rh"), te.reduce_axis((0, w), name="rw")
+
+    def read(nn, cc):
+        v = x[nn, rh, rw, cc] if channels_last else x[nn, cc, rh, rw]
+        return v.astype("int32")
+
+    total = te.compute((n, c), lambda nn, cc: te.sum(read(nn, cc), axis=[rh, rw]),
+                       name="qmean_sum")
+    return te.compute((n, c, 1, 1), lambda nn, cc, i, j: requantize(
+        total[nn, cc], -h * w * z_x, scale, out_dtype, z_y, None, to_int), name="qmean")
