@@ -330,3 +330,17 @@ def test_conv1d_net_loses_channels_and_quantizes(sensor, monkeypatch):
     r = _report(out)
     assert r["steps"][0]["after"]["params"] < 0.4 * r["initial"]["params"]
     assert r["export"]["quantized"] and r["export"]["max_abs_error"] <= r["export"]["tolerance"]
+
+
+def test_torchao_int4_counts_four_bits_per_weight():
+    """torchao's int4 codes sit in int8 buffers; the size report counts them as 4-bit codes,
+    so int4 reports about half the int8 bytes (it counted 8 bits before)."""
+    from toolchain import models
+    from toolchain.compress import Context, Quantize, compress
+
+    ctx = Context.for_zoo("cnn")
+    sizes = {}
+    for mode in ("int8", "int4"):
+        _, report = compress(models.trained("cnn"), [Quantize(mode, quantizer="torchao")], ctx)
+        sizes[mode] = report.final.bytes
+    assert 0.45 < sizes["int4"] / sizes["int8"] < 0.6, sizes

@@ -60,7 +60,13 @@ Weight scales are per output channel and stored in the ``<weight>_scale`` initia
 DequantizeLinear; biases stay float32.
 """
 
-from toolchain.compress.channels import PruneChannels
+import logging as _logging
+
+# torchao 0.18 registers an Enum with torch's pytree at import, and torch 2.13 logs a deprecation
+# warning for it on every run ("KernelPreference is an Enum subclass ..."): not the user's concern.
+_logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)
+
+from toolchain.compress.channels import PruneChannels  # noqa: E402
 from toolchain.compress.data import load_data
 from toolchain.compress.evaluate import Metric, metric_for
 from toolchain.compress.distill import Distill

@@ -135,9 +135,11 @@ _OTHER_LAYERS = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                  nn.ConvTranspose3d, nn.MultiheadAttention)
 
 
-def _program_tensors(program: nn.Module):
+def _program_tensors(program: nn.Module, weight_bits: int = 8):
     """(tensor, bits) the graph of a torch.export / torchao program reads: its parameters,
-    and torchao's int8 weights (buffers); scales and zero points are left out."""
+    and torchao's int8 weights (buffers; with ``weight_bits`` 4, a buffer whose codes are all
+    in [-7, 7] counts 4 bits per code, as the export packs it); scales and zero points are
+    left out."""
     params, bufs = dict(program.named_parameters()), dict(program.named_buffers())
     for node in program.graph.nodes:
         if node.op != "get_attr":
@@ -145,7 +147,9 @@ def _program_tensors(program: nn.Module):
         if node.target in params:
             yield params[node.target].detach(), 32
         elif node.target in bufs and bufs[node.target].dtype == torch.int8:
-            yield bufs[node.target], 8
+            buf = bufs[node.target]
+            small = buf.numel() and int(buf.abs().max()) <= 7
+            yield buf, 4 if weight_bits == 4 and small else 8
 
 
 def model_stats(model: nn.Module, example: np.ndarray) -> ModelStats:
@@ -153,7 +157,7 @@ def model_stats(model: nn.Module, example: np.ndarray) -> ModelStats:
     nbytes = 0.0
     program = getattr(model, "program", None)
     if program is not None and hasattr(program, "graph"):  # a torch.export / torchao program
-        for t, bits in _program_tensors(program):
+        for t, bits in _program_tensors(program, getattr(model, "weight_bits", 8)):
             params += t.numel()
             nonzeros += int((t != 0).sum())
             nbytes += t.numel() * bits / 8
