@@ -21,7 +21,7 @@ padding:.35em .9em;border-radius:.3em;color:#fff;font-weight:bold;font-size:1.3e
 margin-right:.6em}.pass{background:#2e8b57}.fail{background:#c0392b}.simulated{background:#3b6ea8}
 .not{background:#888}.verdict{display:flex;align-items:center;margin:.8em 0}.over{color:#c0392b;
 font-weight:bold}.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
-.row>div{flex:1 1 30em;min-width:0}.head{display:flex;gap:.8em;flex-wrap:wrap;margin:.6em 0}
+.row>div{flex:1 1 30em;min-width:0}.row>figure{flex:0 1 auto;max-width:30em}.row>div{overflow-x:auto}.head{display:flex;gap:.8em;flex-wrap:wrap;margin:.6em 0}
 .head div{border:1px solid #ddd;border-radius:.3em;padding:.3em .8em}.head b{display:block;
 font-size:1.25em}.head span{font-size:85%;color:#555}figure{margin:0;border:1px solid
 #ddd;padding:.4em}figcaption{font-size:90%;color:#444}.note{color:#555;font-size:90%}
@@ -247,6 +247,13 @@ def _headline(folder: Folder) -> str:
             b = folder.bench
             boxes.append((plots._time(b["median_ms"] * 1e6), f"per inference (median of "
                           f"{b['runs']} runs, {b['where']})"))
+        prof = folder.profile
+        if prof is not None and prof.kind == "time":
+            boxes.append((plots._time(prof.total * 1e9), f"per inference (profile: median of "
+                          f"{prof.runs} runs, {prof.where})"))
+        elif prof is not None:
+            boxes.append((f"{prof.total:,.0f}", f"instructions per inference (profile: exact, "
+                          f"{prof.where})"))
     else:
         res = r.utilization.resources
         boxes = [(f"{r.estimate.latency_cycles} cycles", "latency (HLS estimate)")]

@@ -89,7 +89,7 @@ def kernel_share(report: CpuReport, profile: Profile | None = None) -> tuple[str
 
         big = total >= 1e7
         ax.xaxis.set_major_formatter(FuncFormatter(
-            lambda v, _: f"{v / 1e6:g}M" if big else f"{v / 1e3:g}k"))
+            lambda v, _: "0" if v == 0 else f"{v / 1e6:g}M" if big else f"{v / 1e3:g}k"))
     ax.margins(x=0.18)
     ax.tick_params(axis="y", labelsize=8)
     ax.spines[["top", "right"]].set_visible(False)
