@@ -53,7 +53,13 @@ class CpuBackend(Backend):
         one is (targets/cpu/support.py)."""
         from toolchain.targets.cpu.support import cpu_support
 
-        return cpu_support(model)
+        cleaned: list = []
+        result = cpu_support(model, cleaned_out=cleaned)
+        # the compile that follows (edgec compile asks support first) starts from the cleaned
+        # graph instead of running the cleanup passes again; kept by identity, taken once
+        self._cleaned = (model, cleaned[0]) if cleaned and all(n.supported for n in result) \
+            else None
+        return result
 
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """Compile, link statically and run ``int main(void) { return 0; }`` for the device."""
@@ -107,7 +113,8 @@ class CpuBackend(Backend):
             log.warning("--threads %d with --schedule none: plain loops stay serial", threads)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        model = transform(model, cleanup_passes())
+        kept, self._cleaned = getattr(self, "_cleaned", None), None
+        model = kept[1] if kept and kept[0] is model else transform(model, cleanup_passes())
         lm = lm_contract(model)  # a language model's decode graph (README, Language models)
         timings["onnx_passes"] = time.perf_counter() - t0
         t0 = time.perf_counter()

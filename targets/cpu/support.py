@@ -74,14 +74,17 @@ def _origin(original: onnx.ModelProto, node: onnx.NodeProto) -> int | None:
 
 
 def cpu_support(model: onnx.ModelProto,
-                more: Callable[[onnx.ModelProto], dict[int, str]] | None = None
-                ) -> list[NodeSupport]:
+                more: Callable[[onnx.ModelProto], dict[int, str]] | None = None,
+                cleaned_out: list | None = None) -> list[NodeSupport]:
     """Every node of ``model`` for the CPU family, then the whole-graph problems. ``more``
     adds a family's own refusals (node index -> why), judged on the cleaned graph as the
-    frontend's are."""
+    frontend's are. ``cleaned_out``, a list, receives the cleaned graph when no pass refused.
+    """
     from toolchain.optimizer import frontend
 
     cleaned, refused = _clean(model)
+    if cleaned_out is not None and not refused:  # the compile may start from it
+        cleaned_out.append(cleaned)
     reasons: dict[int, str] = dict(refused)
     extra: list[NodeSupport] = []
     found, graph = frontend.refusals(cleaned)

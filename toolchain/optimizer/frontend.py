@@ -431,6 +431,18 @@ def locate(model: onnx.ModelProto, target: str, failed: str) -> None:
     raise ModelError(f"TVM cannot compile the model: {failed}")
 
 
+# The import refusals() made and found whole (every check passed, every op legalized), kept for
+# the compile that follows it (edgec compile asks the backend's support first): import_onnx
+# takes it once for the same model instead of importing and legalizing it a second time.
+_CHECKED_IMPORT: dict = {}
+
+
+def _fingerprint(model: onnx.ModelProto) -> str:
+    import hashlib
+
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
 def refusals(model: onnx.ModelProto) -> tuple[dict[int, str], list[str]]:
     """Everything ``import_onnx`` refuses, without stopping at the first: node index -> why
     (the first reason per node), and the problems of the graph as a whole.
@@ -450,12 +462,15 @@ def refusals(model: onnx.ModelProto) -> tuple[dict[int, str], list[str]]:
             found.setdefault(idx, why)
     graph = io_dtype_problems(model)
     failed = None
+    _CHECKED_IMPORT.clear()
     if not found and not graph:
         try:
-            failed = _probe(_from_onnx(model))
+            mod = _from_onnx(model)
+            failed = _probe(mod)
         except Exception as exc:  # the importer raises assorted errors for odd attributes
             failed = f"TVM could not import the model: {_first_line(exc)}"
         if failed is None:
+            _CHECKED_IMPORT.update(key=_fingerprint(model), mod=mod)
             return found, graph
     found.update(probe_refusals(model, frozenset(found)))
     if failed and not found:
@@ -469,6 +484,10 @@ def import_onnx(model: onnx.ModelProto, target: str):
     from toolchain.passes import transform
 
     model = transform(model, [ExpandInt4Weights()])  # int4 weights: int8 containers for TVM
+    if _CHECKED_IMPORT and _CHECKED_IMPORT["key"] == _fingerprint(model):
+        mod = _CHECKED_IMPORT["mod"]
+        _CHECKED_IMPORT.clear()
+        return mod
     check_model(model, target)
     try:
         mod = _from_onnx(model)
