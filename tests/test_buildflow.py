@@ -95,7 +95,9 @@ def test_second_build_is_served_from_the_cache(first, env, capsys):
     assert _cached(out) == {f: True for f in ALL}
     for folder in ALL:  # the same content as built
         assert _step(out, folder)["output_hash"] == _step(first, folder)["output_hash"]
-    assert "6 from the cache" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "6 from the cache" in printed
+    assert f"report: {out / 'report' / 'report.html'}" in printed
 
 
 @pytest.mark.parametrize("extra, rebuilt", [

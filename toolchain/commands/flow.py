@@ -49,6 +49,9 @@ def cmd_build(args) -> int:
     cached = sum(r.cached for r in results if r.ran)
     ran = sum(r.ran for r in results)
     print(f"built {Path(out)}/: {ran} step(s), {cached} from the cache")
+    page = Path(out) / "report" / "report.html"
+    if page.is_file():
+        print(f"report: {page}")
     return 0
 
 
