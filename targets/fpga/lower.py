@@ -28,7 +28,8 @@ from .precision import Fixed
 
 SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Concat", "Conv", "BatchNormalization", "Relu",
                  "Clip", "Softmax", "Flatten", "Reshape", "MaxPool", "AveragePool",
-                 "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear", "Identity", "Dropout")
+                 "GlobalAveragePool", "ReduceMean", "QuantizeLinear", "DequantizeLinear",
+                 "Identity", "Dropout")
 WEIGHTED_KINDS = ("dense", "conv1d", "conv2d", "dwconv2d")
 
 
@@ -473,6 +474,24 @@ def _lower_node(b: _Builder, consts: _Constants, quantizers: dict, node: onnx.No
                   node.output[0])
         else:
             b.producer[node.output[0]] = src
+    elif op == "ReduceMean":  # x.mean((2, 3)): a global average pool (then a flatten)
+        axes = a.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = consts.get(node.input[1]).reshape(-1).tolist()
+        rank = len(in_shape) + 1
+        if len(in_shape) != 3 or sorted(int(x) % rank for x in axes or ()) != [2, 3]:
+            raise UnsupportedOpError(op, label, target, "only a mean over both spatial axes "
+                                     "of a (N, C, H, W) tensor (a global average pool)")
+        pooled = (in_shape[0], 1, 1)
+        if a.get("keepdims", 1):
+            b.add(Layer(name, "avgpool2d", label, in_shape, out_shape,
+                        attrs={"kernel": tuple(in_shape[1:])}, inputs=inputs), node.output[0])
+        else:
+            b.add(Layer(name, "avgpool2d", label, in_shape, pooled,
+                        attrs={"kernel": tuple(in_shape[1:])}, inputs=inputs), node.output[0])
+            flat = _sanitize(f"{label}_flatten", b.used)
+            b.add(Layer(flat, "flatten", label, pooled, out_shape, inputs=(name,)),
+                  node.output[0])
     elif op in ("MaxPool", "AveragePool", "GlobalAveragePool"):
         if op == "GlobalAveragePool":
             k = tuple(in_shape[1:])
