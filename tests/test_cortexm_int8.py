@@ -100,3 +100,12 @@ def test_depthwise_uses_smlad_on_tap_pairs_and_matches_onnxruntime(tmp_path):
     undefined = subprocess.run(["arm-none-eabi-nm", "-u", "kernels.o"], cwd=tmp_path,
                                capture_output=True, text=True, check=True).stdout
     assert "rint" not in undefined and "round" not in undefined, undefined
+
+
+@pytest.mark.parametrize("out_w, tp", [(5, 1), (25, 1), (32, 2), (8, 2)])
+def test_smlad_tile_has_no_padded_pixel(out_w, tp):
+    """2 pixels x 2 channels where the row is even, else 1 pixel x 4 channels."""
+    from toolchain.targets.cortexm.int8_dot import SMLAD
+    from toolchain.targets.cpu import qgemm
+
+    assert qgemm.row_tile(SMLAD, 7, out_w) == tp

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from toolchain.targets.cpu import qgemm
 
-# 1 pixel x 4 channels: 4 accumulators, the pixel's 2 sign-extended halves and one weight
-# word's at a time fit the 13 general registers (no spills), and no pixel is padded (KWS DS-CNN
-# on cortex-m4: 4 x 2 tiles 14.1M instructions with spills, 2 x 2 7.1M, 1 x 4 6.3M, 1 x 8 7.9M).
-SMLAD = qgemm.DotInstr("edgec_smlad_1x4_i8", 1, 4, "int8", tile=(1, 4))
+# 2 pixels x 2 channels (4 accumulators, 8 sign-extended operands: the 13 general registers),
+# or 1 pixel x 4 channels where a row is odd (qgemm.row_tile: no padded pixel). Measured with
+# bench_cortexm on cortex-m4: KWS DS-CNN (rows of 5) 4 x 2 tiles 14.1M instructions (spills),
+# 2 x 2 7.1M, 1 x 4 6.3M, 1 x 8 7.9M; ResNet-8 (rows of 32, 16, 8) 2 x 2 24.7M, 1 x 4 27.2M.
+SMLAD = qgemm.DotInstr("edgec_smlad_1x4_i8", 1, 4, "int8", tile=(2, 2))
 # VMLADAVA.S8: 16 int8 products summed into a general register (one accumulator per
 # pixel x channel, 16 bytes of each operand per step: one q-register load each).
 MVE_VMLADAV = qgemm.DotInstr("edgec_mve_vmladav_1x16_i8", 1, 16, "int8")

@@ -310,6 +310,8 @@ def row_tile(instr: DotInstr, out_h: int, out_w: int) -> int:
     epilogue writes a plain rectangle of the [N, OH, OW, O] output."""
     if out_h * out_w == 1:
         return 1
+    if instr.tile is not None:  # a row not a multiple of the tile's pixels: one pixel a tile
+        return instr.tile[0] if out_w % instr.tile[0] == 0 else 1
     if instr is NEON_SMLAL:
         return min((4, 2), key=lambda tp: _smlal_cost(tp, out_w))
     return tile_for(instr, 2)[0]
@@ -522,8 +524,8 @@ def _schedule_qgemm(func, target, threads: int):
     if lanes != instr.lanes or ext[5] != instr.group:
         raise ValueError(f"qgemm kernel built for {lanes}x{ext[5]} lanes, target has {instr}")
     _, to = tile_for(instr, 1 if ext[1] == 1 else 2)
-    if ext[1] > 1 and instr.tile is not None:
-        to = instr.tile[1]
+    if ext[1] > 1 and instr.tile is not None:  # as many accumulators with one pixel a tile
+        to = instr.tile[0] * instr.tile[1] // tp
     if instr is NEON_SMLAL and ext[1] > 1:
         to = smlal_cols(tp)
     p_o, p_i = sch.split(p, [None, tp])
