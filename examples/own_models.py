@@ -4,7 +4,7 @@ MobileNetV2-style CNN, a transformer encoder, a GPT-style causal decoder on int6
 LSTM keyword spotter and a small U-Net (strided conv down, ConvTranspose2d up, skip concat).
 
     python examples/own_models.py [--models gpt-decoder,lstm-kws] [--targets arm-a72,armv7-a7]
-                                  [--out /tmp/own]
+                                  [--fpga fpga-xcu250] [--out /tmp/own]
 
 A step that refuses a model is a row with its one-line reason (``edgec --json`` error), not a
 crash.
@@ -17,6 +17,13 @@ each target and verified against onnxruntime. An int8 step edgec's quantizer ref
 again with ``--quantizer torchao`` (a ``/torchao`` row). The ``export`` column is the export
 check: onnxruntime's largest difference from PyTorch on the data, and what it may be (float:
 1e-5 of the range; int8: one activation step carried to the output).
+The FPGA column (``--fpga``, default fpga-xcu250; ``--fpga ""`` skips it): the FPGA designs
+take fixed-point (power-of-two) grids, so each model is compressed with ``--quantize
+fixed<8,3>`` (a ``fixed<8,3>`` row; where that is refused, the float export at the backend's
+default fixed<16,6>), compiled into an hls4ml project and its C emulation verified against
+onnxruntime (``edgec verify``); a model the backend cannot map gets ``no`` and the one-line
+reason ``edgec compile`` gives from ``edgec check`` (the first unsupported node; ``edgec
+check M.onnx -t fpga-xcu250`` lists them all). An hls4ml C compile takes minutes on 2 cores.
 The weights are seeded random (no training here), so pruning without fine-tuning moves the
 argmax a lot: the figures show what each step does to size and agreement, not accuracy.
 """
@@ -155,6 +162,7 @@ MODELS = {"sensor-conv1d": (Sensor, (3, 32), "float32", "agree"),
 CONFIGS = {"int8": ["--quantize", "int8"], "prune50": ["--prune-channels", "0.5"],
            "prune50+int8": ["--prune-channels", "0.5", "--quantize", "int8"]}
 FLOAT: list[str] = []  # no step: the float export, compiled when compression refuses the model
+FIXED = ("fixed<8,3>", ["--quantize", "fixed<8,3>"])  # the FPGA column's model
 
 
 @contextlib.contextmanager
@@ -210,7 +218,33 @@ def _compress(out: Path, name: str, metric: str, cfg: str, flags: list[str]) -> 
     return row
 
 
-def run(out: Path, targets: list[str], names: list[str]) -> list[dict]:
+def _target(row: dict, out: Path, name: str, t: str, column: str | None = None) -> None:
+    """Compile ``row``'s ONNX for ``t`` and verify it; the result goes into ``row[column]``."""
+    column = column or t
+    folder = out / f"{name}-{t}"
+    ok_c, why_c = _edgec(["compile", row["onnx"], "-t", t, "-o", str(folder)])
+    ok_v, why_v = _edgec(["verify", str(folder)]) if ok_c else (False, "")
+    refused = not ok_c and why_c.startswith("unsupported op")
+    row[column] = "ok" if ok_v else "no" if refused else "FAIL"
+    if not ok_v:
+        row["why"] += f"{t} {'verify' if ok_c else 'compile'}: {why_v or why_c}; "
+
+
+def _fpga(out: Path, name: str, metric: str, rows: list[dict], fpga: str) -> None:
+    """The FPGA column: the fixed-point model (else the float export) for ``fpga``."""
+    row = _compress(out, name, metric, *FIXED)
+    rows.append(row)
+    if not row["ok"]:
+        row = next((r for r in rows if r["model"] == name and r["steps"] == "float"), None) \
+            or _compress(out, name, metric, "float", FLOAT)
+        if row not in rows:
+            rows.append(row)
+    if row["ok"]:
+        _target(row, out, name, fpga, "fpga")
+
+
+def run(out: Path, targets: list[str], names: list[str],
+        fpga: str | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     sys.modules.setdefault("own_models", sys.modules[__name__])  # torch.load finds the classes
     rows = []
@@ -236,12 +270,9 @@ def run(out: Path, targets: list[str], names: list[str]) -> list[dict]:
             rows.append(last)
         if last["ok"]:
             for t in targets:
-                folder = out / f"{name}-{t}"
-                ok_c, why_c = _edgec(["compile", last["onnx"], "-t", t, "-o", str(folder)])
-                ok_v, why_v = _edgec(["verify", str(folder)]) if ok_c else (False, "")
-                last[t] = "ok" if ok_v else "FAIL"
-                if not ok_v:
-                    last["why"] += f"{t} {'verify' if ok_c else 'compile'}: {why_v or why_c}; "
+                _target(last, out, name, t)
+        if fpga:
+            _fpga(out, name, metric, rows, fpga)
     return rows
 
 
@@ -250,6 +281,8 @@ def main_(argv=None) -> int:
     ap.add_argument("--models", default=",".join(MODELS),
                     help=f"comma-separated, from {', '.join(MODELS)} (default: all)")
     ap.add_argument("--targets", default="arm-a72,armv7-a7")
+    ap.add_argument("--fpga", default="fpga-xcu250",
+                    help="the FPGA target of the fpga column ('' to leave it out)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/edgec-own-models"))
     args = ap.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
@@ -257,9 +290,10 @@ def main_(argv=None) -> int:
     unknown = [m for m in names if m not in MODELS]
     if unknown:
         ap.error(f"unknown model {', '.join(unknown)} (known: {', '.join(MODELS)})")
-    rows = run(args.out, targets, names)
+    rows = run(args.out, targets, names, args.fpga or None)
     print(f"{'model':<20}{'steps':<22}{'metric (ort)':<30}{'params':>16}{'bytes':>18}"
-          f"{'export err/tol':>20}" + "".join(f"{t:>10}" for t in targets))
+          f"{'export err/tol':>20}" + "".join(f"{t:>10}" for t in targets)
+          + (f"{args.fpga:>14}" if args.fpga else ""))
     for r in rows:
         if not r["ok"]:
             print(f"{r['model']:<20}{r['steps']:<22}refused: {r['why']}")
@@ -268,7 +302,8 @@ def main_(argv=None) -> int:
         check = f"{r['export'][0]:.1e}/{r['export'][1]:.1e}"
         print(f"{r['model']:<20}{r['steps']:<22}{score:<30}"
               f"{r['params'][0]:>7} ->{r['params'][1]:>6}{r['bytes'][0]:>8} ->{r['bytes'][1]:>7}"
-              f"{check:>20}" + "".join(f"{r.get(t, ''):>10}" for t in targets))
+              f"{check:>20}" + "".join(f"{r.get(t, ''):>10}" for t in targets)
+              + (f"{r.get('fpga', ''):>14}" if args.fpga else ""))
         if r["why"]:
             print(f"{'':<42}{r['why']}")
     # a step refusing a model is a finding (its row says why); a crash or a failed target is not

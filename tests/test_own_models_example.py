@@ -40,3 +40,16 @@ def test_unknown_model_is_a_one_line_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         own_models.main_(["--models", "nope"])
     assert exc.value.code == 2 and "unknown model nope" in capsys.readouterr().err
+
+
+def test_fpga_column_gives_the_backends_one_line_reason(tmp_path, monkeypatch):
+    # Conv1d takes torchao's int8, which has no fixed-point grid: the float export goes to the
+    # FPGA, whose support check refuses the ConvTranspose1d before anything is written
+    _only(monkeypatch)
+    rows = {r["steps"]: r for r in
+            own_models.run(tmp_path, [], ["sensor-conv1d"], fpga="fpga-xcu250")}
+    fixed, fpga = rows["fixed<8,3>"], rows["float"]
+    assert not fixed["ok"] and "fixed<8,3>" in fixed["why"] and "fpga" not in fixed
+    assert fpga["fpga"] == "no"
+    assert "fpga-xcu250 compile: unsupported op 'ConvTranspose'" in fpga["why"]
+    assert not (tmp_path / "sensor-conv1d-fpga-xcu250").exists()
