@@ -36,10 +36,12 @@ def simplify(ctx: PipelineContext) -> list:
     from tvm import relax
 
     from toolchain.optimizer.fold_reshapes import FoldConstantReshapes
+    from toolchain.targets.cpu.qgather import GatherQuantizedRows
     from toolchain.targets.cpu.weight_only import LowerWeightOnlyMatMul
 
-    # Weight-only quantized matmuls keep their int8/int4 weights (before FoldConstant).
-    return [LowerWeightOnlyMatMul(ctx.target, ctx.threads),
+    # Weight-only quantized matmuls and embedding tables keep their int8/int4 weights
+    # (before FoldConstant).
+    return [GatherQuantizedRows(), LowerWeightOnlyMatMul(ctx.target, ctx.threads),
             relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
             FoldConstantReshapes(), relax.transform.FoldConstant(),
             relax.transform.DeadCodeElimination(["main"])]
