@@ -135,3 +135,7 @@ def register_all() -> None:
 
     integer.register_depthwise("smlad", integer.DepthwiseKernel(
         dw.supports, dw.depthwise_smlad, dw.pack_weights))
+    from toolchain.targets.cortexm import int8_pointwise as pw
+
+    integer.register_pointwise("smlad", integer.DepthwiseKernel(
+        pw.supports, pw.pointwise_smlad, pw.pack_weights))

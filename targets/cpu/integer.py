@@ -265,6 +265,19 @@ class _Lowerer(relax.PyExprMutator):
         scale = np.zeros(o_pad, np.float32)
         scale[:o] = (real / s_y) if out_dtype != "float32" else real
         x = self._input_nhwc(core)
+        own = _POINTWISE.get(self.vector.int8_dot) if self.vector is not None else None
+        if own is not None and own.supports(_static_shape(x), _dtype(x), core["geom"], o):
+            # The target folder's kernel (e.g. targets/cortexm/int8_pointwise.py), scheduled.
+            func = own.build(_static_shape(x), _dtype(x), core["geom"], o, out_dtype=out_dtype,
+                             out_zero=z_y, clamp=clamp, to_int=self.to_int)
+            gv = self.builder_.add_func(func, "qgemm_" + core["kind"])
+            b_own = b[:o] + (zp_a - zp8) * wsum[:o]  # its activations in int8 terms
+            out = self.builder_.emit(relax.call_tir(
+                gv, [x, relax.const(own.pack_weights(w_ohwi.reshape(o, -1))),
+                     relax.const(b_own.astype(np.int32)), relax.const(scale[:o])],
+                relax.TensorType([int(d) for d in func.params[-1].shape], out_dtype)))
+            self.rewritten += 1
+            return out
         tp = qgemm.row_tile(instr, *self._out_hw(core, _static_shape(x)))
 
         # int4 weights (all in [-8, 7]) are stored two per byte and unpacked per call.
@@ -653,6 +666,17 @@ def register_depthwise(int8_dot: str, kernel: DepthwiseKernel) -> None:
     """Devices whose ``int8_dot`` is this family take ``kernel`` for int8 depthwise convs
     (where it ``supports`` the input; elsewhere qdepthwise.py's)."""
     _DEPTHWISE[int8_dot] = kernel
+
+
+_POINTWISE: dict[str, DepthwiseKernel] = {}
+
+
+def register_pointwise(int8_dot: str, kernel: DepthwiseKernel) -> None:
+    """Devices whose ``int8_dot`` is this family take ``kernel`` for int8 GEMMs (1x1 convs,
+    matmuls) where ``kernel.supports(x_shape, x_dtype, geom, out_channels)``; its ``build``
+    takes ``(x_shape, x_dtype, geom, out_channels, *, out_dtype, out_zero, clamp, to_int)``
+    and ``pack_weights`` the [O, K] int8 weights; elsewhere the generic GEMM."""
+    _POINTWISE[int8_dot] = kernel
 
 
 def _dot_instr(vector: VectorUnit | None, symmetric_weights: bool) -> qgemm.DotInstr:
