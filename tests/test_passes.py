@@ -277,3 +277,38 @@ def test_shape_read_by_a_node_is_left_to_the_importer():
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     assert not FoldShapeOutputs().apply(model)[1]
+
+
+@pytest.mark.parametrize("direction", ["LEFT", "RIGHT"])
+@pytest.mark.parametrize("elem", [TensorProto.INT8, TensorProto.INT32, TensorProto.UINT16])
+def test_bound_bitshift_gives_onnx_answer_outside_the_width(direction, elem):
+    """A shift by a negative amount or by the width or more is 0 (-1 for a right shift of a
+    negative x), as ONNX defines it; shifts inside the range are unchanged."""
+    from toolchain.passes.bound_bitshift import BoundBitShift
+
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    bits = dtype.itemsize * 8
+    signed = dtype.kind == "i"
+    x = np.array([-8, 4, -1, 5, -3, 1] if signed else [8, 4, 1, 5, 3, 1], dtype)
+    y = np.array([-1, bits, bits + 5, 1, 2, bits - 1] if signed else
+                 [bits, bits + 3, 1, 0, 2, bits - 1], dtype)
+    model = _single("BitShift", [("x", elem, [6]), ("y", elem, [6])], [("z", elem, [6])],
+                    opset=11 if not signed else 28, direction=direction)
+    out = transform(model, [BoundBitShift()])
+    assert ops(out).count("BitShift") == 1 and ops(out)[-1] == "Where"
+    assert not BoundBitShift().apply(out)[1]  # its own bounded shift is left alone
+    got = _evaluate(out, {"x": x, "y": y})[0]
+    inside = (y.astype(np.int64) >= 0) & (y.astype(np.int64) < bits)
+    shift = np.where(inside, y, 0).astype(dtype)
+    moved = np.left_shift(x, shift) if direction == "LEFT" else np.right_shift(x, shift)
+    fill = np.where((x < 0) & (direction == "RIGHT"), -1, 0).astype(dtype)
+    np.testing.assert_array_equal(got, np.where(inside, moved, fill).astype(dtype))
+
+
+def test_bitshift_by_constants_in_range_is_left_alone():
+    from toolchain.passes.bound_bitshift import BoundBitShift
+
+    model = _single("BitShift", [("x", TensorProto.UINT8, [3])], [("z", TensorProto.UINT8, [3])],
+                    opset=11, inits=[numpy_helper.from_array(np.array([0, 3, 7], np.uint8), "y")],
+                    direction="LEFT")
+    assert not BoundBitShift().apply(model)[1]

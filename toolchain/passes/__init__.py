@@ -35,6 +35,7 @@ def transform(model: onnx.ModelProto, passes: Sequence[Pass]) -> onnx.ModelProto
 
 def cleanup_passes() -> list[Pass]:
     """The passes every CPU compile runs before TVM import."""
+    from toolchain.passes.bound_bitshift import BoundBitShift
     from toolchain.passes.channel_prelu import ChannelPReluSlope
     from toolchain.passes.expand_batchnorm_training import ExpandBatchNormTraining
     from toolchain.passes.expand_float_mod import ExpandFloatMod
@@ -50,4 +51,5 @@ def cleanup_passes() -> list[Pass]:
 
     return [RemoveDropout(), UnrollRecurrent(), ExpandBatchNormTraining(), FoldConstants(),
             FoldBatchNorm(), PretransposeGemm(), ChannelPReluSlope(), RewriteSignedIsInf(),
-            ExpandLayerNormStats(), ExpandSpaceToDepthCRD(), ExpandFloatMod(), FoldShapeOutputs()]
+            ExpandLayerNormStats(), ExpandSpaceToDepthCRD(), ExpandFloatMod(), FoldShapeOutputs(),
+            BoundBitShift()]
