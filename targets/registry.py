@@ -83,6 +83,10 @@ class Backend(abc.ABC):
     Options: ClassVar[type[CommonOptions]] = CommonOptions
     # The same for ``edgec simulate`` (None: the family has nothing to simulate).
     SimulateOptions: ClassVar[type[Options] | None] = None
+    # The frozen dataclass its report.json is read as (``toolchain.reports.schema``), with
+    # at least the keys the report's page frame reads: ``target``, ``input_model``,
+    # ``total_seconds``, ``schema_version``. None: the family writes no report.json.
+    report_class: ClassVar[type | None] = None
 
     @abc.abstractmethod
     def describe(self, device: Device) -> str:
@@ -121,6 +125,22 @@ class Backend(abc.ABC):
         folder's own, in its edgec.json."""
         raise ConfigError(f"'edgec simulate' is not available for the {self.family} family; "
                           "use 'edgec verify'")
+
+    # How it summarises its report: ``edgec report OUT`` and its HTML page (the frame, the
+    # verdict and the JSON files are toolchain.reports'; ``folder`` is a
+    # toolchain.reports.Folder whose ``report`` is an instance of ``report_class``).
+    def report_rows(self, folder) -> list[tuple[str, str]]:
+        """The family's (label, value) rows of ``edgec report OUT``, after the verdict."""
+        return []
+
+    def report_headline(self, folder) -> list[tuple[str, str]]:
+        """The (figure, label) boxes under the verdict on the HTML page."""
+        return []
+
+    def report_sections(self, folder) -> list[str]:
+        """The family's HTML sections of the page, between the headline and the JSON files,
+        built with toolchain.reports.html's ``table`` / ``row`` / ``figure`` / ``esc``."""
+        return []
 
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """Run this family's tools for ``device`` on a one-line program in ``workdir``.

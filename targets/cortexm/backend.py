@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import ConfigError
+from toolchain.reports.schema import CpuReport
 from toolchain.targets.cortexm.device import McuDevice
 from toolchain.targets.cortexm.options import CortexMOptions
 from toolchain.targets.registry import Backend, Device, NodeSupport, register_backend
@@ -33,6 +34,23 @@ log = logging.getLogger(__name__)
 class CortexMBackend(Backend):
     family = "cortexm"
     Options = CortexMOptions
+    report_class = CpuReport
+
+    # the report: targets/cpu/report_page.py (the CPU family's, plus flash and SRAM)
+    def report_rows(self, folder) -> list[tuple[str, str]]:
+        from toolchain.targets.cpu import report_page as page
+
+        return page.rows(folder) + page.mcu_rows(folder)
+
+    def report_headline(self, folder) -> list[tuple[str, str]]:
+        from toolchain.targets.cpu import report_page as page
+
+        return page.headline(folder)
+
+    def report_sections(self, folder) -> list[str]:
+        from toolchain.targets.cpu import report_page as page
+
+        return page.sections(folder)
 
     def describe(self, device: Device) -> str:
         d = McuDevice.from_device(device)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import ConfigError
+from toolchain.reports.schema import CpuReport
 from toolchain.targets.cpu.cc import find_compiler
 from toolchain.targets.cpu.device import CpuDevice
 from toolchain.targets.cpu.options import CpuOptions
@@ -32,6 +33,23 @@ log = logging.getLogger(__name__)
 class CpuBackend(Backend):
     family = "cpu"
     Options = CpuOptions
+    report_class = CpuReport
+
+    # the report: targets/cpu/report_page.py
+    def report_rows(self, folder) -> list[tuple[str, str]]:
+        from toolchain.targets.cpu import report_page as page
+
+        return page.rows(folder)
+
+    def report_headline(self, folder) -> list[tuple[str, str]]:
+        from toolchain.targets.cpu import report_page as page
+
+        return page.headline(folder)
+
+    def report_sections(self, folder) -> list[str]:
+        from toolchain.targets.cpu import report_page as page
+
+        return page.sections(folder)
 
     def describe(self, device: Device) -> str:
         d = CpuDevice.from_device(device)

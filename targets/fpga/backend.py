@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import ConfigError, ToolMissingError
+from toolchain.reports.schema import FpgaReport
 from toolchain.targets.registry import Backend, Device, NodeSupport, register_backend
 
 from . import config as fcfg
@@ -90,6 +91,23 @@ class FpgaBackend(Backend):
     family = "fpga"
     Options = FpgaOptions
     SimulateOptions = FpgaSimulateOptions
+    report_class = FpgaReport
+
+    # the report: targets/fpga/report_page.py
+    def report_rows(self, folder) -> list[tuple[str, str]]:
+        from toolchain.targets.fpga import report_page as page
+
+        return page.rows(folder)
+
+    def report_headline(self, folder) -> list[tuple[str, str]]:
+        from toolchain.targets.fpga import report_page as page
+
+        return page.headline(folder)
+
+    def report_sections(self, folder) -> list[str]:
+        from toolchain.targets.fpga import report_page as page
+
+        return page.sections(folder)
 
     def describe(self, device: Device) -> str:
         d = fcfg.FpgaDevice.from_device(device)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from . import plots
 from .build import BuildFolder, TargetRow
-from .html import STYLE, _e, _figure, _table
+from .html import STYLE, esc as _e, figure as _figure, table as _table
 from .schema import FpgaReport
-from .summary import fpga_latency_note, size
+from .summary import size
 
 
 def _max_error(row: TargetRow) -> str:
@@ -48,6 +48,8 @@ def _memory(row: TargetRow) -> str:
 
 
 def _targets(b: BuildFolder) -> str:
+    from toolchain.targets.fpga.report_page import latency_note
+
     rows = []
     for t in b.targets:
         emu = t.folder.simulation
@@ -71,7 +73,7 @@ def _targets(b: BuildFolder) -> str:
         table += ("<p class='note'>Not measured: that target's folders hold no time or "
                   "instruction count (compile does not run the model).</p>")
     why = "".join(f"<p class='why'><b>{_e(t.name)}: why two latency figures.</b> "
-                  f"{_e(fpga_latency_note(t.folder.report, t.folder.simulation))}</p>"
+                  f"{_e(latency_note(t.folder.report, t.folder.simulation))}</p>"
                   for t in b.targets if isinstance(t.folder.report, FpgaReport))
     return table + why
 

@@ -12,18 +12,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from toolchain.errors import ConfigError
 
-from .schema import (CpuReport, FpgaReport, Profile, Simulation, Verification, load_profile,
-                     load_report, load_simulation, load_verification)
+from .schema import (Profile, Simulation, Verification, load_profile, load_report,
+                     load_simulation, load_verification)
 
 
 @dataclass(frozen=True)
 class Folder:
     path: Path
     manifest: dict
-    report: CpuReport | FpgaReport
+    report: Any  # an instance of the family backend's ``report_class``
     simulation: Simulation | None = None
     verification: Verification | None = None
     files: tuple[str, ...] = ()  # the JSON files read, relative to path

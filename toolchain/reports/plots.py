@@ -1,21 +1,24 @@
 """The report's plots, drawn with matplotlib's Agg backend and returned as base64 PNG, so the
-page embeds them and needs no network and no files beside it."""
+page embeds them and needs no network and no files beside it.
+
+``pyplot()`` and ``png(fig)`` are for a family's own plots too (e.g. the FPGA family's, in
+targets/fpga/report_page.py)."""
 
 from __future__ import annotations
 
 import base64
 import io
-from collections import Counter
 
 from matplotlib.ticker import MaxNLocator
 
-from .schema import ArenaTrace, CpuReport, FpgaReport, Profile, Simulation
+from .schema import ArenaTrace
 
 W = 4.6  # inches at 100 dpi: a plot beside its table on a 1200 px page
 BLUE, GREY, ORANGE, RED, GREEN = "#3b6ea8", "#9aa5b1", "#e08a2c", "#c0392b", "#2e8b57"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -24,100 +27,18 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> str:
+def png(fig) -> str:
+    """``fig`` as base64 PNG (closed afterwards)."""
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-TOP_KERNELS = 15  # the plot's bars; the rest are summed into one
 
 
 def time_unit(seconds: float) -> tuple[float, str]:
     """(factor, unit) that shows ``seconds`` with a few digits: µs or ms."""
     return (1e3, "ms") if seconds >= 1e-2 else (1e6, "µs")
-
-
-def kernel_share(report: CpuReport, profile: Profile | None = None) -> tuple[str, str]:
-    """(title, PNG): per-kernel time or instructions from ``profile`` (OUT/profile.json) or
-    the report when they have them, else the ops the kernels run (calls x fused ops, by op)."""
-    plt = _pyplot()
-    speed = report.kernel_seconds or report.kernel_instructions
-    integer = True
-    if profile is not None:
-        if profile.kind == "time":
-            factor, unit = time_unit(profile.kernel_sum)
-            items = [(k, f.value * factor) for k, f in profile.kernels.items()]
-            what, integer = f"median time per inference ({unit})", False
-            title = (f"Kernel share of time (median of {profile.runs} runs, "
-                     f"{profile.where})")
-        else:
-            items = [(k, f.value) for k, f in profile.kernels.items()]
-            what = "guest instructions per inference"
-            title = f"Kernel share of instructions (exact, under {profile.where}; not time)"
-    elif speed:
-        what = "time (s)" if report.kernel_seconds else "instructions"
-        integer = not report.kernel_seconds
-        items = list(speed.items())
-        title = f"Kernel share of {what}"
-    else:
-        ops: Counter = Counter()
-        for k in report.kernels.values():
-            for op in k.ops:
-                ops[op] += k.calls
-        items = list(ops.items())
-        what = "op instances (calls x fused ops)"
-        title = ("Kernel share by op (no per-kernel time or instructions: "
-                 "edgec run OUT --profile measures them)")
-    total = sum(v for _, v in items) or 1
-    items = sorted(items, key=lambda kv: kv[1])
-    if len(items) > TOP_KERNELS:
-        rest = items[:len(items) - TOP_KERNELS + 1]
-        items = [(f"{len(rest)} others", sum(v for _, v in rest))] + \
-            items[len(items) - TOP_KERNELS + 1:]
-    fig, ax = plt.subplots(figsize=(W, 0.32 * len(items) + 1.1))
-    bars = ax.barh([k for k, _ in items], [v for _, v in items], color=BLUE)
-    for bar, (_, v) in zip(bars, items):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f" {100 * v / total:.1f}%", va="center", fontsize=8)
-    ax.set_xlabel(what)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=integer))
-    if integer and total >= 1e4:
-        from matplotlib.ticker import FuncFormatter
-
-        big = total >= 1e7
-        ax.xaxis.set_major_formatter(FuncFormatter(
-            lambda v, _: "0" if v == 0 else f"{v / 1e6:g}M" if big else f"{v / 1e3:g}k"))
-    ax.margins(x=0.18)
-    ax.tick_params(axis="y", labelsize=8)
-    ax.spines[["top", "right"]].set_visible(False)
-    return title, _png(fig)
-
-
-def memory(report: CpuReport, ram_bytes: int | None = None) -> tuple[str, str]:
-    """(title, PNG): bars of the arena with and without reuse beside workspace and weights,
-    against the device's RAM when its file gives it."""
-    plt = _pyplot()
-    mem = report.memory
-    kib = 1 / 1024
-    fig, ax = plt.subplots(figsize=(W, 2.8))
-    names = ["arena", "arena\nno reuse", "workspace", "weights"]
-    values = [mem.arena_bytes, mem.arena_bytes_without_reuse, mem.workspace_bytes,
-              mem.weight_bytes]
-    colors = [BLUE, GREY, BLUE, ORANGE]
-    bars = ax.bar(names, [v * kib for v in values], color=colors)
-    for bar, v in zip(bars, values):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{v * kib:.1f}",
-                ha="center", va="bottom", fontsize=8)
-    if ram_bytes:
-        ax.axhline(ram_bytes * kib, color=RED, ls="--", lw=1, label="device RAM")
-        ax.legend(fontsize=8)
-    ax.set_ylabel("KiB")
-    ax.margins(y=0.15)
-    ax.spines[["top", "right"]].set_visible(False)
-    return "Memory: arena, workspace and weights (KiB)", _png(fig)
 
 
 ROLE_COLORS = {"input": GREEN, "output": ORANGE}
@@ -127,7 +48,7 @@ TEMP_COLORS = (BLUE, "#6d94c4", "#2f5a8c", "#89a9d0")
 def arena(trace: ArenaTrace, arena_bytes: int) -> tuple[str, str]:
     """(title, PNG): top, each arena buffer as a box from the call that writes it to the last
     call that reads it, at its offset; below, the bytes alive during each call."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(trace.calls)
     kib = 1 / 1024
     width = min(11.5, max(7.0, 0.18 * n + 4))
@@ -173,60 +94,13 @@ def arena(trace: ArenaTrace, arena_bytes: int) -> tuple[str, str]:
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(max(n, 1), 25)))
     for ax in (top, bottom):
         ax.spines[["top", "right"]].set_visible(False)
-    return "The activation arena over the kernel sequence", _png(fig)
-
-
-def fpga_latency(report: FpgaReport, sim: Simulation | None) -> tuple[str, str]:
-    """(title, PNG): latency cycles, HLS estimate beside the RTL simulation when it ran."""
-    plt = _pyplot()
-    names, values, colors = [f"HLS estimate\n({report.estimate.strategy})"], \
-        [report.estimate.latency_cycles], [GREY]
-    for strategy, est in sorted(report.estimates_by_strategy.items()):
-        if strategy != report.estimate.strategy and isinstance(est, dict) \
-                and "latency_cycles" in est:
-            names.append(f"HLS estimate\n({strategy})")
-            values.append(est["latency_cycles"])
-            colors.append("#c8ced6")
-    ran = bool(sim and sim.rtl.ran and sim.rtl.latency_cycles is not None)
-    if ran:
-        names.append("RTL simulated\n(Verilator)")
-        values.append(sim.rtl.latency_cycles)
-        colors.append(GREEN)
-    fig, ax = plt.subplots(figsize=(W, 2.8))
-    bars = ax.bar(names, values, color=colors)
-    for bar, v in zip(bars, values):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), str(v), ha="center",
-                va="bottom", fontsize=9)
-    ax.set_ylabel("latency (clock cycles)")
-    ax.margins(y=0.15)
-    ax.spines[["top", "right"]].set_visible(False)
-    return ("Latency: HLS estimate beside the RTL simulation" if ran else
-            "Latency: HLS estimates (RTL not simulated)"), _png(fig)
-
-
-def fpga_resources(report: FpgaReport) -> tuple[str, str]:
-    """(title, PNG): each resource's estimated use in percent of the part."""
-    plt = _pyplot()
-    res = report.utilization.resources
-    names = [k.upper() for k in res]
-    pct = [r.percent for r in res.values()]
-    fig, ax = plt.subplots(figsize=(W, 2.4))
-    bars = ax.barh(names, pct, color=[RED if p > 100 else BLUE for p in pct])
-    for bar, r in zip(bars, res.values()):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f" {r.used:,} / {r.available:,} ({r.percent:.1f}%)", va="center", fontsize=8)
-    ax.axvline(100, color=RED, ls="--", lw=1)
-    ax.set_xlim(0, max(110, max(pct, default=0) * 1.1))
-    ax.set_xlabel(f"% of {report.device.part} (estimate)")
-    ax.invert_yaxis()
-    ax.spines[["top", "right"]].set_visible(False)
-    return "Resources against the part (estimate)", _png(fig)
+    return "The activation arena over the kernel sequence", png(fig)
 
 
 def compression_steps(chains: dict, names: dict | None = None) -> tuple[str, str]:
     """(title, PNG): per model chain, the bytes after each compression step (bars) and the
     metric on the test set (dots, right axis, above the bars)."""
-    plt = _pyplot()
+    plt = pyplot()
     chains = {k: v for k, v in chains.items() if v}
     names = names or {}
     fig, axes = plt.subplots(1, max(len(chains), 1), figsize=(4.4 * max(len(chains), 1), 3.0),
@@ -259,14 +133,14 @@ def compression_steps(chains: dict, names: dict | None = None) -> tuple[str, str
             right.set_ylabel(rows[0].metric, color=ORANGE, fontsize=8)
             right.spines[["top"]].set_visible(False)
         ax.spines[["top"]].set_visible(False)
-    return "Compression steps: size (bars) and test metric (dots)", _png(fig)
+    return "Compression steps: size (bars) and test metric (dots)", png(fig)
 
 
 def targets_side_by_side(rows: list) -> tuple[str, str]:
     """(title, PNG): per target, its memory (weights and RAM, CPU) or its use of the part
     (FPGA: LUT share), and every latency figure it has on one log time axis, each bar
     labelled with where the figure comes from (estimate, RTL simulation, measured run)."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import FuncFormatter
     from matplotlib.transforms import blended_transform_factory
 
@@ -322,7 +196,7 @@ def targets_side_by_side(rows: list) -> tuple[str, str]:
     for ax in (mem_ax, lat_ax):
         ax.spines[["top", "right"]].set_visible(False)
     return "Targets side by side: memory and latency (target names in green: verified)", \
-        _png(fig)
+        png(fig)
 
 
 def _time(ns: float) -> str:

@@ -37,6 +37,9 @@ of examples/armcount between marker system calls; emulated, so not time). ``wher
 instructions); ``kernels[name] = {calls, value, share}`` (``value`` summed over the kernel's
 calls, ``share`` of the kernels' sum), in call order; ``calls``: each call's kernel and value.
 
+Which class a report.json is read as is its family's choice: the backend's
+``report_class`` (``toolchain.targets.registry.Backend``), found by the report's ``family``.
+
 FPGA (``FpgaReport``): the device and its part totals, the hls4ml config, the per-layer plan
 (``layers``), the chosen ``estimate`` (latency cycles/ns, II, resources: labelled estimates),
 ``estimates_by_strategy``, ``utilization`` (used / available / percent per resource, ``fits``),
@@ -324,7 +327,6 @@ def load_profile(path: Path) -> Profile:
         raise SchemaError(f"{path} does not match the profile schema: {exc}") from None
 
 
-REPORTS = {"cpu": CpuReport, "cortexm": CpuReport, "fpga": FpgaReport}
 RENAMED_FAMILIES = {"arm": "cpu"}  # the CPU family was called "arm" until the host joined it
 
 
@@ -428,15 +430,26 @@ def _read(path: Path) -> dict:
 
 
 def report_class(data: dict, source: str = "report"):
-    """The schema class of a report.json: FPGA reports say ``family``; CPU ones may not."""
+    """The schema class of a report.json: the one its family's backend declares
+    (``Backend.report_class``). FPGA reports say ``family``; CPU ones may not."""
+    from toolchain.errors import ConfigError
+    from toolchain.targets.registry import available_backends, backend_for
+
     family = data.get("family", "cpu") if isinstance(data, dict) else None
     family = RENAMED_FAMILIES.get(family, family)
-    if family not in REPORTS:
-        raise SchemaError(f"{source}: unknown family {family!r}; known: {', '.join(REPORTS)}")
-    return REPORTS[family]
+    cls = None
+    if isinstance(family, str) and family.isidentifier():
+        try:
+            cls = backend_for(family).report_class
+        except ConfigError:
+            pass
+    if cls is None:
+        known = [b.family for b in available_backends() if b.report_class is not None]
+        raise SchemaError(f"{source}: unknown family {family!r}; known: {', '.join(known)}")
+    return cls
 
 
-def load_report(path: Path) -> CpuReport | FpgaReport:
+def load_report(path: Path):
     """A report.json, validated (SchemaError names the file and the key on a mismatch)."""
     data = _read(path)
     return from_json(report_class(data, str(path)), data, str(path))
