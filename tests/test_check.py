@@ -173,3 +173,27 @@ def test_cortexm_takes_a_cast_of_a_shape():
         graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), {})
     found = backend_for("cortexm").support(model, device("cortex-m4"))
     assert [s.supported for s in found] == [True] * 4, found
+
+
+def test_output_dtype_mismatch_is_a_graph_problem_not_a_runtime_surprise():
+    """An output whose type TVM's import computes differently from the ONNX declaration is
+    refused before any kernel is built (it would otherwise be read with the wrong size)."""
+    from onnx import TensorProto, helper
+
+    from toolchain.errors import ModelError
+    from toolchain.optimizer.frontend import import_onnx, refusals
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("z", TensorProto.INT32, [1, 4])]
+    nodes = [helper.make_node("Relu", ["x"], ["y"]),
+             helper.make_node("Cast", ["x"], ["z"], to=TensorProto.INT32)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    assert refusals(model) == ({}, [])
+    import_onnx(model, "host")  # declared as computed: fine
+    model.graph.output[1].type.tensor_type.elem_type = TensorProto.INT64
+    found, graph = refusals(model)
+    assert graph == ["output 'z' is declared int64 but TVM's import computes it as int32"]
+    with pytest.raises(ModelError, match="declared int64"):
+        import_onnx(model, "host")

@@ -431,6 +431,28 @@ def locate(model: onnx.ModelProto, target: str, failed: str) -> None:
     raise ModelError(f"TVM cannot compile the model: {failed}")
 
 
+def output_dtype_problems(model: onnx.ModelProto, mod) -> list[str]:
+    """Graph outputs whose element type in TVM's import differs from the ONNX declaration (one
+    line each). A mismatch would otherwise surface only at run time, as a wrong-size read of
+    the output (a float mask for Dropout's bool mask was one)."""
+    ret = mod["main"].ret_ty
+    got = list(getattr(ret, "fields", None) or [ret])
+    outs = list(model.graph.output)
+    if len(got) != len(outs):
+        return [f"TVM's import returns {len(got)} outputs, the model declares {len(outs)}"]
+    problems = []
+    for out, ty in zip(outs, got):
+        elem = out.type.tensor_type.elem_type
+        dtype = getattr(ty, "dtype", None)
+        if not elem or dtype is None:
+            continue
+        want = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name
+        if str(dtype) != want:
+            problems.append(f"output '{out.name}' is declared {want} but TVM's import computes "
+                            f"it as {dtype}")
+    return problems
+
+
 # The import refusals() made and found whole (every check passed, every op legalized), kept for
 # the compile that follows it (edgec compile asks the backend's support first): import_onnx
 # takes it once for the same model instead of importing and legalizing it a second time.
@@ -467,6 +489,9 @@ def refusals(model: onnx.ModelProto) -> tuple[dict[int, str], list[str]]:
         try:
             mod = _from_onnx(model)
             failed = _probe(mod)
+            graph += [] if failed else output_dtype_problems(model, mod)
+            if graph:
+                return found, graph
         except Exception as exc:  # the importer raises assorted errors for odd attributes
             failed = f"TVM could not import the model: {_first_line(exc)}"
         if failed is None:
@@ -502,4 +527,7 @@ def import_onnx(model: onnx.ModelProto, target: str):
     why = _probe(mod)
     if why:
         locate(model, target, why)
+    problems = output_dtype_problems(model, mod)
+    if problems:
+        raise ModelError(f"cannot compile the model for '{target}': {problems[0]}")
     return mod
