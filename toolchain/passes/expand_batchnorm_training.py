@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from toolchain.passes import Pass
-from toolchain.passes.graph import Names, attribute, default_opset, set_initializer, tensor_types
+from toolchain.passes.expand import ExpandNodes
+from toolchain.passes.graph import attribute, default_opset, set_initializer
 
 _FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64}
 
@@ -28,27 +28,18 @@ def is_training_batchnorm(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
             and default_opset(model) >= 14 and int(attribute(node, "training_mode", 0)) == 1)
 
 
-class ExpandBatchNormTraining(Pass):
-    def apply(self, model):
-        if not any(is_training_batchnorm(model, n) for n in model.graph.node):
-            return model, False
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        types = tensor_types(model)
-        opset = default_opset(model)
-        fresh = Names(model)
-        nodes, changed = [], False
-        for node in model.graph.node:
-            elems = {types.get(name, (0, None))[0] for name in node.input[:5]}
-            dims = types.get(node.input[0], (0, None))[1]
-            if (not is_training_batchnorm(model, node) or len(node.input) < 5 or len(elems) != 1
-                    or not elems <= set(_FLOATS) or dims is None or len(dims) < 2):
-                nodes.append(node)
-                continue
-            nodes += self._expand(model, node, _FLOATS[elems.pop()], len(dims), opset, fresh)
-            changed = True
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        return model, changed
+class ExpandBatchNormTraining(ExpandNodes):
+    def select(self, model):
+        return lambda node: is_training_batchnorm(model, node)
+
+    def expand(self, model, node, types, fresh):
+        elems = {types.get(name, (0, None))[0] for name in node.input[:5]}
+        dims = types.get(node.input[0], (0, None))[1]
+        if (len(node.input) < 5 or len(elems) != 1 or not elems <= set(_FLOATS) or dims is None
+                or len(dims) < 2):
+            return None
+        return self._expand(model, node, _FLOATS[elems.pop()], len(dims), default_opset(model),
+                            fresh)
 
     @staticmethod
     def _expand(model, node, dtype, rank, opset, fresh) -> list[onnx.NodeProto]:

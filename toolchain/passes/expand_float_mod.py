@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from toolchain.passes import Pass
-from toolchain.passes.graph import Names, attribute, set_initializer, tensor_types
+from toolchain.passes.expand import ExpandNodes
+from toolchain.passes.graph import attribute, set_initializer
 
 _FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
            TensorProto.FLOAT16: np.float16}
@@ -26,24 +26,13 @@ def _is_floor_mod(node: onnx.NodeProto) -> bool:
             and int(attribute(node, "fmod", 0)) == 0)
 
 
-class ExpandFloatMod(Pass):
-    def apply(self, model):
-        if not any(_is_floor_mod(n) for n in model.graph.node):
-            return model, False
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        types = tensor_types(model)
-        fresh = Names(model)
-        nodes, changed = [], False
-        for node in model.graph.node:
-            elem = types.get(node.input[0], (0, None))[0] if _is_floor_mod(node) else 0
-            if elem not in _FLOATS:
-                nodes.append(node)
-                continue
-            nodes += self._expand(model, node, _FLOATS[elem], fresh)
-            changed = True
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        return model, changed
+class ExpandFloatMod(ExpandNodes):
+    def select(self, model):
+        return _is_floor_mod
+
+    def expand(self, model, node, types, fresh):
+        elem = types.get(node.input[0], (0, None))[0]
+        return self._expand(model, node, _FLOATS[elem], fresh) if elem in _FLOATS else None
 
     @staticmethod
     def _expand(model, node, dtype, fresh) -> list[onnx.NodeProto]:

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from toolchain.passes import Pass
-from toolchain.passes.graph import Names, attribute, default_opset, set_initializer, tensor_types
+from toolchain.passes.expand import ExpandNodes
+from toolchain.passes.graph import attribute, default_opset, set_initializer
 
 _FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
            TensorProto.FLOAT16: np.float16}
@@ -34,27 +34,16 @@ def _wanted(node: onnx.NodeProto, read: set[str]) -> bool:
             and any(name and name in read for name in node.output[1:]))
 
 
-class ExpandLayerNormStats(Pass):
-    def apply(self, model):
+class ExpandLayerNormStats(ExpandNodes):
+    def select(self, model):
         read = _read(model)
-        if not any(_wanted(n, read) for n in model.graph.node):
-            return model, False
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        types = tensor_types(model)
-        opset = default_opset(model)
-        fresh = Names(model)
-        nodes, changed = [], False
-        for node in model.graph.node:
-            elem, dims = types.get(node.input[0], (0, None))
-            if (not _wanted(node, read) or elem not in _FLOATS or dims is None
-                    or int(attribute(node, "stash_type", 1)) != 1):
-                nodes.append(node)
-                continue
-            nodes += self._expand(model, node, types, len(dims), opset, fresh)
-            changed = True
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        return model, changed
+        return lambda node: _wanted(node, read)
+
+    def expand(self, model, node, types, fresh):
+        elem, dims = types.get(node.input[0], (0, None))
+        if elem not in _FLOATS or dims is None or int(attribute(node, "stash_type", 1)) != 1:
+            return None
+        return self._expand(model, node, types, len(dims), default_opset(model), fresh)
 
     @staticmethod
     def _expand(model, node, types, rank, opset, fresh) -> list[onnx.NodeProto]:

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from toolchain.passes import Pass
-from toolchain.passes.graph import Names, attribute, set_initializer, tensor_types
+from toolchain.passes.expand import ExpandNodes
+from toolchain.passes.graph import attribute, set_initializer
 
 
 def _is_crd(node: onnx.NodeProto) -> bool:
@@ -24,34 +24,24 @@ def _is_crd(node: onnx.NodeProto) -> bool:
             and attribute(node, "mode", "DCR") == "CRD")
 
 
-class ExpandSpaceToDepthCRD(Pass):
-    def apply(self, model):
-        if not any(_is_crd(n) for n in model.graph.node):
-            return model, False
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        types = tensor_types(model)
-        fresh = Names(model)
-        nodes, changed = [], False
-        for node in model.graph.node:
-            shape = types.get(node.input[0], (0, None))[1] if _is_crd(node) else None
-            b = int(attribute(node, "blocksize", 0))
-            if (not shape or len(shape) != 4 or not all(shape) or b < 1
-                    or shape[2] % b or shape[3] % b):
-                nodes.append(node)
-                continue
-            n, c, h, w = shape
-            base = node.name or node.output[0]
-            split, merged = fresh(f"{base}_crd_split"), fresh(f"{base}_crd_merged")
-            set_initializer(model, split, np.array([n, c, h // b, b, w // b, b], np.int64))
-            set_initializer(model, merged, np.array([n, c * b * b, h // b, w // b], np.int64))
-            blocks, moved = fresh(f"{base}_crd_blocks"), fresh(f"{base}_crd_moved")
-            nodes += [
-                helper.make_node("Reshape", [node.input[0], split], [blocks], name=f"{base}/split"),
-                helper.make_node("Transpose", [blocks], [moved], perm=[0, 1, 3, 5, 2, 4],
-                                 name=f"{base}/transpose"),
-                helper.make_node("Reshape", [moved, merged], list(node.output), name=f"{base}/merge"),
-            ]
-            changed = True
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        return model, changed
+class ExpandSpaceToDepthCRD(ExpandNodes):
+    def select(self, model):
+        return _is_crd
+
+    def expand(self, model, node, types, fresh):
+        shape = types.get(node.input[0], (0, None))[1]
+        b = int(attribute(node, "blocksize", 0))
+        if not shape or len(shape) != 4 or not all(shape) or b < 1 or shape[2] % b or shape[3] % b:
+            return None
+        n, c, h, w = shape
+        base = node.name or node.output[0]
+        split, merged = fresh(f"{base}_crd_split"), fresh(f"{base}_crd_merged")
+        set_initializer(model, split, np.array([n, c, h // b, b, w // b, b], np.int64))
+        set_initializer(model, merged, np.array([n, c * b * b, h // b, w // b], np.int64))
+        blocks, moved = fresh(f"{base}_crd_blocks"), fresh(f"{base}_crd_moved")
+        return [
+            helper.make_node("Reshape", [node.input[0], split], [blocks], name=f"{base}/split"),
+            helper.make_node("Transpose", [blocks], [moved], perm=[0, 1, 3, 5, 2, 4],
+                             name=f"{base}/transpose"),
+            helper.make_node("Reshape", [moved, merged], list(node.output), name=f"{base}/merge"),
+        ]
