@@ -87,6 +87,9 @@ class Backend(abc.ABC):
     # at least the keys the report's page frame reads: ``target``, ``input_model``,
     # ``total_seconds``, ``schema_version``. None: the family writes no report.json.
     report_class: ClassVar[type | None] = None
+    # report.json keys compared with the stored baselines (toolchain.reports.baseline): dotted
+    # keys, ``name#`` the length of a list, each (relative, absolute) tolerance; (0, 0) exact
+    baseline_tolerances: ClassVar[Mapping[str, tuple[float, float]]] = {}
 
     @abc.abstractmethod
     def describe(self, device: Device) -> str:
@@ -141,6 +144,13 @@ class Backend(abc.ABC):
         """The family's HTML sections of the page, between the headline and the JSON files,
         built with toolchain.reports.html's ``table`` / ``row`` / ``figure`` / ``esc``."""
         return []
+
+    def build_facts(self, folder):
+        """The target's row of a build's summary page: a toolchain.reports.build.BuildFacts
+        (bytes, memory, latencies, a note); default: nothing but the verdict."""
+        from toolchain.reports.build import BuildFacts
+
+        return BuildFacts()
 
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """Run this family's tools for ``device`` on a one-line program in ``workdir``.

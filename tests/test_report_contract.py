@@ -120,7 +120,8 @@ def test_an_unknown_family_is_one_line(toy_folder, capsys):
 CORE = Path(__file__).resolve().parents[1] / "toolchain" / "reports"
 
 
-@pytest.mark.parametrize("module", ["html.py", "summary.py", "plots.py", "folder.py"])
+@pytest.mark.parametrize("module", ["html.py", "summary.py", "plots.py", "folder.py", "build.py",
+                                    "buildpage.py"])
 def test_the_single_folder_report_core_names_no_family(module):
     source = (CORE / module).read_text()
     assert not re.search(r"\b(CpuReport|FpgaReport|McuMemory)\b", source)

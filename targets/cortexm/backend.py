@@ -23,6 +23,7 @@ import numpy as np
 
 from toolchain.errors import ConfigError
 from toolchain.reports.schema import CpuReport
+from toolchain.targets.cpu.backend import BASELINE_TOLERANCES
 from toolchain.targets.cortexm.device import McuDevice
 from toolchain.targets.cortexm.options import CortexMOptions
 from toolchain.targets.registry import Backend, Device, NodeSupport, register_backend
@@ -35,6 +36,7 @@ class CortexMBackend(Backend):
     family = "cortexm"
     Options = CortexMOptions
     report_class = CpuReport
+    baseline_tolerances = BASELINE_TOLERANCES  # the CPU family's keys
 
     # the report: targets/cpu/report_page.py (the CPU family's, plus flash and SRAM)
     def report_rows(self, folder) -> list[tuple[str, str]]:
@@ -51,6 +53,11 @@ class CortexMBackend(Backend):
         from toolchain.targets.cpu import report_page as page
 
         return page.sections(folder)
+
+    def build_facts(self, folder):
+        from toolchain.targets.cpu import report_page as page
+
+        return page.build_facts(folder)
 
     def describe(self, device: Device) -> str:
         d = McuDevice.from_device(device)

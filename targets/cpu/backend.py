@@ -29,11 +29,29 @@ from toolchain.targets.registry import Backend, Device, NodeSupport, register_ba
 log = logging.getLogger(__name__)
 
 
+
+# Kernel counts: the integer pipeline is still changing, so a few kernels more or fewer is not a
+# regression worth a red test; sizes are tight; the binary moves with the compiler and libc.
+_EXACT, _COUNTS, _BYTES, _BINARY = (0.0, 0.0), (0.2, 2.0), (0.05, 256.0), (0.10, 0.0)
+BASELINE_TOLERANCES = {
+    "target": _EXACT, "pipeline": _EXACT, "schedule": _EXACT, "threads": _EXACT,
+    "kernel_calls_before_fusion": _COUNTS, "kernel_calls_after_fusion": _COUNTS,
+    "kernel_calls": _COUNTS, "distinct_kernels": _COUNTS,
+    "memory.weight_bytes": _BYTES, "memory.arena_bytes": _BYTES,
+    "memory.arena_bytes_without_reuse": _BYTES, "memory.workspace_bytes": (0.1, 1024.0),
+    "binary_bytes": _BINARY, "library_bytes": _BINARY,
+    # schema 2: the arena over the kernel sequence (its peak, its length, its buffers)
+    "memory.arena_trace.peak_bytes": _BYTES, "memory.arena_trace.live_bytes#": _COUNTS,
+    "memory.arena_trace.buffers#": _COUNTS,
+}
+
+
 @register_backend
 class CpuBackend(Backend):
     family = "cpu"
     Options = CpuOptions
     report_class = CpuReport
+    baseline_tolerances = BASELINE_TOLERANCES
 
     # the report: targets/cpu/report_page.py
     def report_rows(self, folder) -> list[tuple[str, str]]:
@@ -50,6 +68,11 @@ class CpuBackend(Backend):
         from toolchain.targets.cpu import report_page as page
 
         return page.sections(folder)
+
+    def build_facts(self, folder):
+        from toolchain.targets.cpu import report_page as page
+
+        return page.build_facts(folder)
 
     def describe(self, device: Device) -> str:
         d = CpuDevice.from_device(device)

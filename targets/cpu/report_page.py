@@ -76,6 +76,27 @@ def sections(folder: Folder) -> list[str]:
                                                  kernel_share_plot(r, folder.profile))]
 
 
+def build_facts(folder: Folder):
+    """The target's row of a build page: weights, arena + workspace, the executable, and the
+    latency figures its folder holds (kernel time or instructions, the verify step's bench)."""
+    from toolchain.reports.build import BuildFacts, Latency
+
+    r, out = folder.report, []
+    if r.kernel_seconds:
+        ms = 1e3 * sum(r.kernel_seconds.values())
+        out.append(Latency(round(ms, 4), "ms", "kernel time", ms * 1e6))
+    if r.kernel_instructions:
+        out.append(Latency(sum(r.kernel_instructions.values()), "instructions",
+                           "kernel instructions (qemu)"))
+    b = folder.bench
+    if b is not None:
+        ms = b["median_ms"]
+        out.append(Latency(ms, "ms", f"median of {b['runs']} runs, {b['where']}", ms * 1e6))
+    return BuildFacts(weight_bytes=r.memory.weight_bytes,
+                      ram_bytes=r.memory.arena_bytes + r.memory.workspace_bytes,
+                      binary_bytes=r.binary_bytes, latencies=tuple(out))
+
+
 def memory_needs(report: CpuReport) -> list[Need]:
     """What a board needs for the model: RAM for the arena and workspace, flash for the
     weights and the code (the static binary holds both)."""

@@ -86,12 +86,23 @@ int main() { ap_fixed<16, 6> x = 1.5; return (x * 2 == 3) ? 0 : 1; }
 """
 
 
+_EXACT = (0.0, 0.0)
+BASELINE_TOLERANCES = {
+    "target": _EXACT, "device.part": _EXACT, "input_type": _EXACT, "config.strategy": _EXACT,
+    "layers#": _EXACT, "estimate.latency_cycles": (0.1, 1.0), "estimate.ii_cycles": _EXACT,
+    "utilization.fits": _EXACT,
+    **{f"utilization.resources.{r}.used": (0.05, 2.0) for r in ("dsp", "lut", "ff", "bram18")},
+    "rtl.available": _EXACT,
+}
+
+
 @register_backend
 class FpgaBackend(Backend):
     family = "fpga"
     Options = FpgaOptions
     SimulateOptions = FpgaSimulateOptions
     report_class = FpgaReport
+    baseline_tolerances = BASELINE_TOLERANCES
 
     # the report: targets/fpga/report_page.py
     def report_rows(self, folder) -> list[tuple[str, str]]:
@@ -108,6 +119,11 @@ class FpgaBackend(Backend):
         from toolchain.targets.fpga import report_page as page
 
         return page.sections(folder)
+
+    def build_facts(self, folder):
+        from toolchain.targets.fpga import report_page as page
+
+        return page.build_facts(folder)
 
     def describe(self, device: Device) -> str:
         d = fcfg.FpgaDevice.from_device(device)

@@ -44,6 +44,30 @@ def sections(folder: Folder) -> list[str]:
             row(layers, latency_plot(r, folder.simulation))]
 
 
+def build_facts(folder: Folder):
+    """The target's row of a build page: no byte figures (the weights are in the logic), the
+    share of the part as its memory cell, the estimate and the RTL-simulated latency, and why
+    the two differ or agree."""
+    from toolchain.reports.build import BuildFacts, Latency
+
+    r, sim = folder.report, folder.simulation
+    res = r.utilization.resources
+    used = ", ".join(f"{k.upper()} {x.percent:.1f}%" for k, x in res.items() if x.used)
+    fits = "" if r.utilization.fits else "<span class='over'>does not fit</span> "
+    memory = f"{fits}{esc(used or 'none')} <span class='note'>of the part (estimate)</span>"
+    est = r.estimate
+    lat = [Latency(est.latency_cycles, "cycles", f"{est.strategy} strategy, estimate",
+                   est.latency_ns)]
+    if sim is not None and sim.rtl.ran and sim.rtl.latency_cycles is not None:
+        lat.append(Latency(sim.rtl.latency_cycles, "cycles", "RTL simulated (Verilator)",
+                           sim.rtl.latency_ns))
+    lut = res.get("lut")
+    text = "FPGA: weights in the logic" + (f", {lut.percent:.1f}% of the LUTs (estimate)"
+                                           if lut else "")
+    return BuildFacts(memory_html=memory, memory_text=text, latencies=tuple(lat),
+                      note=latency_note(r, sim))
+
+
 def latency_note(report: FpgaReport, sim: Simulation | None) -> str:
     """Why the latency estimate and the simulated latency are two figures, and why they
     differ (or agree) for this design: one paragraph of plain text."""

@@ -3,7 +3,8 @@ synthesis reports (``test/pytest/baselines/``).
 
 A baseline is ``tests/baselines/<case>.json``: the case (zoo model, compression, target), and
 the report compile wrote for it (schema-validated, timings dropped). ``compare`` checks only the
-keys of ``TOLERANCES`` (sizes and counts; timings are never compared):
+keys its family's backend names (``Backend.baseline_tolerances``: sizes and counts; timings
+are never compared):
 
     python -m toolchain.reports.baseline            # build every case, compare, exit 1 on drift
     python -m toolchain.reports.baseline --write    # build every case, rewrite the baselines
@@ -62,35 +63,13 @@ class Tolerance:
         return " or ".join(parts) or "exact"
 
 
-EXACT = Tolerance()
-# Kernel counts: the integer pipeline is still changing, so a few kernels more or fewer is not a
-# regression worth a red test; sizes are tight; the binary moves with the compiler and libc.
-COUNTS = Tolerance(rel=0.2, abs=2)
-BYTES = Tolerance(rel=0.05, abs=256)
-BINARY = Tolerance(rel=0.10)
+def tolerances(family: str) -> dict[str, Tolerance]:
+    """The keys a family's reports are compared on (its backend's ``baseline_tolerances``:
+    dotted keys, ``name#`` a list's length, each ``(rel, abs)``)."""
+    from toolchain.targets import backend_for
 
-TOLERANCES: dict[str, dict[str, Tolerance]] = {
-    "cpu": {
-        "target": EXACT, "pipeline": EXACT, "schedule": EXACT, "threads": EXACT,
-        "kernel_calls_before_fusion": COUNTS, "kernel_calls_after_fusion": COUNTS,
-        "kernel_calls": COUNTS, "distinct_kernels": COUNTS,
-        "memory.weight_bytes": BYTES, "memory.arena_bytes": BYTES,
-        "memory.arena_bytes_without_reuse": BYTES, "memory.workspace_bytes": Tolerance(rel=0.1,
-                                                                                        abs=1024),
-        "binary_bytes": BINARY, "library_bytes": BINARY,
-        # schema 2: the arena over the kernel sequence (its peak, its length, its buffers)
-        "memory.arena_trace.peak_bytes": BYTES, "memory.arena_trace.live_bytes#": COUNTS,
-        "memory.arena_trace.buffers#": COUNTS,
-    },
-    "fpga": {
-        "target": EXACT, "device.part": EXACT, "input_type": EXACT, "config.strategy": EXACT,
-        "layers#": EXACT, "estimate.latency_cycles": Tolerance(rel=0.1, abs=1),
-        "estimate.ii_cycles": EXACT, "utilization.fits": EXACT,
-        **{f"utilization.resources.{r}.used": Tolerance(rel=0.05, abs=2)
-           for r in ("dsp", "lut", "ff", "bram18")},
-        "rtl.available": EXACT,
-    },
-}
+    return {key: Tolerance(rel, abs_)
+            for key, (rel, abs_) in backend_for(family).baseline_tolerances.items()}
 
 
 def lookup(report: dict, key: str):
@@ -105,13 +84,10 @@ def lookup(report: dict, key: str):
 
 
 def compare(got: dict, want: dict) -> list[str]:
-    """One line per key of TOLERANCES where report ``got`` is outside baseline ``want``."""
-    from toolchain.reports.schema import RENAMED_FAMILIES
-
-    family = got.get("family", "cpu")
-    family = RENAMED_FAMILIES.get(family, family)
+    """One line per compared key (``tolerances``) where report ``got`` is outside baseline
+    ``want``."""
     problems = []
-    for key, tol in TOLERANCES[family].items():
+    for key, tol in tolerances(got.get("family", "cpu")).items():
         g, w = lookup(got, key), lookup(want, key)
         if g is None and w is None:
             continue

@@ -15,7 +15,6 @@ from pathlib import Path
 from toolchain.errors import ConfigError
 
 from .folder import Folder, load_folder
-from .schema import CpuReport, FpgaReport
 from .summary import Verdict, verdict
 
 BUILD_JSON = "build.json"  # toolchain.buildflow.runner.BUILD_JSON (not imported: no torch)
@@ -45,6 +44,22 @@ class Latency:
 
 
 @dataclass(frozen=True)
+class BuildFacts:
+    """What a target's folder costs, for its row of the build page (``Backend.build_facts``):
+    bytes where the family has them (None: not a figure of this family, e.g. an FPGA's weights
+    are in the logic), the memory cell as HTML when it is not a byte count, every latency
+    figure, and a paragraph explaining them when one is needed."""
+
+    weight_bytes: int | None = None
+    ram_bytes: int | None = None
+    binary_bytes: int | None = None
+    memory_html: str | None = None
+    memory_text: str | None = None  # the same in words, for a plot
+    latencies: tuple[Latency, ...] = ()
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class TargetRow:
     name: str
     chain: str
@@ -56,44 +71,26 @@ class TargetRow:
         return self.folder.family
 
     @property
+    def facts(self) -> BuildFacts:
+        from toolchain.targets import backend_for
+
+        return backend_for(self.family).build_facts(self.folder)
+
+    @property
     def weight_bytes(self) -> int | None:
-        r = self.folder.report
-        return r.memory.weight_bytes if isinstance(r, CpuReport) else None
+        return self.facts.weight_bytes
 
     @property
     def ram_bytes(self) -> int | None:
-        r = self.folder.report
-        return r.memory.arena_bytes + r.memory.workspace_bytes if isinstance(r, CpuReport) \
-            else None
+        return self.facts.ram_bytes
 
     @property
     def binary_bytes(self) -> int | None:
-        r = self.folder.report
-        return r.binary_bytes if isinstance(r, CpuReport) else None
+        return self.facts.binary_bytes
 
     def latencies(self) -> list[Latency]:
         """Every latency figure the target's reports hold, labelled with where it is from."""
-        r, sim, out = self.folder.report, self.folder.simulation, []
-        if isinstance(r, FpgaReport):
-            est = r.estimate
-            out.append(Latency(est.latency_cycles, "cycles", f"{est.strategy} strategy, "
-                               "estimate", est.latency_ns))
-            if sim is not None and sim.rtl.ran and sim.rtl.latency_cycles is not None:
-                out.append(Latency(sim.rtl.latency_cycles, "cycles", "RTL simulated "
-                                   "(Verilator)", sim.rtl.latency_ns))
-            return out
-        if r.kernel_seconds:
-            ms = 1e3 * sum(r.kernel_seconds.values())
-            out.append(Latency(round(ms, 4), "ms", "kernel time", ms * 1e6))
-        if r.kernel_instructions:
-            out.append(Latency(sum(r.kernel_instructions.values()), "instructions",
-                               "kernel instructions (qemu)"))
-        b = self.folder.bench
-        if b is not None:
-            ms = b["median_ms"]
-            out.append(Latency(ms, "ms", f"median of {b['runs']} runs, {b['where']}",
-                               ms * 1e6))
-        return out
+        return list(self.facts.latencies)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from . import plots
 from .build import BuildFolder, TargetRow
 from .html import STYLE, esc as _e, figure as _figure, table as _table
-from .schema import FpgaReport
 from .summary import size
 
 
@@ -37,19 +36,12 @@ def _latency(row: TargetRow) -> str:
 
 
 def _memory(row: TargetRow) -> str:
-    """CPU: the RAM a board needs; FPGA: the share of the part (the weights are in logic)."""
-    r = row.folder.report
-    if isinstance(r, FpgaReport):
-        res = r.utilization.resources
-        used = ", ".join(f"{k.upper()} {x.percent:.1f}%" for k, x in res.items() if x.used)
-        fits = "" if r.utilization.fits else "<span class='over'>does not fit</span> "
-        return f"{fits}{_e(used or 'none')} <span class='note'>of the part (estimate)</span>"
-    return f"{size(row.ram_bytes)}"
+    """The RAM a board needs, or the family's own cell (an FPGA's share of the part)."""
+    facts = row.facts
+    return facts.memory_html if facts.memory_html is not None else f"{size(row.ram_bytes)}"
 
 
 def _targets(b: BuildFolder) -> str:
-    from toolchain.targets.fpga.report_page import latency_note
-
     rows = []
     for t in b.targets:
         emu = t.folder.simulation
@@ -73,8 +65,7 @@ def _targets(b: BuildFolder) -> str:
         table += ("<p class='note'>Not measured: that target's folders hold no time or "
                   "instruction count (compile does not run the model).</p>")
     why = "".join(f"<p class='why'><b>{_e(t.name)}: why two latency figures.</b> "
-                  f"{_e(latency_note(t.folder.report, t.folder.simulation))}</p>"
-                  for t in b.targets if isinstance(t.folder.report, FpgaReport))
+                  f"{_e(t.facts.note)}</p>" for t in b.targets if t.facts.note)
     return table + why
 
 

@@ -154,10 +154,8 @@ def targets_side_by_side(rows: list) -> tuple[str, str]:
                 label="RAM (arena + workspace)")
     for y, r, w, m in zip(ys, rows, weights, ram):
         if r.weight_bytes is None:
-            lut = r.folder.report.utilization.resources.get("lut")
-            mem_ax.text(0, y, " FPGA: weights in the logic" + (
-                f", {lut.percent:.1f}% of the LUTs (estimate)" if lut else ""),
-                va="center", fontsize=8, color="#333")
+            mem_ax.text(0, y, " " + (r.facts.memory_text or "no memory figure"),
+                        va="center", fontsize=8, color="#333")
         else:
             mem_ax.text(w, y - 0.2, f" {w:.1f}", va="center", fontsize=7)
             mem_ax.text(m, y + 0.2, f" {m:.1f}", va="center", fontsize=7)
