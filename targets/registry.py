@@ -132,25 +132,37 @@ class Backend(abc.ABC):
     # How it summarises its report: ``edgec report OUT`` and its HTML page (the frame, the
     # verdict and the JSON files are toolchain.reports'; ``folder`` is a
     # toolchain.reports.Folder whose ``report`` is an instance of ``report_class``).
+    # By default these call the functions of the same role (rows, headline, sections,
+    # build_facts) in the module ``report_page`` names, imported when first needed (it may
+    # import matplotlib); a family without one reports nothing beyond the frame.
+    report_page: ClassVar[str | None] = None
+
+    def _page(self):
+        return importlib.import_module(self.report_page) if self.report_page else None
+
     def report_rows(self, folder) -> list[tuple[str, str]]:
         """The family's (label, value) rows of ``edgec report OUT``, after the verdict."""
-        return []
+        page = self._page()
+        return page.rows(folder) if page else []
 
     def report_headline(self, folder) -> list[tuple[str, str]]:
         """The (figure, label) boxes under the verdict on the HTML page."""
-        return []
+        page = self._page()
+        return page.headline(folder) if page else []
 
     def report_sections(self, folder) -> list[str]:
         """The family's HTML sections of the page, between the headline and the JSON files,
         built with toolchain.reports.html's ``table`` / ``row`` / ``figure`` / ``esc``."""
-        return []
+        page = self._page()
+        return page.sections(folder) if page else []
 
     def build_facts(self, folder):
         """The target's row of a build's summary page: a toolchain.reports.build.BuildFacts
         (bytes, memory, latencies, a note); default: nothing but the verdict."""
         from toolchain.reports.build import BuildFacts
 
-        return BuildFacts()
+        page = self._page()
+        return page.build_facts(folder) if page else BuildFacts()
 
     def check_tools(self, device: Device, workdir: Path) -> list[str]:
         """Run this family's tools for ``device`` on a one-line program in ``workdir``.

@@ -39,25 +39,10 @@ class CortexMBackend(Backend):
     baseline_tolerances = BASELINE_TOLERANCES  # the CPU family's keys
 
     # the report: targets/cpu/report_page.py (the CPU family's, plus flash and SRAM)
+    report_page = "toolchain.targets.cpu.report_page"
+
     def report_rows(self, folder) -> list[tuple[str, str]]:
-        from toolchain.targets.cpu import report_page as page
-
-        return page.rows(folder) + page.mcu_rows(folder)
-
-    def report_headline(self, folder) -> list[tuple[str, str]]:
-        from toolchain.targets.cpu import report_page as page
-
-        return page.headline(folder)
-
-    def report_sections(self, folder) -> list[str]:
-        from toolchain.targets.cpu import report_page as page
-
-        return page.sections(folder)
-
-    def build_facts(self, folder):
-        from toolchain.targets.cpu import report_page as page
-
-        return page.build_facts(folder)
+        return super().report_rows(folder) + self._page().mcu_rows(folder)
 
     def describe(self, device: Device) -> str:
         d = McuDevice.from_device(device)

@@ -54,25 +54,7 @@ class CpuBackend(Backend):
     baseline_tolerances = BASELINE_TOLERANCES
 
     # the report: targets/cpu/report_page.py
-    def report_rows(self, folder) -> list[tuple[str, str]]:
-        from toolchain.targets.cpu import report_page as page
-
-        return page.rows(folder)
-
-    def report_headline(self, folder) -> list[tuple[str, str]]:
-        from toolchain.targets.cpu import report_page as page
-
-        return page.headline(folder)
-
-    def report_sections(self, folder) -> list[str]:
-        from toolchain.targets.cpu import report_page as page
-
-        return page.sections(folder)
-
-    def build_facts(self, folder):
-        from toolchain.targets.cpu import report_page as page
-
-        return page.build_facts(folder)
+    report_page = "toolchain.targets.cpu.report_page"
 
     def describe(self, device: Device) -> str:
         d = CpuDevice.from_device(device)

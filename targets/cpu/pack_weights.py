@@ -128,16 +128,11 @@ def _relax_pass():
             self.vector = vector
 
         def transform_module(self, mod, ctx):
-            for gv, func in list(mod.functions.items()):
-                if isinstance(func, relax.Function):
-                    packer = _Packer(mod, self.vector.lanes, self.vector.fma_by_element)
-                    new = packer.visit_expr(func)
-                    mod = packer.builder_.get()
-                    mod[gv] = new
-                    if packer.packed:
-                        log.info("%s: %d conv weights packed at compile time", gv.name_hint,
-                                 packer.packed)
-            return relax.transform.DeadCodeElimination(["main"])(mod)
+            from toolchain.targets.cpu.relax_rewrite import rewrite_functions
+
+            return rewrite_functions(
+                mod, lambda m: _Packer(m, self.vector.lanes, self.vector.fma_by_element),
+                lambda packer: packer.packed, "conv weights packed at compile time", log)
 
     return PackConvWeights
 

@@ -24,19 +24,17 @@ import logging
 
 import numpy as np
 
+from toolchain.targets.cpu.relax_rewrite import (bound_value, const_value, op_name,
+                                                 rewrite_functions)
+
 log = logging.getLogger(__name__)
 
 
 def _relax_pass():
     import tvm
     from tvm import relax
-    from tvm.ir.expr import GenericConst
 
-    def const(expr):
-        return expr.value.numpy() if isinstance(expr, GenericConst) else None
-
-    def op(call) -> str:
-        return getattr(getattr(call, "op", None), "name", "") if isinstance(call, relax.Call) else ""
+    const, op = const_value, op_name
 
     def per_row(values: np.ndarray, q: np.ndarray, axis: int):
         """``values`` (a scale or zero point) as a constant shaped for the gathered rows:
@@ -59,17 +57,7 @@ def _relax_pass():
             self.rewritten = 0
 
         def _value(self, expr):
-            for _ in range(64):
-                if not isinstance(expr, relax.Var):
-                    return expr
-                try:
-                    value = self.lookup_binding(expr)
-                except Exception:  # noqa: BLE001  (a parameter)
-                    return None
-                if value is None:
-                    return None
-                expr = value
-            return None
+            return bound_value(self, expr)
 
         def _table(self, expr):
             """(q, (gathered?, scale), (gathered?, zero point) or None) of a constant
@@ -122,16 +110,8 @@ def _relax_pass():
         """Gather int8 rows of a quantized table, then dequantize them (module doc)."""
 
         def transform_module(self, mod, ctx):
-            for gv, func in list(mod.functions.items()):
-                if isinstance(func, relax.Function):
-                    rw = _Rewriter(mod)
-                    new = rw.visit_expr(func)
-                    mod = rw.builder_.get()
-                    mod[gv] = new
-                    if rw.rewritten:
-                        log.info("%s: %d quantized embedding tables kept int8", gv.name_hint,
-                                 rw.rewritten)
-            return relax.transform.DeadCodeElimination(["main"])(mod)
+            return rewrite_functions(mod, _Rewriter, lambda rw: rw.rewritten,
+                                     "quantized embedding tables kept int8", log)
 
     return GatherQuantizedRows
 

@@ -26,6 +26,9 @@ import logging
 
 import numpy as np
 
+from toolchain.targets.cpu.relax_rewrite import (bound_value, const_value, op_name,
+                                                 rewrite_functions)
+
 log = logging.getLogger(__name__)
 
 
@@ -33,15 +36,10 @@ log = logging.getLogger(__name__)
 def _relax_pass():
     import tvm
     from tvm import relax
-    from tvm.ir.expr import GenericConst
 
     from toolchain.targets.cpu import wgemv, wgemv_dot
 
-    def const(expr):
-        return expr.value.numpy() if isinstance(expr, GenericConst) else None
-
-    def op(call) -> str:
-        return getattr(getattr(call, "op", None), "name", "") if isinstance(call, relax.Call) else ""
+    const, op = const_value, op_name
 
     def static_shape(expr):
         shape = getattr(expr.ty, "shape", None)
@@ -60,17 +58,7 @@ def _relax_pass():
             self.kernels = {}  # emitted var -> (x2d, q, scale, spec, out_shape)
 
         def _value(self, expr):
-            for _ in range(64):
-                if not isinstance(expr, relax.Var):
-                    return expr
-                try:
-                    value = self.lookup_binding(expr)
-                except Exception:  # noqa: BLE001  (a parameter)
-                    return None
-                if value is None:
-                    return None
-                expr = value
-            return None
+            return bound_value(self, expr)
 
         def _alias_root(self, expr):
             """``expr`` with var-to-var bindings followed."""
@@ -204,16 +192,9 @@ def _relax_pass():
             self.int8_activations = int8_activations
 
         def transform_module(self, mod, ctx):
-            for gv, func in list(mod.functions.items()):
-                if isinstance(func, relax.Function):
-                    rw = _Rewriter(mod, self.target, self.threads, self.int8_activations)
-                    new = rw.visit_expr(func)
-                    mod = rw.builder_.get()
-                    mod[gv] = new
-                    if rw.rewritten:
-                        log.info("%s: %d weight-only matmuls kept quantized", gv.name_hint,
-                                 rw.rewritten)
-            return relax.transform.DeadCodeElimination(["main"])(mod)
+            return rewrite_functions(
+                mod, lambda m: _Rewriter(m, self.target, self.threads, self.int8_activations),
+                lambda rw: rw.rewritten, "weight-only matmuls kept quantized", log)
 
     return LowerWeightOnlyMatMul
 

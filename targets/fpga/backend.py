@@ -105,25 +105,7 @@ class FpgaBackend(Backend):
     baseline_tolerances = BASELINE_TOLERANCES
 
     # the report: targets/fpga/report_page.py
-    def report_rows(self, folder) -> list[tuple[str, str]]:
-        from toolchain.targets.fpga import report_page as page
-
-        return page.rows(folder)
-
-    def report_headline(self, folder) -> list[tuple[str, str]]:
-        from toolchain.targets.fpga import report_page as page
-
-        return page.headline(folder)
-
-    def report_sections(self, folder) -> list[str]:
-        from toolchain.targets.fpga import report_page as page
-
-        return page.sections(folder)
-
-    def build_facts(self, folder):
-        from toolchain.targets.fpga import report_page as page
-
-        return page.build_facts(folder)
+    report_page = "toolchain.targets.fpga.report_page"
 
     def describe(self, device: Device) -> str:
         d = fcfg.FpgaDevice.from_device(device)

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from toolchain.passes import Pass
-from toolchain.passes.graph import Names, attribute, const_value, set_initializer, tensor_types
+from toolchain.passes.expand import ExpandNodes
+from toolchain.passes.graph import attribute, const_value, set_initializer
 
 
 _BOUNDED = "edgec_bounded"  # the name of a BitShift this pass wrote: its amount is in range
@@ -27,25 +27,16 @@ def _is_shift(node: onnx.NodeProto) -> bool:
             and not node.name.endswith(_BOUNDED))
 
 
-class BoundBitShift(Pass):
-    def apply(self, model):
-        if not any(_is_shift(n) for n in model.graph.node):
-            return model, False
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        types = tensor_types(model)
-        fresh = Names(model)
-        nodes, changed = [], False
-        for node in model.graph.node:
-            elem = types.get(node.input[0], (0, None))[0] if _is_shift(node) else 0
-            dtype = helper.tensor_dtype_to_np_dtype(elem) if elem else None
-            if dtype is None or dtype.kind not in "iu" or self._in_range(model, node, dtype):
-                nodes.append(node)
-                continue
-            nodes += self._bound(model, node, dtype, fresh)
-            changed = True
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        return model, changed
+class BoundBitShift(ExpandNodes):
+    def select(self, model):
+        return _is_shift
+
+    def expand(self, model, node, types, fresh):
+        elem = types.get(node.input[0], (0, None))[0]
+        dtype = helper.tensor_dtype_to_np_dtype(elem) if elem else None
+        if dtype is None or dtype.kind not in "iu" or self._in_range(model, node, dtype):
+            return None
+        return self._bound(model, node, dtype, fresh)
 
     @staticmethod
     def _in_range(model, node, dtype) -> bool:
