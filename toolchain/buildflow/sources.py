@@ -53,7 +53,7 @@ def resolve_data(value: Any, base: Path, module_paths: Sequence[str], where: str
     """A ``[compress] data`` value, checked: zoo names as they are, files and folders absolute
     and read once (so a bad file is named now, not after the load step)."""
     from toolchain import models
-    from toolchain.compress.data import import_attr, load_data
+    from toolchain.compress.data import load_data
 
     if not isinstance(value, str) or not value:
         raise ConfigError(f"config file {where}: data = {value!r} should be a string: a zoo "
@@ -61,15 +61,7 @@ def resolve_data(value: Any, base: Path, module_paths: Sequence[str], where: str
     if value in models.names():
         return value
     if _is_code_ref(value, base):
-        ref = resolve_code_ref(value, base, where, "data")
-        try:
-            fn = import_attr(ref, "data", module_paths)
-        except ConfigError as exc:
-            raise ConfigError(f"config file {where}: data = {value!r}: {exc}") from None
-        if not callable(fn):
-            raise ConfigError(f"config file {where}: data = {value!r} is a "
-                              f"{type(fn).__name__}, not a function")
-        return ref
+        return _function_ref(value, base, where, "data", module_paths)
     path = Path(value) if Path(value).is_absolute() else (base / value).resolve()
     if not path.exists():
         raise ConfigError(f"config file {where}: data = {value!r}: no such file or folder: "
@@ -85,7 +77,6 @@ def resolve_data(value: Any, base: Path, module_paths: Sequence[str], where: str
 
 
 def resolve_metric(value: Any, base: Path, module_paths: Sequence[str], where: str) -> str:
-    from toolchain.compress.data import import_attr
     from toolchain.compress.evaluate import BUILTIN
 
     if not isinstance(value, str) or not value:
@@ -95,13 +86,21 @@ def resolve_metric(value: Any, base: Path, module_paths: Sequence[str], where: s
     if ":" not in value:
         raise ConfigError(f"config file {where}: metric = {value!r} is unknown; use "
                           f"{', '.join(BUILTIN)} or module:function")
-    ref = resolve_code_ref(value, base, where, "metric")
+    return _function_ref(value, base, where, "metric", module_paths)
+
+
+def _function_ref(value: str, base: Path, where: str, key: str, module_paths) -> str:
+    """``value`` (``module:function`` or ``file.py:function``) resolved against ``base``,
+    checked to import and to be callable; a one-line error naming the key otherwise."""
+    from toolchain.compress.data import import_attr
+
+    ref = resolve_code_ref(value, base, where, key)
     try:
-        fn = import_attr(ref, "metric", module_paths)
+        fn = import_attr(ref, key, module_paths)
     except ConfigError as exc:
-        raise ConfigError(f"config file {where}: metric = {value!r}: {exc}") from None
+        raise ConfigError(f"config file {where}: {key} = {value!r}: {exc}") from None
     if not callable(fn):
-        raise ConfigError(f"config file {where}: metric = {value!r} is a "
+        raise ConfigError(f"config file {where}: {key} = {value!r} is a "
                           f"{type(fn).__name__}, not a function")
     return ref
 
