@@ -2,7 +2,9 @@
 
 Before: a float model (any earlier step). After: the same module tree in which every Conv2d and
 Linear also fake-quantizes its weight (per output channel, symmetric) and its input activation
-(per tensor), and the model's output is fake-quantized too; batchnorm that directly follows a
+(per tensor), and the model's output is fake-quantized too, as are both operands of residual
+adds and (int8/int4) of activation x activation matmuls such as attention's Q K^T and P V
+(``act_matmul.py``); batchnorm that directly follows a
 conv in an ``nn.Sequential`` is folded into the conv first, so the quantized weight is the one
 that is deployed.
 
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolchain.compress.act_matmul import find_sites, quantize_sites
 from toolchain.errors import ConfigError, UnsupportedOpError
 from toolchain.models.train import Recipe
 
@@ -450,6 +453,8 @@ class Quantize:
                                      "the model has no Conv2d or Linear layer to quantize")
         # traced before the layers change class
         residual = [] if spec.pow2 else residual_producers(model)
+        sample = torch.tensor(np.asarray(ctx.X_train[:2]))
+        matmuls = [] if spec.pow2 else find_sites(model, sample)
         for m in layers:
             m.__class__ = _QCLASS[type(m)]
             m.weight_bits, m.weight_pow2 = spec.weight_bits, spec.pow2
@@ -462,6 +467,9 @@ class Quantize:
             producer.edgec_residual_quant = ActQuant(spec.act_bits, spec.act_signed,
                                                      self.calibration, self.percentile)
             producer.register_forward_hook(_quantize_residual)
+        # Both operands of an activation x activation matmul (attention) too: act_matmul.py
+        quantize_sites(model, matmuls, lambda: ActQuant(spec.act_bits, spec.act_signed,
+                                                        self.calibration, self.percentile))
         model.edgec_output_quant = ActQuant(spec.act_bits, spec.act_signed, self.calibration,
                                             self.percentile, frac)
         model.register_forward_hook(_quantize_output)
