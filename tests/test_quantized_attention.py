@@ -121,3 +121,43 @@ def test_quantized_transformer_verifies(transformer_int8, tmp_path, target):
         results = verify_folder(out, seed=seed)
         assert all(c.ok and c.output_range > 0 and c.max_abs_error <= c.abs_tolerance
                    for c in results), results
+
+
+class _SDPA(nn.Module):
+    """Causal attention through F.scaled_dot_product_attention (one op: its math form's two
+    matmuls are the quantized ones)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(8, 24), nn.Linear(8, 3)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, 2, d // 2).permute(2, 0, 3, 1, 4)
+        att = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(att.transpose(1, 2).reshape(b, t, d).mean(1))
+
+
+def test_scaled_dot_product_attention_exports_with_quantized_matmuls(tmp_path):
+    import numpy as np
+
+    from toolchain.compress import Context, Quantize, compress, export_onnx
+
+    torch.manual_seed(0)
+    X = np.random.default_rng(0).standard_normal((64, 5, 8)).astype(np.float32)
+    ctx = Context(X, None, X[:8], None)
+    small, _ = compress(_SDPA().eval(), [Quantize("int8", quantizer="edgec")], ctx)
+    result = export_onnx(small, tmp_path / "sdpa.onnx", X[:8])
+    assert result.max_abs_error <= result.tolerance
+    g = onnx.load(str(result.path)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    weights = {t.name for t in g.initializer}
+
+    def dequantized_activation(name: str) -> bool:
+        dq = producer.get(name)
+        return dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] not in weights
+
+    matmuls = [n for n in g.node if n.op_type == "MatMul"
+               and not any(producer.get(i) and producer[i].input[0] in weights for i in n.input)]
+    assert len(matmuls) == 2 and all(dequantized_activation(i) for n in matmuls
+                                     for i in n.input), [n.name for n in matmuls]

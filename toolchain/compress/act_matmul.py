@@ -2,7 +2,8 @@
 
 edgec's quantizer swaps the class of each Conv2d / Linear in place; a matmul of two activations
 is a function call inside some module's forward (``q @ k.transpose(-2, -1)``, ``torch.matmul``,
-``torch.bmm``), with no module to swap. So:
+``torch.bmm``; ``F.scaled_dot_product_attention`` counts as its two matmuls, run in their
+math form as torchao's path does), with no module to swap. So:
 
 - ``find_sites`` runs the model once under a ``TorchFunctionMode`` that sees every matmul, while
   module hooks say whose forward is running: the innermost module is the call's *owner*. A call
@@ -30,9 +31,11 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from toolchain.compress.pt2e_quantizer import _math_sdpa
 from toolchain.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,22 @@ def _operands(func, args, kwargs):
     return (a, b) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) else None
 
 
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
+              "enable_gqa")
+
+
+def _math_form(func, args, kwargs):
+    """F.scaled_dot_product_attention written as softmax(q k^T * scale + mask) v (the form
+    torchao's path exports, ``pt2e_quantizer``), or None for another call or where torch's op
+    stays (dropout, grouped query attention)."""
+    if func is not F.scaled_dot_product_attention:
+        return None
+    given = dict(zip(_SDPA_ARGS, args)) | kwargs
+    if given.get("dropout_p") or given.get("enable_gqa"):
+        return None
+    return _math_sdpa(func)
+
+
 def _is_activation(t: torch.Tensor, constants: set[int]) -> bool:
     return t.is_floating_point() and t.ndim >= 2 and not isinstance(t, nn.Parameter) \
         and id(t) not in constants
@@ -73,6 +92,10 @@ class _Record(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        math = _math_form(func, args, kwargs)
+        if math is not None:
+            with self:  # its two matmuls are seen here
+                return math(*args, **kwargs)
         ops = _operands(func, args, kwargs)
         if ops is not None and self.stack and all(_is_activation(t, self.constants) for t in ops):
             frame = self.stack[-1]
@@ -120,6 +143,10 @@ class _Quantize(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        math = _math_form(func, args, kwargs)
+        if math is not None:
+            with self:
+                return math(*args, **kwargs)
         ops = _operands(func, args, kwargs)
         if ops is None or not all(_is_activation(t, self.constants) for t in ops):
             return func(*args, **kwargs)
