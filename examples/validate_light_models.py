@@ -2,8 +2,13 @@
 for ARM) and compare with onnxruntime; print one row per (model, target).
 
 The models' stored weights are constant fills, so each gets seeded random weights first.
+With ``--qdq`` each model (its logits: a trailing Softmax is removed) is first quantized by
+onnxruntime.quantization ``quantize_static`` (per-channel int8 weights, uint8 activations), and the
+int8 build (the default ``cpu-int`` pipeline for a QDQ file) must match onnxruntime on that file
+within one output quantization step.
 
     python examples/validate_light_models.py [--targets host,arm-a72,armv7-a7] [--models ...]
+                                             [--qdq]
 """
 
 from __future__ import annotations
@@ -15,11 +20,50 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from toolchain.cli import main as edgec
 from toolchain.commands.build import verify_folder
 from toolchain.onnx_io import randomize_weights, save_model
+
+
+
+def ort_qdq_logits(name: str, folder: Path) -> Path:
+    """light_<name> with seeded random weights, its trailing Softmax removed (a Softmax's fixed
+    [0, 1] output grid quantizes 1000 near-uniform probabilities to one value, which proves
+    nothing), quantized by onnxruntime.quantization from an opset-13 copy."""
+    from onnx import version_converter
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    model = randomize_weights(onnx.load(str(LIGHT / f"light_{name}.onnx")))
+    last = model.graph.node[-1]
+    if last.op_type == "Softmax" and last.output[0] == model.graph.output[0].name:
+        model.graph.output[0].name = last.input[0]
+        model.graph.output[0].type.tensor_type.ClearField("shape")
+        del model.graph.node[-1]
+        del model.graph.value_info[:]
+    model = version_converter.convert_version(model, 13)
+    fp = folder / f"{name}_fp32.onnx"
+    save_model(model, fp)
+    inits = {i.name for i in model.graph.initializer}
+    inp = next(i for i in model.graph.input if i.name not in inits)
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.feeds = iter([{inp.name: rng.standard_normal(shape).astype(np.float32)}
+                               for _ in range(4)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    q = folder / f"{name}_qdq.onnx"
+    quantize_static(str(fp), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return q
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
@@ -30,14 +74,19 @@ def main() -> int:
     ap.add_argument("--models", default=",".join(
         sorted(p.stem.removeprefix("light_") for p in LIGHT.glob("light_*.onnx"))))
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument("--qdq", action="store_true",
+                    help="onnxruntime.quantization QDQ versions of the models (int8 builds)")
     args = ap.parse_args()
     rows, failed = [], 0
     print(f"{'model':<14}{'target':<10}{'compile s':>10}{'run+verify s':>13}{'max rel err':>13}"
           f"{'calls':>11}{'arena MiB':>10}  status", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            src = Path(tmp) / f"{name}.onnx"
-            save_model(randomize_weights(onnx.load(str(LIGHT / f"light_{name}.onnx"))), src)
+            if args.qdq:
+                src = ort_qdq_logits(name, Path(tmp))
+            else:
+                src = Path(tmp) / f"{name}.onnx"
+                save_model(randomize_weights(onnx.load(str(LIGHT / f"light_{name}.onnx"))), src)
             for target in args.targets.split(","):
                 out = Path(tmp) / f"{name}-{target}"
                 t0 = time.perf_counter()
@@ -52,9 +101,12 @@ def main() -> int:
                 t_run = time.perf_counter() - t0
                 rep = json.loads((out / "report.json").read_text())
                 ok = all(c.ok and c.output_range > 0 for c in res)
+                # A constant output (range 0) proves nothing: seeded random weights can saturate
+                # a quantized model. It is counted as a failure of the check, and labelled.
+                flat = all(c.ok for c in res) and not ok
                 failed += not ok
                 err = max(c.max_rel_error for c in res)
-                row = {"model": name, "target": target, "compile_s": round(t_compile, 1),
+                row = {"model": name, "target": target, "qdq": args.qdq, "compile_s": round(t_compile, 1),
                        "verify_s": round(t_run, 1), "max_rel_error": err, "ok": ok,
                        "calls_before": rep["kernel_calls_before_fusion"],
                        "calls_after": rep["kernel_calls_after_fusion"],
@@ -63,7 +115,8 @@ def main() -> int:
                 rows.append(row)
                 print(f"{name:<14}{target:<10}{t_compile:10.1f}{t_run:13.1f}{err:13.2e}"
                       f"{row['calls_before']:>6}->{row['calls_after']:<4}"
-                      f"{row['arena_bytes'] / 2**20:10.1f}  {'ok' if ok else 'MISMATCH'}",
+                      f"{row['arena_bytes'] / 2**20:10.1f}  "
+                      f"{'ok' if ok else 'constant output' if flat else 'MISMATCH'}",
                       flush=True)
                 import shutil
 
