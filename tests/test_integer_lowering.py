@@ -252,13 +252,25 @@ def test_requantized_conv_matches_onnxruntime(tmp_path, target, case):
     _compile_and_verify(path, target, tmp_path / "out")
 
 
-@pytest.mark.parametrize("out_w, tp", [(13, 2), (14, 2), (27, 4), (55, 4), (56, 4), (1, 2)])
-def test_smlal_tile_follows_the_row_width(out_w, tp):
-    """arm-a72's smull/smlal2 tile: 4 x 4 unless row padding wastes more than 2 x 8 costs."""
+@pytest.mark.parametrize("out_h, out_w, tp", [(1, 6, 2), (5, 10, 2), (7, 14, 4), (13, 13, 4),
+                                              (7, 1, 4)])
+def test_smlal_tile_follows_the_pixel_count(out_h, out_w, tp):
+    """arm-a72's smull/smlal2 tile: 4 x 4 unless padding the map's pixels to whole tiles wastes
+    more than 2 x 8 costs (the GEMM tiles the flat pixel index: 169 pixels take 172)."""
     from toolchain.targets.cpu import qgemm
 
-    assert qgemm.row_tile(qgemm.NEON_SMLAL, 7, out_w) == tp
+    assert qgemm.row_tile(qgemm.NEON_SMLAL, out_h, out_w) == tp
     assert tp * qgemm.smlal_cols(tp) == 16  # 16 int32x4 accumulators either way
+
+
+@pytest.mark.parametrize("channels, tp", [(64, 4), (1000, 8), (12, 16), (20, 16)])
+def test_sdot_tile_keeps_16_accumulators(channels, tp):
+    """arm-a76's sdot tile: 4 pixels x 16 channels, or 8 x 8 / 16 x 4 where the channel count
+    is only a multiple of 8 / 4 (no padded channel tile)."""
+    from toolchain.targets.cpu import qgemm
+
+    assert qgemm.row_tile(qgemm.SDOT, 13, 13, channels) == tp
+    assert tp * qgemm.packed_cols(qgemm.SDOT, channels) == 64
 
 
 class _Residual(__import__("torch").nn.Module):

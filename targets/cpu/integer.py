@@ -278,7 +278,7 @@ class _Lowerer(relax.PyExprMutator):
                 relax.TensorType([int(d) for d in func.params[-1].shape], out_dtype)))
             self.rewritten += 1
             return out
-        tp = qgemm.row_tile(instr, *self._out_hw(core, _static_shape(x)))
+        tp = qgemm.row_tile(instr, *self._out_hw(core, _static_shape(x)), o)
 
         # int4 weights (all in [-8, 7]) are stored two per byte and unpacked per call.
         int4_shape = wp.shape if qgemm.fits_int4(wp) else None

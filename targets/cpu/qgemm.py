@@ -304,27 +304,32 @@ def tile_for(instr: DotInstr, rows: int) -> tuple[int, int]:
     return 4, to
 
 
-def row_tile(instr: DotInstr, out_h: int, out_w: int) -> int:
-    """Output pixels per register tile. Each output row is padded to whole tiles (the GEMM
-    runs over [OH, ceil(OW / tp) * tp] pixels), so a tile never crosses a row and its
-    epilogue writes a plain rectangle of the [N, OH, OW, O] output."""
-    if out_h * out_w == 1:
+def row_tile(instr: DotInstr, out_h: int, out_w: int, out_channels: int | None = None) -> int:
+    """Output pixels per register tile. The GEMM runs over the flat pixel index, padded to
+    whole tiles once at the end of the map (``gemm_te``). A packed kernel keeps 16 accumulator
+    registers: 4 pixels x 16 channels, 8 x 8 or 16 x 4 as ``packed_cols`` gives the channels
+    (``out_channels``, or the widest tile when not given)."""
+    pixels = out_h * out_w
+    if pixels == 1:
         return 1
     if instr.tile is not None:  # a row not a multiple of the tile's pixels: one pixel a tile
         return instr.tile[0] if out_w % instr.tile[0] == 0 else 1
     if instr is NEON_SMLAL:
-        return min((4, 2), key=lambda tp: _smlal_cost(tp, out_w))
+        return min((4, 2), key=lambda tp: _smlal_cost(tp, pixels))
+    if instr.packed:
+        cols = packed_cols(instr, out_channels) if out_channels else 4 * instr.lanes
+        return min(16 * instr.lanes // cols, pixels)
     return tile_for(instr, 2)[0]
 
 
-def _smlal_cost(tp: int, out_w: int) -> float:
+def _smlal_cost(tp: int, pixels: int) -> float:
     """Instructions per output of the smull/smlal2/sadalp tile of ``tp`` pixels x 16 / tp
     channels, per 16-byte step: 3 per pixel and channel, one load per pixel and per channel,
-    ~2.5 of loop; times the share of padded pixels (each row is padded to whole tiles). A 13
-    pixel row takes 2 x 8 tiles (14 pixels), a 55 pixel row 4 x 4 tiles (56)."""
+    ~2.5 of loop; times the share of padded pixels (the map is padded to whole tiles). 91
+    pixels take 2 x 8 tiles (92 pixels), 169 pixels 4 x 4 tiles (172)."""
     to = 16 // tp
     per_output = (3 * tp * to + tp + to + 2.5) / (tp * to)
-    return per_output * (-(-out_w // tp) * tp) / out_w
+    return per_output * (-(-pixels // tp) * tp) / pixels
 
 
 def smlal_cols(tp: int) -> int:
@@ -413,16 +418,19 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
     else:
         o_pad, k_pad = (int(d) for d in w.shape)
     k_real = r * s * c
-    ow_pad = -(-ow // tp) * tp
-    p_pad = oh * ow_pad
+    # Pixels are tiled in their flat order (y * OW + x, the NHWC output's own order): a tile
+    # may span two rows, and only the last tile of the whole map is padded (13 x 13: 172
+    # pixels computed for 169 with 4-pixel tiles, where padding each row took 208).
+    pixels = oh * ow
+    p_pad = -(-pixels // tp) * tp
     adt = instr.act_dtype
     xdt = str(x.dtype)
 
     def load(nn, p, k):
-        y, xx = p // ow_pad, p % ow_pad
+        y, xx = p // ow, p % ow
         rr, ss, cc = k // (s * c), (k // c) % s, k % c
         iy, ix = y * sh + rr * dh - pt, xx * sw + ss * dw - pl
-        inside = tirx.all(k < k_real, xx < ow, iy >= 0, iy < h, ix >= 0, ix < wd)
+        inside = tirx.all(k < k_real, p < pixels, iy >= 0, iy < h, ix >= 0, ix < wd)
         v = tirx.if_then_else(inside, x[nn, tirx.max(tirx.min(iy, h - 1), 0),
                                         tirx.max(tirx.min(ix, wd - 1), 0), cc],
                               tirx.const(in_zero, xdt))
@@ -432,20 +440,16 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
         return (v.astype("int16") + (128 if adt == "uint8" else -128)).astype(adt)
 
     lanes, group, step = instr.lanes, instr.group, instr.step
+    a = te.compute((n, p_pad, k_pad), load, name="im2col")
     if instr.packed:
-        # 4-D (pixels as [OH, OW_pad]): a tile's epilogue region is a plain rectangle.
-        a = te.compute((n, oh, ow_pad, k_pad), lambda nn, y, xx, k: load(nn, y * ow_pad + xx, k),
-                       name="im2col")
         k = te.reduce_axis((0, k_pad), name="k")
         acc = te.compute(
-            (n, oh, ow_pad, o_pad),
-            lambda nn, y, xx, o: te.sum(
-                a[nn, y, xx, k].astype("int32")
+            (n, p_pad, o_pad),
+            lambda nn, p, o: te.sum(
+                a[nn, p, k].astype("int32")
                 * w[o // lanes, k // group, o % lanes, k % group].astype("int32"), axis=k),
             name="qgemm_acc")
-        read_acc = lambda nn, y, xx, o: acc[nn, y, xx, o]  # noqa: E731
     else:
-        a = te.compute((n, p_pad, k_pad), load, name="im2col")
         ko = te.reduce_axis((0, k_pad // step), name="ko")
         t = te.reduce_axis((0, group), name="t")
         acc4 = te.compute(
@@ -457,7 +461,9 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
         jj = te.reduce_axis((0, lanes), name="j")
         acc = te.compute((n, p_pad, o_pad), lambda nn, p, o: te.sum(acc4[nn, p, o, jj], axis=jj),
                          name="qgemm_sum")
-        read_acc = lambda nn, y, xx, o: acc[nn, y * ow_pad + xx, o]  # noqa: E731
+
+    def read_acc(nn, y, xx, o):
+        return acc[nn, y * ow + xx, o]
 
     return te.compute(
         (n, oh, ow, out_channels),
@@ -657,6 +663,7 @@ def _tile_common(sch, im2col, acc, out, rows, cols, to: int, between=(),
     sch.compute_at(im2col, rows, preserve_unit_loops=True)
     _schedule_im2col(sch, im2col, int(sch.get(sch.get_loops(im2col)[-1]).extent))
     sch.set_scope(acc, 0, "local")
+    _flat_pixels(sch, out)
     for block in between:
         sch.reverse_compute_at(block, cols, preserve_unit_loops=True)
     try:
@@ -665,6 +672,14 @@ def _tile_common(sch, im2col, acc, out, rows, cols, to: int, between=(),
             _vectorize_inner(sch, out, to)
     except Exception as exc:  # noqa: BLE001  (epilogue as its own loop nest)
         log.debug("qgemm epilogue not tiled: %s", str(exc).splitlines()[0])
+
+
+def _flat_pixels(sch, out) -> None:
+    """The epilogue's (y, x) iterations as one flat pixel index, the GEMM's own: a register
+    tile of pixels [p, p + tp) is then a range of it (reverse_compute_at can place it)."""
+    loops = sch.get_loops(out)
+    ow = int(sch.get(loops[2]).extent)
+    sch.transform_block_layout(out, lambda nn, y, xx, o: (nn, y * ow + xx, o))
 
 
 def _schedule_packed(func, instr: DotInstr, tp: int, threads: int):
@@ -677,12 +692,15 @@ def _schedule_packed(func, instr: DotInstr, tp: int, threads: int):
     acc = sch.get_sblock("qgemm_acc")
     out = sch.get_sblock("qgemm_out")
     im2col = sch.get_sblock("im2col")
-    n, y, x, o, k = sch.get_loops(acc)
+    n, p, o, k = sch.get_loops(acc)
     to = packed_cols(instr, int(sch.get(sch.get_loops(out)[-1]).extent))
-    x_o, x_i = sch.split(x, [None, tp])
+    x_o, x_i = sch.split(p, [None, tp])
     o_o, o_io, o_ii = sch.split(o, [None, to // instr.lanes, instr.lanes])
     k_o, k_i = sch.split(k, [None, instr.kblock])
-    sch.reorder(n, y, x_o, o_o, k_o, x_i, o_io, o_ii, k_i)
+    # Per weight register, all the tile's pixels: 16 accumulators, the pixels' activation
+    # registers and one weight register live (pixel-major order made LLVM keep all 16 weight
+    # registers of a step and spill: 100 instead of 84 instructions per 64 sdot).
+    sch.reorder(n, x_o, o_o, k_o, o_io, x_i, o_ii, k_i)
     _tile_common(sch, im2col, acc, out, x_o, o_o, to)
     sch.decompose_reduction(acc, k_o)
     _register(instr)
@@ -690,7 +708,7 @@ def _schedule_packed(func, instr: DotInstr, tp: int, threads: int):
     sch.unroll(o_io)
     sch.unroll(x_i)
     if threads > 1:
-        sch.parallel(sch.fuse(n, y, x_o))
+        sch.parallel(sch.fuse(n, x_o))
     return sch.mod["main"]
 
 
