@@ -202,6 +202,27 @@ def _tile_reduction(sch, block, lanes: int, threads: int = 1) -> bool:
     return True
 
 
+def _tile_pool(sch, block, threads: int = 1) -> bool:
+    """NCHW max/sum pooling (TOPI's ``pool_max``/``pool_sum``): the window loops go outside
+    the output row, which stays a plain innermost loop that LLVM's loop vectorizer turns into
+    vector code, stride 2 included (two contiguous loads and a ``vpermt2ps`` on AVX-512).
+    Vectorized by TVM over the row instead, a strided window load became one scalar load and
+    insert per lane: squeezenet's 128-channel 3x3/2 pool at 55x55 took 575 us against
+    onnxruntime's 40. Parallel over channels (and rows) when heavy."""
+    if not sch.get(block).name_hint.startswith(("pool_max", "pool_sum")):
+        return False
+    loops = sch.get_loops(block)
+    types = _iter_types(sch, block)
+    if len(loops) != 6 or types != [DATA_PAR] * 4 + [COMM_REDUCE] * 2:
+        return False
+    n, c, y, x, r, s = loops
+    sch.reorder(n, c, y, r, s, x)
+    if _work(sch, block) >= PARALLEL_MIN_WORK:
+        _parallelize(sch, [n, c, y], threads)
+    sch.decompose_reduction(block, r)
+    return True
+
+
 def _conv_register_tile(channels: int, width: int, lanes: int, taps: int = 1,
                         sliding: bool = False) -> tuple[int, int]:
     """(channel vector vf, pixel count px) of a conv's register tile: the most multiply-adds
@@ -486,6 +507,9 @@ def schedule_func(func, target, threads: int = 1, vector: VectorUnit | None = No
                         continue
                 except Exception as exc:  # noqa: BLE001
                     log.debug("conv rule skipped block %s: %s", name, str(exc).splitlines()[0])
+                if _tile_pool(trial, block, threads):
+                    sch = trial
+                    continue
                 if not _tile_reduction(trial, block, lanes, threads):
                     continue
             else:
