@@ -271,3 +271,57 @@ def test_pooling_matches_onnxruntime(tmp_path, threads):
                  "--threads", str(threads)]) == 0
     results = verify_folder(out, seed=0)
     assert results and all(c.ok for c in results), results
+
+
+def _classifier(k: int = 96, n: int = 40) -> onnx.ModelProto:
+    """Flatten, Gemm (transB) + ReLU, Gemm to 10 classes: batch-1 fully connected layers."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(a.astype(np.float32), name) for name, a in (
+        ("w1", rng.standard_normal((n, k)) * 0.2), ("b1", rng.standard_normal(n) * 0.1),
+        ("w2", rng.standard_normal((10, n)) * 0.2), ("b2", rng.standard_normal(10) * 0.1))]
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], transB=1),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "fc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k // 16, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_gemv_tile_and_packing():
+    from toolchain.targets.cpu.pack_weights import pack_kn
+    from toolchain.targets.cpu.schedule import gemv_tile
+
+    assert gemv_tile(4096, 16) == (128, 16)
+    assert gemv_tile(1000, 16) == (40, 8)  # half vectors when 16 does not divide
+    assert gemv_tile(1000, 4) == (20, 4) and gemv_tile(10, 16) == (0, 0)
+    w = np.arange(6 * 8, dtype=np.float32).reshape(6, 8)
+    p = pack_kn(w, 4)
+    assert p.shape == (2, 6, 4) and p.flags["C_CONTIGUOUS"]
+    for k, n in np.ndindex(w.shape):
+        assert p[n // 4, k, n % 4] == w[k, n]
+
+
+def test_gemv_weights_packed_and_fused(tmp_path):
+    """The 96->40 layer reads [N/T, K, T] weights with its bias and ReLU in the same kernel;
+    the 10-class layer (no 4-lane tile divides 10) keeps its plain matmul."""
+    kernels = _kernels(save(_classifier(), tmp_path / "fc.onnx"), "host")
+    packed = [f for f in kernels.values() if "gemv_packed_init" in _block_names(f)]
+    assert len(packed) == 1, list(kernels)
+    assert len(packed[0].params[1].shape) == 3 and "T.max" in packed[0].script()
+    assert sum("matmul" in b for f in kernels.values() for b in _block_names(f)
+               if f is not packed[0]) >= 1
+
+
+@pytest.mark.parametrize("target,threads", [
+    ("host", 1), ("host", 2), pytest.param("arm-a72", 1, marks=needs_target("arm-a72"))])
+def test_gemv_matches_onnxruntime(tmp_path, target, threads):
+    path = save(_classifier(256, 64), tmp_path / "fc.onnx")
+    out = tmp_path / target
+    assert main(["compile", str(path), "-t", target, "-o", str(out),
+                 "--threads", str(threads)]) == 0
+    results = verify_folder(out, seed=0)
+    assert results and all(c.ok for c in results), results

@@ -223,6 +223,49 @@ def _tile_pool(sch, block, threads: int = 1) -> bool:
     return True
 
 
+def gemv_tile(outputs: int, lanes: int) -> tuple[int, int]:
+    """(tile T, vector v) of a batch-1 GEMV with ``outputs`` outputs: ``T / v`` accumulator
+    vectors of ``v`` lanes (whole registers, else half ones on AVX-512: 1000 outputs take 8),
+    at most 8 of them, T dividing ``outputs`` (no tail). The weights are packed
+    ``[N/T, K, T]`` (pack_weights.py). (0, 0): no tile (fewer than 4 lanes divide it)."""
+    units = [u for u in (lanes, lanes // 2, 4) if u >= 4 and outputs % u == 0]
+    if not units:
+        return 0, 0
+    v = units[0]
+    f = max(d for d in range(1, 9) if (outputs // v) % d == 0)
+    return v * f, v
+
+
+def _tile_packed_gemv(sch, block, lanes: int, threads: int = 1) -> bool:
+    """The ``gemv_packed`` kernel (pack_weights.py): per tile of T outputs, the reduction
+    streams through its ``K x T`` weights, ``T / v`` vector accumulators in registers, the
+    epilogue (bias, ReLU) per tile. Parallel over tiles."""
+    if not sch.get(block).name_hint.startswith("gemv_packed"):
+        return False
+    loops = sch.get_loops(block)
+    if len(loops) != 3 or _iter_types(sch, block) != [DATA_PAR, DATA_PAR, COMM_REDUCE]:
+        return False
+    outputs = int(sch.get(loops[1]).extent)
+    tile, v = gemv_tile(outputs, lanes)
+    packed = _buffer_of(sch.get(block).reads[1]).shape
+    if not tile or len(packed) != 3 or int(packed[2]) != tile:
+        return False
+    i, n, k = loops
+    n_o, n_f, n_v = sch.split(n, [None, tile // v, v])
+    sch.reorder(i, n_o, k, n_f, n_v)
+    consumers = sch.get_consumers(block)
+    cache = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(cache, n_o, preserve_unit_loops=True)
+    _epilogue_at(sch, consumers, n_o)
+    _vectorize_innermost(sch, cache)
+    sch.unroll(n_f)
+    sch.vectorize(n_v)
+    if _work(sch, block) >= PARALLEL_MIN_WORK:
+        _parallelize(sch, [i, n_o], threads)
+    sch.decompose_reduction(block, k)
+    return True
+
+
 def _conv_register_tile(channels: int, width: int, lanes: int, taps: int = 1,
                         sliding: bool = False) -> tuple[int, int]:
     """(channel vector vf, pixel count px) of a conv's register tile: the most multiply-adds
@@ -507,7 +550,8 @@ def schedule_func(func, target, threads: int = 1, vector: VectorUnit | None = No
                         continue
                 except Exception as exc:  # noqa: BLE001
                     log.debug("conv rule skipped block %s: %s", name, str(exc).splitlines()[0])
-                if _tile_pool(trial, block, threads):
+                if _tile_pool(trial, block, threads) or _tile_packed_gemv(trial, block, lanes,
+                                                                         threads):
                     sch = trial
                     continue
                 if not _tile_reduction(trial, block, lanes, threads):
