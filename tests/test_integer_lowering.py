@@ -77,6 +77,44 @@ def test_float_model_is_untouched(zoo):
     tvm.ir.assert_structural_equal(_lower(mod), _relax(zoo("cnn", quantized=False)))
 
 
+def _main_ops(mod) -> list[str]:
+    from tvm import relax
+
+    ops: list[str] = []
+    relax.analysis.post_order_visit(mod["main"].body, lambda e: ops.append(
+        e.op.name) if isinstance(e, relax.Call) and hasattr(e.op, "name") else None)
+    return ops
+
+
+def test_float_output_conv_takes_its_bias_and_relu(zoo):
+    """The zoo cnn's last conv feeds GlobalAveragePool unquantized: its float bias and ReLU
+    run in the GEMM's epilogue and the mean over its channels-last output (no transpose,
+    add, relu kernel of its own)."""
+    ops = _main_ops(_lower(_relax(zoo("cnn"))))
+    assert "relax.nn.relu" not in ops and "relax.add" not in ops, ops
+    assert "relax.permute_dims" in ops  # the input's, once
+    assert ops.count("relax.permute_dims") == 1, ops
+
+
+def test_few_channel_conv_reads_whole_kernel_rows(tmp_path):
+    """A 3-channel stem reads each kernel row's 3 x 3 bytes as one copy (qrows.py): a padded
+    input, weights in 16-byte row chunks; a 16-channel conv on 16 channels does not."""
+    from toolchain.targets.cpu import qrows
+
+    assert qrows.row_chunk((3, 3), (1, 1), 3, 16) == 16
+    assert qrows.row_chunk((3, 3), (1, 1), 1, 16) == 4
+    assert qrows.row_chunk((3, 3), (1, 1), 16, 32) == 0  # channel copies are vectors already
+    assert qrows.row_chunk((3, 3), (1, 1), 3, 64) == 0  # 3 steps x 4 channel tiles: loses
+    assert qrows.row_chunk((7, 7), (1, 1), 3, 64) == 24
+    w = np.arange(2 * 3 * 3 * 3, dtype=np.int8).reshape(2, 3, 3, 3)
+    rows = qrows.chunk_weight(w, 16)
+    assert rows.shape == (2, 3, 1, 16) and not rows[..., 9:].any()
+    assert (rows[:, :, 0, :9] == w.reshape(2, 3, 9)).all()
+    path = save(_conv_qdq(15, [1, 1, 1, 1], [2, 2], 3, 16, True), tmp_path / "conv.onnx")
+    names = [gv.name_hint for gv in _lower(_relax(path)).functions]
+    assert any(n.startswith("pad_rows") for n in names), names
+
+
 def _qdq_graph() -> onnx.ModelProto:
     """int8 activations with non-zero zero points, strided padded conv, MatMul weight (K, N)."""
     rng = np.random.default_rng(0)

@@ -34,7 +34,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import GenericConst
 
-from toolchain.targets.cpu import qdepthwise, qgemm
+from toolchain.targets.cpu import qdepthwise, qgemm, qrows
 from toolchain.targets.cpu.qelementwise import add_multipliers, qadd_te, qmean_te
 from toolchain.targets.cpu.vector import VectorUnit
 
@@ -242,14 +242,19 @@ class _Lowerer(relax.PyExprMutator):
         return self.builder_.emit(relax.op.permute_dims(q, [0, 2, 3, 1]))
 
     def _emit_gemm(self, core, bias: np.ndarray | None, out_dtype: str, s_y: float = 1.0,
-                   z_y: int = 0, clamp=None):
+                   z_y: int = 0, clamp=None, float_tail=None):
+        """The GEMM kernel; ``float_tail`` (float32 output only): (float bias [O] or None,
+        ReLU) applied after the scaling, as the float graph does."""
         q, s_x, z_x = core["act"]
         w_ohwi, w_scale = core["w_ohwi"], core["w_scale"].astype(np.float64)
         o = w_ohwi.shape[0]
         if core.get("depthwise"):
             return self._emit_depthwise(core, bias, out_dtype, s_y, z_y, clamp)
         instr = _dot_instr(self.vector, bool(w_ohwi.min(initial=0) > -128))
-        wp = qgemm.pack_weight(w_ohwi, instr)
+        geom = core["geom"]
+        chunk = qrows.row_chunk(geom.kernel, geom.dilation, w_ohwi.shape[3], o) if (
+            core["kind"] == "conv" and instr.tile is None) else 0
+        wp = qgemm.pack_weight(qrows.chunk_weight(w_ohwi, chunk) if chunk else w_ohwi, instr)
         o_pad = qgemm.padded_channels(wp, instr)
         zp8 = z_x - 128 if _dtype(q) == "uint8" else z_x  # zero point in int8 terms
         zp_a = zp8 + (128 if instr.act_dtype == "uint8" else 0)  # as the kernel stores A
@@ -278,23 +283,36 @@ class _Lowerer(relax.PyExprMutator):
                 relax.TensorType([int(d) for d in func.params[-1].shape], out_dtype)))
             self.rewritten += 1
             return out
-        tp = qgemm.row_tile(instr, *self._out_hw(core, _static_shape(x)), o)
+        out_hw = self._out_hw(core, _static_shape(x))
+        tp = qgemm.row_tile(instr, *out_hw, o)
+        rows = None
+        if chunk:  # few input channels: im2col copies whole kernel rows (qrows.py)
+            rows = qrows.RowChunks(int(w_ohwi.shape[3]), chunk, out_hw[1])
+            pads = qrows.padding_for(_static_shape(x), geom, chunk)
+            x = self.builder_.emit(self.builder_.call_te(
+                lambda xt: qrows.pad_rows_te(xt, pads, z_x), x, primfunc_name_hint="pad_rows"))
+            geom = qgemm.ConvGeometry(geom.kernel, geom.strides, geom.dilation)
 
         # int4 weights (all in [-8, 7]) are stored two per byte and unpacked per call.
         int4_shape = wp.shape if qgemm.fits_int4(wp) else None
         w_const = qgemm.pack_int4(wp) if int4_shape is not None else wp
 
-        def kernel(xt, wt, bt, st):
-            return qgemm.gemm_te(xt, wt, bt, st, geom=core["geom"], in_zero=z_x, instr=instr,
+        f_bias, f_relu = float_tail if float_tail is not None else (None, False)
+
+        def kernel(xt, wt, bt, st, *fb):
+            return qgemm.gemm_te(xt, wt, bt, st, geom=geom, in_zero=z_x, instr=instr,
                                  tp=tp, out_channels=o, out_dtype=out_dtype, out_zero=z_y,
                                  clamp=clamp, int4_shape=int4_shape,
-                                 to_int=self.to_int)
+                                 to_int=self.to_int, rows=rows,
+                                 float_bias=fb[0] if fb else None, float_relu=f_relu)
 
+        attrs = {"op_pattern": 8, "edgec.qgemm": instr.name, "edgec.qgemm_rows": tp}
+        if rows is not None:
+            attrs["edgec.qgemm_chunk_vector"] = rows.vector
+        extra = [] if f_bias is None else [relax.const(f_bias.astype(np.float32))]
         out = self.builder_.emit(self.builder_.call_te(
             kernel, x, relax.const(w_const), relax.const(b.astype(np.int32)), relax.const(scale),
-            primfunc_name_hint="qgemm_" + core["kind"],
-            primfunc_attrs={"op_pattern": 8, "edgec.qgemm": instr.name,
-                            "edgec.qgemm_rows": tp}))
+            *extra, primfunc_name_hint="qgemm_" + core["kind"], primfunc_attrs=attrs))
         self.rewritten += 1
         return out
 
@@ -522,9 +540,11 @@ class _Lowerer(relax.PyExprMutator):
         act = self._activation(value.args[0])
         shape = _static_shape(value.args[0])
         axes = [int(a) for a in (value.attrs.axis or [])]
-        if act is None or shape is None or len(shape) != 4 or sorted(axes) != [2, 3] or \
+        if shape is None or len(shape) != 4 or sorted(axes) != [2, 3] or \
                 not bool(value.attrs.keepdims):
             return None
+        if act is None:
+            return self._float_conv_mean(value, s_y, z_y, dtype)
         q, s_x, z_x = act
         src = self._root(q)
         nhwc = self._nhwc_of(src)
@@ -537,6 +557,35 @@ class _Lowerer(relax.PyExprMutator):
         self.rewritten += 1
         return self.builder_.emit(self.builder_.call_te(
             kernel, nhwc if nhwc is not None else src, primfunc_name_hint="qmean"))
+
+    def _float_conv_mean(self, value, s_y: float, z_y: int, dtype: str):
+        """quantize(mean(relu?(conv(dq(x), dq(W)) + bias), H, W)): a conv whose output stays
+        float (no quantize before the pooling) -> the GEMM with its float bias and ReLU in
+        the epilogue, channels-last, the mean over its rows (the same float operations in the
+        same order as the graph's), then the quantize."""
+        relu = _op(self._value(value.args[0])) == "relax.nn.relu"
+        add = self._value(self._value(value.args[0]).args[0]) if relu else self._value(value.args[0])
+        if _op(add) != "relax.add":
+            return None
+        core = bias = None
+        for core_arg, bias_arg in ((add.args[0], add.args[1]), (add.args[1], add.args[0])):
+            core = self._core(core_arg)
+            bias = self._eval_const(bias_arg) if core is not None else None
+            if bias is not None:
+                break
+        if core is None or bias is None or core["kind"] != "conv" or core.get("depthwise"):
+            return None
+        o = core["w_ohwi"].shape[0]
+        if bias.size != o or list(bias.shape) not in ([1, o, 1, 1], [o]):
+            return None
+        out = self._emit_gemm(core, None, "float32", float_tail=(bias.reshape(-1), relu))
+        if out is None:
+            return None
+        n = _static_shape(out)[0]
+        mean = self.builder_.emit(relax.op.mean(out, axis=[1, 2], keepdims=True))
+        pooled = self.builder_.emit(relax.op.reshape(mean, [n, o, 1, 1]))
+        return relax.op.quantize(pooled, relax.const(np.float32(s_y)),
+                                 relax.const(z_y, dtype), axis=1, out_dtype=dtype)
 
     def _is_add(self, value) -> bool:
         """``value`` is add(x, y) or relu(add(x, y))."""

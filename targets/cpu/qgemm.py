@@ -394,7 +394,7 @@ def unpack_int4_te(packed, shape):
 def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotInstr,
             tp: int, out_channels: int, out_dtype: str, out_zero: int = 0,
             clamp: tuple[int, int] | None = None, int4_shape: tuple[int, ...] | None = None,
-            to_int=None):
+            to_int=None, rows=None, float_bias=None, float_relu: bool = False):
     """TE compute for ``x`` NHWC ``[N, H, W, C]`` (int8, or uint8 holding int8 + 128 ... see
     ``in_zero``) -> ``[N, OH, OW, O]`` (requantized ``out_dtype`` or float32).
 
@@ -403,6 +403,10 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
     ``scale`` float32 ``[O_pad]``: ``s_x * s_w / s_y`` when requantizing, ``s_x * s_w`` for float.
     With ``int4_shape``, ``w`` holds ``pack_int4`` bytes of weights of that shape, unpacked once
     per call into a workspace buffer (the binary keeps half the bytes).
+    A float32 output may add ``float_bias`` ``[O]`` (the model's own float bias, after the
+    scaling: the float graph's order) and apply ReLU (``float_relu``).
+    With ``rows`` (a ``qrows.RowChunks``), ``x`` is the padded input of ``qrows.pad_rows_te``,
+    ``geom`` has no padding and ``w`` reduces over ``(r, chunk)``.
     """
     from tvm import te, tirx
 
@@ -412,7 +416,7 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
     (r, s), (sh, sw), (dh, dw) = geom.kernel, geom.strides, geom.dilation
     pt, pl, pb, pr = geom.padding
     oh = (h + pt + pb - dh * (r - 1) - 1) // sh + 1
-    ow = (wd + pl + pr - dw * (s - 1) - 1) // sw + 1
+    ow = (wd + pl + pr - dw * (s - 1) - 1) // sw + 1 if rows is None else rows.out_w
     if instr.packed:
         o_pad, k_pad = int(w.shape[0]) * int(w.shape[2]), int(w.shape[1]) * int(w.shape[3])
     else:
@@ -428,12 +432,21 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
 
     def load(nn, p, k):
         y, xx = p // ow, p % ow
+        if rows is not None:  # one kernel row's taps: a contiguous chunk of the rows view
+            rr, j = k // rows.chunk, k % rows.chunk
+            iy = tirx.min(y * sh + rr * dh, h - 1)  # only padded (tail) pixels clamp
+            inside = tirx.all(rr < r, p < pixels)
+            col = xx * (sw * c) + j  # (col // c) * c + col % c flattens back to col
+            return flip(tirx.if_then_else(inside, x[nn, iy, col // c, col % c],
+                                          tirx.const(in_zero, xdt)))
         rr, ss, cc = k // (s * c), (k // c) % s, k % c
         iy, ix = y * sh + rr * dh - pt, xx * sw + ss * dw - pl
         inside = tirx.all(k < k_real, p < pixels, iy >= 0, iy < h, ix >= 0, ix < wd)
-        v = tirx.if_then_else(inside, x[nn, tirx.max(tirx.min(iy, h - 1), 0),
-                                        tirx.max(tirx.min(ix, wd - 1), 0), cc],
-                              tirx.const(in_zero, xdt))
+        return flip(tirx.if_then_else(inside, x[nn, tirx.max(tirx.min(iy, h - 1), 0),
+                                                tirx.max(tirx.min(ix, wd - 1), 0), cc],
+                                      tirx.const(in_zero, xdt)))
+
+    def flip(v):
         if xdt == adt:
             return v
         # int8 <-> uint8 holding int8 + 128: flip the sign bit, exactly.
@@ -465,11 +478,14 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
     def read_acc(nn, y, xx, o):
         return acc[nn, y * ow + xx, o]
 
-    return te.compute(
-        (n, oh, ow, out_channels),
-        lambda nn, y, xx, o: requantize(read_acc(nn, y, xx, o), bias[o], scale[o], out_dtype,
-                                        out_zero, clamp, to_int),
-        name="qgemm_out")
+    def value(nn, y, xx, o):
+        v = requantize(read_acc(nn, y, xx, o), bias[o], scale[o], out_dtype, out_zero, clamp,
+                       to_int)
+        if float_bias is not None:
+            v = v + float_bias[o]
+        return tirx.max(v, tirx.const(0.0, "float32")) if float_relu else v
+
+    return te.compute((n, oh, ow, out_channels), value, name="qgemm_out")
 
 
 def requantize(acc, bias, scale, out_dtype: str, out_zero: int, clamp, to_int=None):
@@ -516,9 +532,11 @@ def _schedule_qgemm(func, target, threads: int):
         return qdepthwise.schedule_depthwise(func, threads)
     instr = BY_NAME.get(name) or dot_instr(target)
     tp = int(func.attrs["edgec.qgemm_rows"]) if "edgec.qgemm_rows" in func.attrs else 1
+    chunk_vector = int(func.attrs["edgec.qgemm_chunk_vector"]) if (
+        "edgec.qgemm_chunk_vector" in func.attrs) else 0
     func = _schedule_unpack(func)
     if instr.packed:
-        return _schedule_packed(func, instr, tp, threads)
+        return _schedule_packed(func, instr, tp, threads, chunk_vector)
     sch = s_tir.Schedule(func)
     acc4 = sch.get_sblock("qgemm_acc")
     sumb = sch.get_sblock("qgemm_sum")
@@ -545,7 +563,8 @@ def _schedule_qgemm(func, target, threads: int):
     else:
         sch.reorder(n, p_o, o_o, ko, p_i, o_i, j, t)
     # A tiled instruction is for CPUs without SIMD (Cortex-M4/M7): a scalar epilogue.
-    _tile_common(sch, im2col, acc4, out, p_o, o_o, to, [sumb], instr.tile is None)
+    _tile_common(sch, im2col, acc4, out, p_o, o_o, to, [sumb], instr.tile is None,
+                 chunk_vector)
     sch.decompose_reduction(acc4, ko)
     if ko_i is not None:
         sch.unroll(ko_i)
@@ -655,13 +674,13 @@ def _addp(a, b, T):
 
 
 def _tile_common(sch, im2col, acc, out, rows, cols, to: int, between=(),
-                 vectorize: bool = True) -> None:
+                 vectorize: bool = True, chunk_vector: int = 0) -> None:
     """What both kernel forms share. im2col per row tile (loop ``rows``), just before the
     tile's first use: A shrinks to [tp, K] (in L1), reused across all channel tiles. The
     accumulators live in registers: only the tile's are ever live (compacted to it). The
     epilogue runs per tile (loop ``cols``), vectorized over its channels."""
     sch.compute_at(im2col, rows, preserve_unit_loops=True)
-    _schedule_im2col(sch, im2col, int(sch.get(sch.get_loops(im2col)[-1]).extent))
+    _schedule_im2col(sch, im2col, int(sch.get(sch.get_loops(im2col)[-1]).extent), chunk_vector)
     sch.set_scope(acc, 0, "local")
     _flat_pixels(sch, out)
     for block in between:
@@ -682,7 +701,7 @@ def _flat_pixels(sch, out) -> None:
     sch.transform_block_layout(out, lambda nn, y, xx, o: (nn, y * ow + xx, o))
 
 
-def _schedule_packed(func, instr: DotInstr, tp: int, threads: int):
+def _schedule_packed(func, instr: DotInstr, tp: int, threads: int, chunk_vector: int = 0):
     """Tile [tp pixels x to channels] with one accumulator register per 4 channels and pixel;
     each call loads 16 activation bytes of a pixel once and ``groups_per_call`` weight vectors
     per 4 channels (sdot by element), so no horizontal sum is left for the epilogue."""
@@ -701,7 +720,7 @@ def _schedule_packed(func, instr: DotInstr, tp: int, threads: int):
     # registers and one weight register live (pixel-major order made LLVM keep all 16 weight
     # registers of a step and spill: 100 instead of 84 instructions per 64 sdot).
     sch.reorder(n, x_o, o_o, k_o, o_io, x_i, o_ii, k_i)
-    _tile_common(sch, im2col, acc, out, x_o, o_o, to)
+    _tile_common(sch, im2col, acc, out, x_o, o_o, to, chunk_vector=chunk_vector)
     sch.decompose_reduction(acc, k_o)
     _register(instr)
     sch.tensorize(o_ii, instr.name)
@@ -718,13 +737,17 @@ def _vectorize_inner(sch, block, width: int) -> None:
         sch.vectorize(loops[-1])
 
 
-def _schedule_im2col(sch, block, k_pad: int) -> None:
+def _schedule_im2col(sch, block, k_pad: int, chunk_vector: int = 0) -> None:
     """Split the reduction axis of the copy into (kernel position, channel) where it has no
-    padding, so the channel loop is a plain contiguous (vectorized) copy."""
+    padding, so the channel loop is a plain contiguous (vectorized) copy; for a row-chunk
+    conv (qrows.py) into copies of ``chunk_vector`` bytes."""
     channels = _im2col_channels(sch.get(block))
     loops = sch.get_loops(block)
     k = loops[-1]
-    if channels and k_pad % channels == 0 and k_pad > channels:
+    if chunk_vector and k_pad % chunk_vector == 0:
+        _, ci = sch.split(k, [None, chunk_vector])
+        sch.vectorize(ci)
+    elif channels and k_pad % channels == 0 and k_pad > channels:
         _, c = sch.split(k, [None, channels])
         if channels % 8 == 0:
             inner = 16 if channels % 16 == 0 else 8
