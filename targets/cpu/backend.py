@@ -145,8 +145,10 @@ class CpuBackend(Backend):
         timings["import"] = time.perf_counter() - t0
 
         target = dev.tvm_target()
+        tune, tune_log = _tune_config(options, dev, device.name)
         ctx = PipelineContext(target=target, schedule=options.schedule,
-                              threads=threads, vector=dev.vector_unit())
+                              threads=threads, vector=dev.vector_unit(), tune=tune,
+                              tune_log=tune_log)
         result = run_pipeline(mod, pipeline, ctx)
         for rec in result.stages:
             timings[f"pipeline.{rec.name}"] = rec.seconds
@@ -227,6 +229,7 @@ class CpuBackend(Backend):
             "library_bytes": (stage / "libmodel.a").stat().st_size,
             "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
             "tolerance": 1e-4,
+            **({"tuning": tune_log.to_json()} if tune_log is not None else {}),
             **({"lm": {**lm.to_json(), "tokens": bound,
                        "weight_bytes_per_token": lm_driver.weight_bytes_per_token(plan)}}
                if lm is not None else {}),
@@ -272,6 +275,24 @@ class CpuBackend(Backend):
         dev = CpuDevice.from_device(_device(manifest["target"]))
         return generate_binary(dev, out_dir / "model", prompt, tokens,
                                int(manifest["lm"]["vocab"]))
+
+
+def _tune_config(options: CpuOptions, dev: CpuDevice, name: str):
+    """(TuneConfig, TuneLog) for ``--tune`` / ``--tune-db``, or (None, None)."""
+    if options.tune is None and options.tune_db is None:
+        return None, None
+    flag = "--tune" if options.tune is not None else "--tune-db"
+    if not dev.is_native:
+        raise ConfigError(f"{flag} is for target host only: tuning times candidates on this "
+                          f"machine, and nothing can be timed on a {name} device here")
+    if options.schedule == "none":
+        raise ConfigError(f"{flag} needs --schedule auto (tuned kernels replace edgec's "
+                          "schedules only where they measured faster)")
+    from toolchain.targets.cpu.tune import DEFAULT_DB, TuneConfig, TuneLog, check_xgboost
+
+    if options.tune is not None:
+        check_xgboost()
+    return TuneConfig(options.tune or 0, options.tune_db or DEFAULT_DB), TuneLog()
 
 
 def _device(name: str) -> Device:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from toolchain.options import CommonOptions, option
@@ -15,6 +16,10 @@ def _pipelines() -> tuple[str, ...]:
     from toolchain.targets.cpu.pipeline import PIPELINES
 
     return ("auto", *sorted(PIPELINES))
+
+
+def _trials(n: int) -> str | None:
+    return None if n >= 1 else "a positive number of trials per kernel"
 
 
 def _threads(n: int) -> str | None:
@@ -40,3 +45,11 @@ class CpuOptions(CommonOptions):
            "parallelizes convs, matmuls and large elementwise kernels over a static pool of "
            "N-1 pthreads", metavar="N", check=_threads)
     keep_build: bool = option(False, "keep the intermediate objects and sources in OUT/build/")
+    tune: int | None = option(
+        None, "MetaSchedule-tune each conv/matmul kernel for TRIALS candidates, measured on "
+              "this machine (host only); a kernel keeps the tuned schedule only where it ran "
+              "faster than edgec's own, records are reused by later compiles",
+        metavar="TRIALS", check=_trials)
+    tune_db: Path | None = option(
+        None, "tuning records folder (default ~/.cache/edgec/tune with --tune); given "
+              "without --tune, its records are applied and nothing is tuned", metavar="DIR")

@@ -26,6 +26,8 @@ class PipelineContext:
     schedule: str = "auto"  # "auto" (edgec's CPU rules) or "none" (TVM's plain loops)
     threads: int = 1  # > 1: schedule stages make the heavy kernels' outer loops parallel
     vector: object = None  # the device's SIMD facts (targets/cpu/vector.py VectorUnit); None: LLVM's
+    tune: object = None  # targets/cpu/tune.py TuneConfig: MetaSchedule records; None: hand only
+    tune_log: object = None  # targets/cpu/tune.py TuneLog that the tuning pass fills
 
 
 Stage = Callable[[PipelineContext], list]
@@ -108,8 +110,13 @@ def cpu_schedule(ctx: PipelineContext) -> list:
     from toolchain.targets.cpu.schedule import ScheduleForCPU
     from toolchain.targets.cpu.weight_only import ScheduleWeightOnly
 
-    return [ScheduleWeightOnly(ctx.target, ctx.threads,
-                               then=ScheduleForCPU(ctx.target, ctx.threads, ctx.vector))]
+    if ctx.tune is not None:  # MetaSchedule where it measured faster (targets/cpu/tune.py)
+        from toolchain.targets.cpu.tune import TuneKernels
+
+        then = TuneKernels(ctx.target, ctx.threads, ctx.vector, ctx.tune, ctx.tune_log)
+    else:
+        then = ScheduleForCPU(ctx.target, ctx.threads, ctx.vector)
+    return [ScheduleWeightOnly(ctx.target, ctx.threads, then=then)]
 
 
 PIPELINES: dict[str, tuple[tuple[str, Stage], ...]] = {}
