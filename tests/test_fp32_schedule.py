@@ -325,3 +325,13 @@ def test_gemv_matches_onnxruntime(tmp_path, target, threads):
                  "--threads", str(threads)]) == 0
     results = verify_folder(out, seed=0)
     assert results and all(c.ok for c in results), results
+
+
+def test_vector_tile_stays_in_one_register_when_no_whole_ones_divide():
+    from toolchain.targets.cpu.schedule import _vector_tile
+
+    # AVX-512: 28 lanes was built lane by lane; one partial register instead
+    assert [_vector_tile(e, 16) for e in (28, 27, 1000, 32, 13)] == [14, 9, 10, 32, 13]
+    # NEON and AVX2 keep the rule their instruction counts were measured with
+    assert [_vector_tile(e, 4) for e in (6, 55, 28, 7)] == [6, 5, 4, 7]
+    assert _vector_tile(28, 8) == 14
