@@ -423,8 +423,13 @@ def test_onnxruntime_quantized_attention_matmuls_are_integer(tmp_path, target):
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=needs_target(t))
-                                    for t in ("host", "arm-a76", "armv7-a7")])
+                                    for t in ("host", "arm-a72", "arm-a76", "armv7-a7")])
 def test_int4_weights_are_two_per_byte(zoo, tmp_path, target):
+    """report.json's weight bytes match `edgec compress`'s size (weights at their bit width,
+    int32 biases) within a few percent, for int4 and int8: what is left is one float32 scale
+    per output channel (3.9% of the int4 cnn), the last conv's float bias (it feeds the
+    pooling unquantized) and the 10-class head padded to one register tile (16 channels on
+    the host, 12 with sdot, 10 elsewhere)."""
     import json
 
     q4 = tmp_path / "cnn_q4.onnx"
@@ -433,6 +438,8 @@ def test_int4_weights_are_two_per_byte(zoo, tmp_path, target):
     _compile_and_verify(zoo("cnn"), target, tmp_path / "o8")
     w4, w8 = (json.loads((tmp_path / o / "report.json").read_text())["memory"]["weight_bytes"]
               for o in ("o4", "o8"))
-    compressed = json.loads(q4.with_suffix(".json").read_text())["final"]["bytes"]
-    # Padding to whole register tiles (16 channels on the host) costs up to ~25%.
-    assert w4 <= 0.6 * w8 and w4 <= 1.25 * compressed, (w4, w8, compressed)
+    c4, c8 = (json.loads(p.with_suffix(".json").read_text())["final"]["bytes"]
+              for p in (q4, zoo("cnn")))
+    assert w4 <= 0.6 * w8, (w4, w8)
+    assert c4 <= w4 <= 1.1 * c4, (w4, c4)
+    assert c8 <= w8 <= 1.06 * c8, (w8, c8)

@@ -318,8 +318,9 @@ class _Lowerer(relax.PyExprMutator):
             attrs["edgec.qgemm_chunk_vector"] = rows.vector
         extra = [] if f_bias is None else [relax.const(f_bias.astype(np.float32))]
         out = self.builder_.emit(self.builder_.call_te(
-            kernel, x, relax.const(w_const), relax.const(b.astype(np.int32)), relax.const(scale),
-            *extra, primfunc_name_hint="qgemm_" + core["kind"], primfunc_attrs=attrs))
+            kernel, x, relax.const(w_const), relax.const(b[:o].astype(np.int32)),
+            relax.const(scale[:o]), *extra, primfunc_name_hint="qgemm_" + core["kind"],
+            primfunc_attrs=attrs))
         self.rewritten += 1
         return out
 

@@ -276,18 +276,40 @@ class ConvGeometry:
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
 
 
-# Output channels are padded to a multiple of this (every tile width divides it).
+# Output channels are padded to a multiple of this (every tile width divides it), or to a
+# narrower tile where it would waste weights (channel_align).
 O_ALIGN = 8
 
 
 def packed_cols(instr: DotInstr, out_channels: int) -> int:
     """Channels per register tile of a packed kernel: 16 (4 registers per pixel), or fewer
     when that divides the channel count exactly, so the last tile needs no predicate and the
-    epilogue stays vectorized."""
-    for cols in (4 * instr.lanes, 2 * instr.lanes, instr.lanes):
+    epilogue stays vectorized. Otherwise the widest tile whose padding stays small (less than
+    one register, or a 16th of the channels): a 10-class head takes one 16-channel register
+    on the host (the weights padded to 16 channels, not 64)."""
+    tiles = (4 * instr.lanes, 2 * instr.lanes, instr.lanes)
+    for cols in tiles:
         if out_channels % cols == 0:
             return cols
-    return 4 * instr.lanes
+    limit = max(instr.lanes - 1, out_channels // 16)
+    for cols in tiles:
+        if -(-out_channels // cols) * cols - out_channels <= limit:
+            return cols
+    return instr.lanes
+
+
+def channel_align(instr: DotInstr, out_channels: int) -> int:
+    """What a non-packed kernel pads its output channels to: its channel tile (8, or 4, 2, 1
+    where 8 would pad more than a 16th of the channels: a 10-class head keeps 10). The
+    schedule takes the widest tile that divides the padded count."""
+    if instr.packed:
+        return packed_cols(instr, out_channels)
+    if instr.tile is not None:
+        return O_ALIGN
+    for align in (O_ALIGN, 4, 2):
+        if -(-out_channels // align) * align - out_channels <= out_channels // 16:
+            return align
+    return 1
 
 
 def tile_for(instr: DotInstr, rows: int) -> tuple[int, int]:
@@ -343,7 +365,7 @@ def pack_weight(w_ohwi: np.ndarray, instr: DotInstr) -> np.ndarray:
     o = w_ohwi.shape[0]
     k = int(np.prod(w_ohwi.shape[1:]))
     kstep = instr.kblock
-    align = packed_cols(instr, o) if instr.packed else O_ALIGN
+    align = channel_align(instr, o)
     kp = -(-k // kstep) * kstep
     op = -(-o // align) * align
     out = np.zeros((op, kp), np.int8)
@@ -552,6 +574,8 @@ def _schedule_qgemm(func, target, threads: int):
         to = instr.tile[0] * instr.tile[1] // tp
     if instr is NEON_SMLAL and ext[1] > 1:
         to = smlal_cols(tp)
+    while ext[2] % to:  # channels padded to a narrower tile (channel_align)
+        to //= 2
     p_o, p_i = sch.split(p, [None, tp])
     o_o, o_i = sch.split(o, [None, to])
     # Two reduction steps per loop trip: the loop's own counter and address arithmetic
