@@ -86,3 +86,89 @@ def test_conv_requantization_matches_qlinearconv_at_a_near_tie(tmp_path):
     got = np.fromfile(tmp_path / "y.bin", np.float32).reshape(want.shape)
     steps = np.rint((got - want) / s_y)
     assert not steps.any(), f"{int(np.count_nonzero(steps))} outputs off by one step"
+
+
+def _fused(k, s, other):
+    """float32 ``k * s + other`` rounded once (an FMA); exact in float64 for these sizes."""
+    return (k.astype(np.float64) * np.float64(s) + other.astype(np.float64)).astype(np.float32)
+
+
+def _add_cases(count: int):
+    """Scales and zero points for which onnxruntime's float DequantizeLinear-Sum-QuantizeLinear
+    and the same with one product fused into the add (an FMA) give a different code for some
+    pair of inputs."""
+    rng = np.random.default_rng(3)
+    a, b = (v.reshape(-1).astype(np.int64) for v in np.meshgrid(np.arange(256), np.arange(256)))
+    cases = []
+    while len(cases) < count:
+        sa, sb = (np.float32(v) for v in rng.uniform(0.005, 0.1, 2))
+        sy = np.float32(rng.uniform(1.0, 2.0) * (sa + sb) / 2)
+        za, zb, zy = (int(v) for v in rng.integers(60, 200, 3))
+        fa, fb = (a - za).astype(np.float32) * sa, (b - zb).astype(np.float32) * sb
+        ref = np.rint((fa + fb) / sy)
+        inside = (ref + zy >= 0) & (ref + zy <= 255)
+        fused_a = np.rint(_fused(a - za, sa, fb) / sy)
+        fused_b = np.rint(_fused(b - zb, sb, fa) / sy)
+        if ((ref != fused_a) & inside).any() and ((ref != fused_b) & inside).any():
+            cases.append((sa, sb, sy, za, zb, zy))
+    return cases
+
+
+def _sum_model(cases, op: str, relu: bool) -> onnx.ModelProto:
+    """One branch per case: x_i, w_i -> QuantizeLinear -> DequantizeLinear -> op -> (Relu) ->
+    QuantizeLinear -> DequantizeLinear -> y_i (uint8 grids, [1, 1, 256, 256])."""
+    nodes, init, ins, outs = [], [], [], []
+    shape = [1, 1, 256, 256]
+    for i, (sa, sb, sy, za, zb, zy) in enumerate(cases):
+        for name, v in ((f"sa{i}", sa), (f"sb{i}", sb), (f"sy{i}", sy)):
+            init.append(numpy_helper.from_array(np.array(v, np.float32), name))
+        for name, v in ((f"za{i}", za), (f"zb{i}", zb), (f"zy{i}", zy)):
+            init.append(numpy_helper.from_array(np.array(v, np.uint8), name))
+        for x in "ab":
+            ins.append(helper.make_tensor_value_info(f"{x}{i}", TensorProto.FLOAT, shape))
+            nodes += [helper.make_node("QuantizeLinear", [f"{x}{i}", f"s{x}{i}", f"z{x}{i}"],
+                                       [f"{x}q{i}"]),
+                      helper.make_node("DequantizeLinear", [f"{x}q{i}", f"s{x}{i}", f"z{x}{i}"],
+                                       [f"{x}d{i}"])]
+        nodes.append(helper.make_node(op, [f"ad{i}", f"bd{i}"], [f"s{i}"]))
+        last = f"s{i}"
+        if relu:
+            nodes.append(helper.make_node("Relu", [last], [f"r{i}"]))
+            last = f"r{i}"
+        nodes += [helper.make_node("QuantizeLinear", [last, f"sy{i}", f"zy{i}"], [f"yq{i}"]),
+                  helper.make_node("DequantizeLinear", [f"yq{i}", f"sy{i}", f"zy{i}"], [f"y{i}"])]
+        outs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, shape))
+    graph = helper.make_graph(nodes, "qsum", ins, outs, init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_residual_sum_matches_onnxruntime_bit_for_bit(tmp_path):
+    """Every pair of uint8 codes through DequantizeLinear, Sum (+ Relu), QuantizeLinear, for
+    scale sets where an FMA changes a code: edgec's int8 Sum kernel gives onnxruntime's codes
+    (onnxruntime keeps Sum in float at every optimization level)."""
+    cases = _add_cases(4)
+    grid = np.meshgrid(np.arange(256), np.arange(256))
+    for relu in (False, True):
+        model = tmp_path / f"qsum_{relu}.onnx"
+        onnx.save(_sum_model(cases, "Sum", relu), model)
+        feeds = {}
+        for i, (sa, sb, _, za, zb, _) in enumerate(cases):
+            for x, code, s, z in (("a", grid[0], sa, za), ("b", grid[1], sb, zb)):
+                feeds[f"{x}{i}"] = ((code - z).astype(np.float32) * s).reshape(1, 1, 256, 256)
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        want = session.run(None, feeds)
+        out = tmp_path / f"out_{relu}"
+        assert main(["compile", str(model), "-t", "host", "-o", str(out)]) == 0
+        kernels = json.loads((out / "report.json").read_text())["kernels"].values()
+        assert any("qsum" in op for k in kernels for op in k["ops"])  # the int8 add kernel
+        names = [i.name for i in session.get_inputs()]
+        files = []
+        for name in names:
+            (tmp_path / f"{name}.bin").write_bytes(feeds[name].tobytes())
+            files.append(tmp_path / f"{name}.bin")
+        outs = [tmp_path / f"y{i}.bin" for i in range(len(cases))]
+        subprocess.run([out / "model", *files, *outs], check=True)
+        for i, (path, ref) in enumerate(zip(outs, want)):
+            got = np.fromfile(path, np.float32).reshape(ref.shape)
+            off = np.count_nonzero(np.rint((got - ref) / cases[i][2]))
+            assert off == 0, f"relu={relu} case {i}: {off} of {ref.size} codes differ"

@@ -35,7 +35,8 @@ from tvm import relax
 from tvm.ir.expr import GenericConst
 
 from toolchain.targets.cpu import qdepthwise, qgemm, qrows
-from toolchain.targets.cpu.qelementwise import add_multipliers, qadd_te, qmean_te
+from toolchain.targets.cpu.qelementwise import (add_multipliers, dequantize_table, qadd_te,
+                                                qmean_te, qsum_te)
 from toolchain.targets.cpu.vector import VectorUnit
 
 log = logging.getLogger(__name__)
@@ -597,17 +598,41 @@ class _Lowerer(relax.PyExprMutator):
                                  relax.const(z_y, dtype), axis=1, out_dtype=dtype)
 
     def _is_add(self, value) -> bool:
-        """``value`` is add(x, y) or relu(add(x, y))."""
-        name = _op(value)
-        return name == "relax.add" or (name == "relax.nn.relu"
-                                       and _op(self._value(value.args[0])) == "relax.add")
+        """``value`` is add(x, y) or relu(add(x, y)), or the same with ONNX Sum's form."""
+        if _op(value) == "relax.nn.relu":
+            value = self._value(value.args[0])
+        return self._add_operands(value) is not None
+
+    def _add_operands(self, add):
+        """(x, y, is_sum) for add(x, y), or for ONNX Sum of two inputs as TVM imports it:
+        sum(stack([broadcast_to(x), broadcast_to(y)]), axis 0), same shapes; else None."""
+        if _op(add) == "relax.add":
+            return add.args[0], add.args[1], False
+        if _op(add) != "relax.sum" or add.attrs.keepdims or \
+                [int(a) for a in (add.attrs.axis or [])] != [0]:
+            return None
+        stack = self._bound(add.args[0], "relax.stack")
+        fields = None if stack is None or int(stack.attrs.axis) != 0 else stack.args[0]
+        if isinstance(fields, relax.Var):
+            fields = self._value(fields)
+        if not isinstance(fields, relax.Tuple) or len(fields.fields) != 2:
+            return None
+        xs = []
+        for f in fields.fields:
+            b = self._bound(f, "relax.broadcast_to")
+            x = b.args[0] if b is not None else f
+            if _static_shape(x) is None or _static_shape(x) != _static_shape(f):
+                return None
+            xs.append(x)
+        return xs[0], xs[1], True
 
     def _residual_add(self, value, s_y: float, z_y: int, dtype: str):
         """quantize(relu?(dequantize(a) + dequantize(b))) -> one int8 elementwise kernel (the
         integer add ``qadd``, channels-last when both operands are): see ``qadd_te``."""
         lo = z_y if _op(value) == "relax.nn.relu" else _QRANGE[dtype][0]
         add = self._value(value.args[0]) if _op(value) == "relax.nn.relu" else value
-        acts = [self._activation(x) for x in add.args]
+        x, y, is_sum = self._add_operands(add)
+        acts = [self._activation(v) for v in (x, y)]
         if any(a is None or _dtype(a[0]) not in _INT8 for a in acts):
             return None
         srcs = [self._root(a[0]) for a in acts]
@@ -616,6 +641,14 @@ class _Lowerer(relax.PyExprMutator):
         nhwc = [self._nhwc_of(q) for q in srcs]
         channels_last = all(v is not None for v in nhwc)
         a, b = nhwc if channels_last else srcs
+        if is_sum:  # onnxruntime's float arithmetic, bit for bit (qsum_te)
+            lo, hi = max(lo, _QRANGE[dtype][0]), _QRANGE[dtype][1]
+            tables = [relax.const(dequantize_table(z, s, _dtype(q))) for q, s, z in acts]
+            out = self.builder_.emit(self.builder_.call_te(
+                lambda at, bt, ta, tb: qsum_te(at, bt, ta, tb, s_y, z_y, (lo, hi), dtype),
+                a, b, *tables, primfunc_name_hint="qsum"))
+            self.rewritten += 1
+            return self._register_nchw(out) if channels_last else out
         fixed = add_multipliers(acts[0][1] / s_y, acts[1][1] / s_y)
         if fixed is None:
             return None
