@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_arm import LIGHT, binary_median_ms, ort_median_ms  # noqa: E402
+from bench_arm import LIGHT, OrtTimer, binary_median_ms  # noqa: E402
 
 from toolchain.cli import main as edgec  # noqa: E402
 from toolchain.onnx_io import randomize_weights, save_model  # noqa: E402
@@ -105,12 +105,16 @@ def main() -> None:
             r_fp = build(fp, folder / f"{name}-fp32", shape_args, "auto", args.threads)
             # Alternate the measurements so that machine noise hits all alike.
             t = {"ort_q": [], "int": [], "qfloat": [], "ort_fp": [], "fp32": []}
+            # One onnxruntime session per file (inputs of size 1 for dynamic dimensions, as
+            # --input-shape gives edgec), kept over the rounds.
+            ort_q, ort_fp = OrtTimer(q, args.threads), OrtTimer(fp, args.threads)
+            exe = {k: folder / f"{name}-{k}" / "model" for k in ("int", "qfloat", "fp32")}
             for _ in range(3):
-                t["ort_q"].append(ort_median_ms(q, args.runs, shape_args, args.threads))
-                t["int"].append(binary_median_ms(folder / f"{name}-int", args.runs))
-                t["qfloat"].append(binary_median_ms(folder / f"{name}-qfloat", args.runs))
-                t["ort_fp"].append(ort_median_ms(fp, args.runs, shape_args, args.threads))
-                t["fp32"].append(binary_median_ms(folder / f"{name}-fp32", args.runs))
+                t["ort_q"].append(float(np.median(ort_q.times_ms(args.runs))))
+                t["int"].append(binary_median_ms(exe["int"], args.runs))
+                t["qfloat"].append(binary_median_ms(exe["qfloat"], args.runs))
+                t["ort_fp"].append(float(np.median(ort_fp.times_ms(args.runs))))
+                t["fp32"].append(binary_median_ms(exe["fp32"], args.runs))
             med = {k: float(np.median(v)) for k, v in t.items()}
             rows.append((name, med, r_int["memory"]["weight_bytes"],
                          r_fp["memory"]["weight_bytes"], r_qf["memory"]["weight_bytes"]))
