@@ -172,3 +172,71 @@ def test_residual_sum_matches_onnxruntime_bit_for_bit(tmp_path):
             got = np.fromfile(path, np.float32).reshape(ref.shape)
             off = np.count_nonzero(np.rint((got - ref) / cases[i][2]))
             assert off == 0, f"relu={relu} case {i}: {off} of {ref.size} codes differ"
+
+
+def _bn_case(channels: int):
+    """BatchNormalization parameters (gamma int8, beta int32 on their own grids, as
+    onnxruntime.quantization writes them) for which x * new_scale + new_bias rounded once (an
+    FMA) changes some output code of onnxruntime's float32 formula (256 input codes)."""
+    rng = np.random.default_rng(4)
+    s_x, z_x, z_y = np.float32(0.031), 131, 117
+    s_g, s_b = np.float32(0.01), np.float32(1e-4)
+    x = (np.arange(256) - z_x).astype(np.float32) * s_x
+    while True:
+        g_q = rng.integers(-127, 128, channels).astype(np.int8)
+        b_q = rng.integers(-20000, 20000, channels).astype(np.int32)
+        gamma, beta = g_q.astype(np.float32) * s_g, b_q.astype(np.float32) * s_b
+        mean = rng.standard_normal(channels).astype(np.float32)
+        var = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+        s_y = np.float32(rng.uniform(0.02, 0.04))
+        new_scale = (np.float32(1) / np.sqrt(var + np.float32(1e-5))) * gamma
+        new_bias = beta - mean * new_scale
+        ref = np.rint((x[None] * new_scale[:, None] + new_bias[:, None]) / s_y)
+        fused = (x[None].astype(np.float64) * new_scale[:, None] + new_bias[:, None])
+        fma = np.rint(fused.astype(np.float32) / s_y)
+        inside = (ref + z_y >= 0) & (ref + z_y <= 255)
+        if ((ref != fma) & inside).any():
+            return s_x, z_x, s_y, z_y, (g_q, s_g), (b_q, s_b), mean, var
+
+
+def test_batch_norm_between_qdq_matches_onnxruntime_bit_for_bit(tmp_path):
+    """DequantizeLinear -> BatchNormalization -> QuantizeLinear (a light_* model's layer):
+    edgec's int8 kernel gives onnxruntime's code for every input code and channel."""
+    c = 64
+    s_x, z_x, s_y, z_y, gamma, beta, mean, var = _bn_case(c)
+    init = [numpy_helper.from_array(np.array(s_x, np.float32), "s_x"),
+            numpy_helper.from_array(np.array(z_x, np.uint8), "z_x"),
+            numpy_helper.from_array(np.array(s_y, np.float32), "s_y"),
+            numpy_helper.from_array(np.array(z_y, np.uint8), "z_y")]
+    init += [numpy_helper.from_array(v, n) for n, v in
+             (("g_q", gamma[0]), ("s_g", np.array(gamma[1])), ("z_g", np.array(0, np.int8)),
+              ("b_q", beta[0]), ("s_b", np.array(beta[1])), ("z_b", np.array(0, np.int32)),
+              ("mean", mean), ("var", var))]
+    nodes = [helper.make_node("DequantizeLinear", ["g_q", "s_g", "z_g"], ["gamma"]),
+             helper.make_node("DequantizeLinear", ["b_q", "s_b", "z_b"], ["beta"]),
+             helper.make_node("QuantizeLinear", ["x", "s_x", "z_x"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s_x", "z_x"], ["xd"]),
+             helper.make_node("BatchNormalization", ["xd", "gamma", "beta", "mean", "var"],
+                              ["bn"], epsilon=1e-5),
+             helper.make_node("QuantizeLinear", ["bn", "s_y", "z_y"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "s_y", "z_y"], ["y"])]
+    shape = [1, c, 16, 16]
+    graph = helper.make_graph(nodes, "qbn", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, shape)], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, shape)], init)
+    model = tmp_path / "qbn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                                ir_version=8), model)
+    codes = np.broadcast_to(np.arange(256).reshape(1, 1, 16, 16), shape)
+    x = ((codes - z_x).astype(np.float32) * s_x).copy()
+    want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    out = tmp_path / "out"
+    assert main(["compile", str(model), "-t", "host", "-o", str(out)]) == 0
+    kernels = json.loads((out / "report.json").read_text())["kernels"].values()
+    assert any("qaffine" in op for k in kernels for op in k["ops"])
+    (tmp_path / "x.bin").write_bytes(x.tobytes())
+    subprocess.run([out / "model", tmp_path / "x.bin", tmp_path / "y.bin"], check=True)
+    got = np.fromfile(tmp_path / "y.bin", np.float32).reshape(want.shape)
+    off = np.count_nonzero(np.rint((got - want) / s_y))
+    assert off == 0, f"{off} of {want.size} codes differ"

@@ -36,7 +36,7 @@ from tvm.ir.expr import GenericConst
 
 from toolchain.targets.cpu import qdepthwise, qgemm, qrows
 from toolchain.targets.cpu.qelementwise import (add_multipliers, dequantize_table, qadd_te,
-                                                qmean_te, qsum_te)
+                                                qaffine_te, qmean_te, qsum_te)
 from toolchain.targets.cpu.vector import VectorUnit
 
 log = logging.getLogger(__name__)
@@ -502,6 +502,10 @@ class _Lowerer(relax.PyExprMutator):
             return None if out is None else relax.op.reshape(out, _static_shape(value))
         if name == "relax.mean":
             return self._global_mean(value, s_y, z_y, dtype)
+        if isinstance(value, relax.TupleGetItem) and int(value.index) == 0:
+            bn = self._value(value.tuple_value)
+            return self._batch_norm(bn, s_y, z_y, dtype) if _op(bn) == "relax.nn.batch_norm" \
+                else None
         if name == "relax.reshape" and _op(self._value(value.args[0])) == "relax.mean":
             # the pooled features flattened for a Linear head
             out = self._global_mean(self._value(value.args[0]), s_y, z_y, dtype)
@@ -596,6 +600,34 @@ class _Lowerer(relax.PyExprMutator):
         pooled = self.builder_.emit(relax.op.reshape(mean, [n, o, 1, 1]))
         return relax.op.quantize(pooled, relax.const(np.float32(s_y)),
                                  relax.const(z_y, dtype), axis=1, out_dtype=dtype)
+
+    def _batch_norm(self, bn, s_y: float, z_y: int, dtype: str):
+        """quantize(batch_norm(dequantize(q)), inference, constant parameters) -> one int8
+        kernel with onnxruntime's formula: inv_std = 1 / sqrt(var + eps), new_scale = inv_std *
+        gamma, new_bias = beta - mean * new_scale (float32, as its BatchNormalization), then
+        x * new_scale + new_bias without FMA (``qaffine_te``); channels-last when q is."""
+        act = self._activation(bn.args[0])
+        shape = _static_shape(bn.args[0])
+        params = [self._eval_const(a) for a in bn.args[1:5]]
+        if act is None or shape is None or len(shape) != 4 or int(bn.attrs.axis) != 1 or \
+                any(p is None or p.size != shape[1] for p in params):
+            return None
+        gamma, beta, mean, var = (p.reshape(-1).astype(np.float32) for p in params)
+        eps = np.float32(float(bn.attrs.epsilon))
+        inv_std = np.float32(1) / np.sqrt(var + eps)
+        new_scale = inv_std * gamma
+        new_bias = beta - mean * new_scale
+        q, s_x, z_x = act
+        src = self._root(q)
+        nhwc = self._nhwc_of(src)
+        table = dequantize_table(z_x, s_x, _dtype(q))
+        out = self.builder_.emit(self.builder_.call_te(
+            lambda xt, tt, st, bt: qaffine_te(xt, tt, st, bt, 3 if nhwc is not None else 1,
+                                              s_y, z_y, dtype),
+            nhwc if nhwc is not None else src, relax.const(table), relax.const(new_scale),
+            relax.const(new_bias), primfunc_name_hint="qaffine"))
+        self.rewritten += 1
+        return self._register_nchw(out) if nhwc is not None else out
 
     def _is_add(self, value) -> bool:
         """``value`` is add(x, y) or relu(add(x, y)), or the same with ONNX Sum's form."""

@@ -7,6 +7,8 @@
   optimization level: each operand dequantized through a 256-entry float32 table (onnxruntime's
   DequantizeLinear products, bit for bit), one float add, QuantizeLinear's division and
   round half to even, so the codes are onnxruntime's;
+- ``qaffine_te``: an inference BatchNormalization between a dequantize and a quantize, with
+  onnxruntime's float32 formula and roundings (x * new_scale + new_bias, no FMA);
 - ``qmean_te``: global average pooling, one int32 sum per channel requantized once (the
   GEMM's epilogue, ``qgemm.requantize``).
 """
@@ -77,6 +79,43 @@ def qsum_te(a, b, table_a, table_b, s_y: float, z_y: int, clamp: tuple[int, int]
         return (tirx.round(v).astype("int32") + z_y).astype(out_dtype)
 
     return te.compute(a.shape, value, name="qsum")
+
+
+def qaffine_te(x, table, scale, shift, axis: int, s_y: float, z_y: int, out_dtype: str):
+    """TE: ``round_half_even(f32(f32(table[x] * scale[c]) + shift[c]) / s_y) + z_y``, clamped,
+    c the index along ``axis``: a per-channel ``x * scale + shift`` between a dequantize and a
+    quantize (an inference BatchNormalization) with onnxruntime's float32 roundings. The
+    product is made in float64 (exact for two float32 operands) and rounded to float32 on
+    its bits, the sum in float64 (exact here) then cast: written as a float32 multiply-add,
+    LLVM contracts it into one FMA (one rounding fewer), and a float32 round trip through
+    float64 is simplified away."""
+    from tvm import te, tirx
+
+    lo, hi = (-128, 127) if out_dtype == "int8" else (0, 255)
+    drop = tirx.const(29, "int64")  # float64 mantissa bits below float32's
+
+    def to_float32_grid(v):
+        """float64 ``v`` rounded half to even to float32 precision, with integer operations
+        on its bits (a float cast pair would be simplified away)."""
+        bits = tirx.reinterpret("int64", v)
+        low = bits & tirx.const((1 << 29) - 1, "int64")
+        half = tirx.const(1 << 28, "int64")
+        odd = tirx.shift_right(bits, drop) & tirx.const(1, "int64")
+        up = tirx.Select(tirx.any(low > half, tirx.all(low == half, odd == 1)),
+                         tirx.const(1 << 29, "int64"), tirx.const(0, "int64"))
+        return tirx.reinterpret("float64", bits - low + up)
+
+    def value(*i):
+        v = x(*i).astype("int32")
+        f = table[v + 128 if x.dtype == "int8" else v].astype("float64")
+        c = i[axis]
+        p = to_float32_grid(f * scale[c].astype("float64"))  # exact product, then rounded
+        y = (p + shift[c].astype("float64")).astype("float32")
+        y = y / tirx.const(float(np.float32(s_y)), "float32")
+        y = tirx.max(tirx.min(y, float(hi - z_y)), float(lo - z_y))
+        return (tirx.round(y).astype("int32") + z_y).astype(out_dtype)
+
+    return te.compute(x.shape, value, name="qaffine")
 
 
 def qmean_te(x, channels_last: bool, z_x: int, scale, z_y: int, out_dtype: str, to_int=None):
