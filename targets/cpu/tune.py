@@ -276,6 +276,22 @@ def _compare(hand_mod, tuned_mod, target, func) -> tuple[float, float]:
     return statistics.median(times[0]), statistics.median(times[1])
 
 
+def _best_schedule(records, wl, name: str):
+    """The fastest record whose trace replays on the workload (a trace that does not replay,
+    which MetaSchedule's own query_schedule raises on, is skipped), or None."""
+    from tvm.s_tir import Schedule
+
+    for rec in records[:8]:
+        try:
+            sch = Schedule(wl)
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+            return sch
+        except Exception as exc:  # noqa: BLE001
+            log.warning("kernel %s: a tuning record does not replay (%s); trying the next",
+                        name, str(exc).splitlines()[0][:120])
+    return None
+
+
 def TuneKernels(target, threads: int, vector, config: TuneConfig, tune_log: TuneLog):  # noqa: N802
     """The schedule pass with tuning (see the module doc); ``tune_log`` is filled."""
     from tvm import tirx
@@ -317,7 +333,7 @@ def TuneKernels(target, threads: int, vector, config: TuneConfig, tune_log: Tune
             hand_func = out[gv]
             key = f"{_hash(wl)}:{_hash(workload(hand_func))}"
             records = db.get_top_k(db.commit_workload(wl), 10**6) if db.has_workload(wl) else []
-            sch = db.query_schedule(wl, tgt, "main") if records else None
+            sch = _best_schedule(records, wl, name)
             entry = KernelTuning(name, _hash(wl), "hand", None, None,
                                  0 if _hash(wl) in seen else trials_of.get(_hash(wl), 0),
                                  len(records))
