@@ -34,7 +34,7 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 
-from toolchain.errors import ToolMissingError
+from toolchain.errors import ToolFailedError, ToolMissingError
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,8 @@ def _space(threads: int):
              rule.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True,
                              disallow_if_then_else=True, require_injective=True,
                              require_ordered=True, disallow_op=["tirx.exp"]),
-             rule.AddRFactor(max_jobs_per_core=jobs, max_innermost_factor=64),
+             # no AddRFactor: its records (rfactor + compute_at of a global pool) did not
+             # replay when loaded again ("old_outputs.size() == new_outputs.size()", TVM 0.27)
              rule.MultiLevelTiling("SSRSRS", max_innermost_factor=64,
                                    reuse_write=rule.ReuseType(req="may", levels=[1, 2],
                                                               scope="global")),
@@ -311,7 +312,12 @@ def TuneKernels(target, threads: int, vector, config: TuneConfig, tune_log: Tune
         originals = {gv: f for gv, f in mod.functions.items()
                      if isinstance(f, tirx.PrimFunc) and tunable(f)}
         out = hand_pass(mod)
-        db = ms.database.JSONDatabase(work_dir=str(folder))
+        try:
+            db = ms.database.JSONDatabase(work_dir=str(folder))
+        except Exception as exc:  # noqa: BLE001  (a record that does not replay)
+            raise ToolFailedError(f"the tuning records in {folder} do not load "
+                                  f"({str(exc).splitlines()[-1][:120]}); delete that folder "
+                                  "and tune again") from None
         decisions_path = folder / "decisions.json"
         decisions = json.loads(decisions_path.read_text()) if decisions_path.exists() else {}
         loads = {gv: workload(f) for gv, f in originals.items()}
