@@ -288,11 +288,13 @@ def _tune_config(options: CpuOptions, dev: CpuDevice, name: str):
     if options.schedule == "none":
         raise ConfigError(f"{flag} needs --schedule auto (tuned kernels replace edgec's "
                           "schedules only where they measured faster)")
-    from toolchain.targets.cpu.tune import DEFAULT_DB, TuneConfig, TuneLog, check_xgboost
+    from toolchain.targets.cpu.tune import (DEFAULT_DB, TuneConfig, TuneLog, check_xgboost,
+                                            open_database)
 
     if options.tune is not None:
         check_xgboost()
-    return TuneConfig(options.tune or 0, options.tune_db or DEFAULT_DB), TuneLog()
+    config = TuneConfig(options.tune or 0, options.tune_db or DEFAULT_DB)
+    return config, TuneLog(db=open_database(config, dev.tvm_target(), options.threads))
 
 
 def _device(name: str) -> Device:

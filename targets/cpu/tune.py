@@ -73,6 +73,7 @@ class TuneLog:
 
     database: str = ""
     seconds: float = 0.0
+    db: object = None  # the opened JSONDatabase (open_database), not reported
     kernels: list[KernelTuning] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -107,7 +108,19 @@ def _reduction(func) -> bool:
     from toolchain.targets.cpu.schedule import COMM_REDUCE, _blocks, _iter_types
 
     sch = Schedule(func)
-    return any(COMM_REDUCE in _iter_types(sch, b) for b in _blocks(sch))
+    return any(COMM_REDUCE in _iter_types(sch, b) and _multiply_adds(sch.get(b).body)
+               for b in _blocks(sch))
+
+
+def _multiply_adds(store) -> bool:
+    """``acc = acc + a * b`` (conv, matmul): pools and means are not tuned, since records of a
+    global mean did not replay when the database loaded them again (TVM 0.27)."""
+    value = getattr(store, "value", None)
+    if not isinstance(value, tvm.tirx.Add):
+        return False
+    return any(isinstance(x, tvm.tirx.Mul)
+               or (isinstance(x, tvm.tirx.Cast) and isinstance(x.value, tvm.tirx.Mul))
+               for x in (value.a, value.b))
 
 
 def tunable(func) -> bool:
@@ -277,6 +290,19 @@ def _compare(hand_mod, tuned_mod, target, func) -> tuple[float, float]:
     return statistics.median(times[0]), statistics.median(times[1])
 
 
+def open_database(config: TuneConfig, target, threads: int):
+    """The records of this target (opened before the pipeline, so that a database that does
+    not load is a one-line error, not one raised through a TVM pass)."""
+    folder = target_folder(config.db, tuning_target(target, threads))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _ms().database.JSONDatabase(work_dir=str(folder))
+    except Exception as exc:  # noqa: BLE001  (a record that does not replay)
+        raise ToolFailedError(f"the tuning records in {folder} do not load "
+                              f"({str(exc).splitlines()[-1][:100]}); delete that folder and "
+                              "tune again") from None
+
+
 def _best_schedule(records, wl, name: str):
     """The fastest record whose trace replays on the workload (a trace that does not replay,
     which MetaSchedule's own query_schedule raises on, is skipped), or None."""
@@ -312,12 +338,7 @@ def TuneKernels(target, threads: int, vector, config: TuneConfig, tune_log: Tune
         originals = {gv: f for gv, f in mod.functions.items()
                      if isinstance(f, tirx.PrimFunc) and tunable(f)}
         out = hand_pass(mod)
-        try:
-            db = ms.database.JSONDatabase(work_dir=str(folder))
-        except Exception as exc:  # noqa: BLE001  (a record that does not replay)
-            raise ToolFailedError(f"the tuning records in {folder} do not load "
-                                  f"({str(exc).splitlines()[-1][:120]}); delete that folder "
-                                  "and tune again") from None
+        db = tune_log.db or open_database(config, target, threads)
         decisions_path = folder / "decisions.json"
         decisions = json.loads(decisions_path.read_text()) if decisions_path.exists() else {}
         loads = {gv: workload(f) for gv, f in originals.items()}
