@@ -1,0 +1,79 @@
+"""MetaSchedule tuning on the host: edgec's hand schedules vs ``--tune TRIALS`` vs onnxruntime.
+
+For each model: compile with edgec's hand schedules, then with ``--tune TRIALS`` into a fresh
+records folder (a kernel keeps its tuned schedule only where that measured faster than the
+hand one), then time the two binaries and onnxruntime (same thread count), alternating, and
+print medians and the ratios tuned/hand and each against onnxruntime. Also: tuning time, how
+many kernels were tuned, and how many took the tuned schedule.
+
+    python examples/bench_tune.py [--models cnn,squeezenet] [--trials 16] [--runs 20]
+                                  [--threads 1] [--db DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_arm import OrtTimer, binary_median_ms, prepare  # noqa: E402
+
+from toolchain.cli import main as edgec  # noqa: E402
+
+
+def build(path: Path, out: Path, shape_args: list[str], threads: int, *flags: str) -> dict:
+    rc = edgec(["compile", str(path), "-t", "host", "-o", str(out), "--threads", str(threads),
+                *shape_args, *flags])
+    if rc != 0:
+        raise SystemExit(f"compile failed for {path} {' '.join(flags)}")
+    return json.loads((out / "report.json").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="cnn,squeezenet")
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--db", type=Path, default=None,
+                    help="records folder (default: a fresh temporary one, so tuning runs)")
+    args = ap.parse_args()
+    print("command: python examples/bench_tune.py " + " ".join(sys.argv[1:]))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        db = args.db or folder / "db"
+        for name in args.models.split(","):
+            path, shape_args = prepare(name, folder)
+            build(path, folder / f"{name}-hand", shape_args, args.threads)
+            report = build(path, folder / f"{name}-tuned", shape_args, args.threads,
+                           "--tune", str(args.trials), "--tune-db", str(db))
+            tuning = report["tuning"]
+            timer = OrtTimer(path, args.threads)
+            t = {"ort": [], "hand": [], "tuned": []}
+            for _ in range(3):  # alternating, so machine noise hits all three alike
+                t["ort"].append(statistics.median(timer.times_ms(args.runs)))
+                t["hand"].append(binary_median_ms(folder / f"{name}-hand" / "model", args.runs))
+                t["tuned"].append(binary_median_ms(folder / f"{name}-tuned" / "model", args.runs))
+            med = {k: statistics.median(v) for k, v in t.items()}
+            rows.append((name, med, tuning))
+            print(f"{name}: done", file=sys.stderr)
+    print(f"host, {args.threads} thread(s), {args.trials} trials per kernel; medians of "
+          f"3 x {args.runs} runs (ms)")
+    print(f"{'model':<12}{'ORT':>9}{'hand':>9}{'tuned':>9}{'tuned/hand':>11}{'hand/ORT':>9}"
+          f"{'tuned/ORT':>10}{'kernels tuned':>14}{'took tuned':>11}{'tune s':>8}")
+    for name, m, tuning in rows:
+        kernels = {k["workload"] for k in tuning["kernels"]}
+        took = len({k["workload"] for k in tuning["kernels"] if k["schedule"] == "tuned"})
+        print(f"{name:<12}{m['ort']:9.3f}{m['hand']:9.3f}{m['tuned']:9.3f}"
+              f"{m['tuned'] / m['hand']:11.2f}{m['hand'] / m['ort']:9.2f}"
+              f"{m['tuned'] / m['ort']:10.2f}{len(kernels):>14}{took:>11}"
+              f"{tuning['seconds']:8.0f}")
+
+
+if __name__ == "__main__":
+    main()
