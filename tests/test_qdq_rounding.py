@@ -240,3 +240,48 @@ def test_batch_norm_between_qdq_matches_onnxruntime_bit_for_bit(tmp_path):
     got = np.fromfile(tmp_path / "y.bin", np.float32).reshape(want.shape)
     off = np.count_nonzero(np.rint((got - want) / s_y))
     assert off == 0, f"{off} of {want.size} codes differ"
+
+
+def test_concat_rescale_matches_onnxruntime_for_every_code(tmp_path):
+    """DequantizeLinear x2 -> Concat -> QuantizeLinear with three grids: each operand is moved
+    to the output grid by its own qrescale kernel (the concat itself is a copy), code for code
+    as onnxruntime's QLinearConcat table gives it."""
+    rng = np.random.default_rng(7)
+    grids = [(np.float32(s), int(z)) for s, z in zip(rng.uniform(0.01, 0.1, 3),
+                                                      rng.integers(40, 220, 3))]
+    (sa, za), (sb, zb), (sy, zy) = grids
+    init = [numpy_helper.from_array(np.array(v, np.float32 if n[0] == "s" else np.uint8), n)
+            for n, v in (("sa", sa), ("za", za), ("sb", sb), ("zb", zb), ("sy", sy), ("zy", zy))]
+    nodes = []
+    for x in "ab":
+        nodes += [helper.make_node("QuantizeLinear", [x, f"s{x}", f"z{x}"], [f"{x}q"]),
+                  helper.make_node("DequantizeLinear", [f"{x}q", f"s{x}", f"z{x}"], [f"{x}d"])]
+    nodes += [helper.make_node("Concat", ["ad", "bd"], ["c"], axis=1),
+              helper.make_node("QuantizeLinear", ["c", "sy", "zy"], ["yq"]),
+              helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["y"])]
+    shape = [1, 4, 8, 8]
+    graph = helper.make_graph(
+        nodes, "qconcat", [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)
+                           for x in "ab"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], init)
+    model = tmp_path / "qconcat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                                ir_version=8), model)
+    codes = np.arange(256).reshape(shape)
+    feeds = {"a": ((codes - za).astype(np.float32) * sa),
+             "b": ((codes[:, ::-1] - zb).astype(np.float32) * sb).copy()}
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    want = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"]).run(
+        None, feeds)[0]
+    out = tmp_path / "out"
+    assert main(["compile", str(model), "-t", "host", "-o", str(out)]) == 0
+    kernels = json.loads((out / "report.json").read_text())["kernels"].values()
+    assert any("qrescale" in op for k in kernels for op in k["ops"])
+    for x in "ab":
+        (tmp_path / f"{x}.bin").write_bytes(feeds[x].tobytes())
+    subprocess.run([out / "model", tmp_path / "a.bin", tmp_path / "b.bin", tmp_path / "y.bin"],
+                   check=True)
+    got = np.fromfile(tmp_path / "y.bin", np.float32).reshape(want.shape)
+    off = np.count_nonzero(np.rint((got - want) / sy))
+    assert off == 0, f"{off} of {want.size} codes differ"

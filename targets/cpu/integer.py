@@ -36,13 +36,14 @@ from tvm.ir.expr import GenericConst
 
 from toolchain.targets.cpu import qdepthwise, qgemm, qrows
 from toolchain.targets.cpu.qelementwise import (add_multipliers, dequantize_table, qadd_te,
-                                                qaffine_te, qmean_te, qsum_te)
+                                                qaffine_te, qmean_te, qrescale_te, qsum_te)
 from toolchain.targets.cpu.vector import VectorUnit
 
 log = logging.getLogger(__name__)
 
 _INT8 = ("int8", "uint8")
 _QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+_OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves the kernel alone
 
 
 def _const(expr) -> np.ndarray | None:
@@ -697,16 +698,16 @@ class _Lowerer(relax.PyExprMutator):
 
     def _rescale(self, q, s: float, z: int, s_y: float, z_y: int, dtype: str):
         """int8 ``q`` on grid (s, z) moved to the grid (s_y, z_y): itself when they agree, else
-        round((q - z) * s / s_y) + z_y, clamped (an elementwise kernel, fused by FuseOps)."""
+        onnxruntime's DequantizeLinear then QuantizeLinear in float32 (``qrescale_te``), a
+        kernel of its own: fused into the concat, its vector loop would also compute the
+        rescale (then select) for the channels copied unchanged."""
         if np.float32(s) == np.float32(s_y) and z == z_y and _dtype(q) == dtype:
             return q
-        f = self.builder_.emit(relax.op.astype(q, "float32"))
-        f = self.builder_.emit(relax.op.multiply(
-            relax.op.subtract(f, relax.const(float(z), "float32")),
-            relax.const(np.float32(s / s_y), "float32")))
-        r = self.builder_.emit(relax.op.add(relax.op.round(f), relax.const(float(z_y), "float32")))
-        lo, hi = _QRANGE[dtype]
-        return self.builder_.emit(relax.op.astype(relax.op.clip(r, lo, hi), dtype))
+        call = self.builder_.call_te(lambda x: qrescale_te(x, z, s, z_y, s_y, dtype), q,
+                                     primfunc_name_hint="qrescale")
+        gv = call.args[0]
+        self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", _OPAQUE))
+        return self.builder_.emit(call)
 
     def _register_nchw(self, nhwc):
         nchw = self.builder_.emit(relax.op.permute_dims(nhwc, [0, 3, 1, 2]))

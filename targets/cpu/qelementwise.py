@@ -137,3 +137,23 @@ def qmean_te(x, channels_last: bool, z_x: int, scale, z_y: int, out_dtype: str, 
                        name="qmean_sum")
     return te.compute((n, c, 1, 1), lambda nn, cc, i, j: requantize(
         total[nn, cc], -h * w * z_x, scale, out_dtype, z_y, None, to_int), name="qmean")
+
+
+def qrescale_te(x, z: int, s: float, z_y: int, s_y: float, out_dtype: str):
+    """TE: int8 ``x`` on grid (s, z) moved to (s_y, z_y) as onnxruntime's DequantizeLinear ->
+    QuantizeLinear (and its QLinearConcat table) compute it: ``clamp(round_half_even(((x - z) *
+    s) / s_y) + z_y)`` in float32 (the product,
+    then the quotient: no multiply-add for LLVM to contract into an FMA). The clamp is made
+    on the float quotient against integer bounds, which commutes with the rounding."""
+    from tvm import te, tirx
+
+    lo, hi = {"int8": (-128, 127), "uint8": (0, 255)}[out_dtype]
+    scale = tirx.const(float(np.float32(s)), "float32")
+    div = tirx.const(float(np.float32(s_y)), "float32")
+
+    def value(*i):
+        v = (x(*i).astype("int32") - z).astype("float32") * scale / div
+        v = tirx.max(tirx.min(v, float(hi - z_y)), float(lo - z_y))
+        return (tirx.round(v).astype("int32") + z_y).astype(out_dtype)
+
+    return te.compute(x.shape, value, name="qrescale")
