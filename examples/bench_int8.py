@@ -33,8 +33,10 @@ from toolchain.cli import main as edgec  # noqa: E402
 from toolchain.onnx_io import randomize_weights, save_model  # noqa: E402
 
 
-def ort_qdq(name: str, folder: Path) -> tuple[Path, Path]:
-    """(float model, QDQ model) of light_<name> quantized by onnxruntime.quantization."""
+def ort_qdq(name: str, folder: Path, logits: bool = False) -> tuple[Path, Path]:
+    """(float model, QDQ model) of light_<name> quantized by onnxruntime.quantization. With
+    ``logits`` the trailing Softmax is removed first: its fixed [0, 1] output grid quantizes
+    1000 near-uniform probabilities to one value, which no verify can check."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -44,6 +46,12 @@ def ort_qdq(name: str, folder: Path) -> tuple[Path, Path]:
     from onnx import version_converter
 
     model = randomize_weights(onnx.load(str(LIGHT / f"light_{name}.onnx")))
+    last = model.graph.node[-1]
+    if logits and last.op_type == "Softmax" and last.output[0] == model.graph.output[0].name:
+        model.graph.output[0].name = last.input[0]
+        model.graph.output[0].type.tensor_type.ClearField("shape")
+        del model.graph.node[-1]
+        del model.graph.value_info[:]
     model = version_converter.convert_version(model, 13)
     save_model(model, fp)
     inits = {i.name for i in model.graph.initializer}

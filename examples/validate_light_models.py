@@ -20,50 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from toolchain.cli import main as edgec
 from toolchain.commands.build import verify_folder
 from toolchain.onnx_io import randomize_weights, save_model
 
-
-
-def ort_qdq_logits(name: str, folder: Path) -> Path:
-    """light_<name> with seeded random weights, its trailing Softmax removed (a Softmax's fixed
-    [0, 1] output grid quantizes 1000 near-uniform probabilities to one value, which proves
-    nothing), quantized by onnxruntime.quantization from an opset-13 copy."""
-    from onnx import version_converter
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-
-    model = randomize_weights(onnx.load(str(LIGHT / f"light_{name}.onnx")))
-    last = model.graph.node[-1]
-    if last.op_type == "Softmax" and last.output[0] == model.graph.output[0].name:
-        model.graph.output[0].name = last.input[0]
-        model.graph.output[0].type.tensor_type.ClearField("shape")
-        del model.graph.node[-1]
-        del model.graph.value_info[:]
-    model = version_converter.convert_version(model, 13)
-    fp = folder / f"{name}_fp32.onnx"
-    save_model(model, fp)
-    inits = {i.name for i in model.graph.initializer}
-    inp = next(i for i in model.graph.input if i.name not in inits)
-    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            rng = np.random.default_rng(0)
-            self.feeds = iter([{inp.name: rng.standard_normal(shape).astype(np.float32)}
-                               for _ in range(4)])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    q = folder / f"{name}_qdq.onnx"
-    quantize_static(str(fp), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return q
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_int8 import ort_qdq  # noqa: E402
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
@@ -83,7 +47,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             if args.qdq:
-                src = ort_qdq_logits(name, Path(tmp))
+                _, src = ort_qdq(name, Path(tmp), logits=True)
             else:
                 src = Path(tmp) / f"{name}.onnx"
                 save_model(randomize_weights(onnx.load(str(LIGHT / f"light_{name}.onnx"))), src)
