@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from toolchain.passes.expand import ExpandNodes
+from toolchain.passes.expand import ExpandNodes, NodeWriter
 from toolchain.passes.graph import attribute, const_value, set_initializer
 
 
@@ -48,13 +48,8 @@ class BoundBitShift(ExpandNodes):
     def _bound(model, node, dtype, fresh) -> list[onnx.NodeProto]:
         x, y = node.input[0], node.input[1]
         base = node.name or node.output[0]
-        new: list[onnx.NodeProto] = []
-
-        def add(op, inputs, out=None, **attrs):
-            out = out or fresh(f"{base}_{op.lower()}")
-            new.append(helper.make_node(op, inputs, [out], name=f"{base}/{op}_{len(new)}",
-                                        **attrs))
-            return out
+        add = NodeWriter(node, fresh)
+        new = add.nodes
 
         def const(tag, value):
             name = fresh(f"{base}_{tag}")

@@ -42,3 +42,22 @@ class ExpandNodes(Pass):
         del model.graph.node[:]
         model.graph.node.extend(nodes)
         return model, changed
+
+
+class NodeWriter:
+    """Builds the nodes that replace ``node``: ``writer(op, inputs, out=None, **attrs)``
+    appends one, named ``<node>/<op>_<i>`` with a fresh output name unless ``out`` is given,
+    and returns its output. ``nodes`` holds them in order."""
+
+    def __init__(self, node: onnx.NodeProto, fresh: Names):
+        self.base = node.name or node.output[0]
+        self.fresh = fresh
+        self.nodes: list[onnx.NodeProto] = []
+
+    def __call__(self, op: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        from onnx import helper
+
+        out = out or self.fresh(f"{self.base}_{op.lower()}")
+        self.nodes.append(helper.make_node(op, inputs, [out],
+                                           name=f"{self.base}/{op}_{len(self.nodes)}", **attrs))
+        return out

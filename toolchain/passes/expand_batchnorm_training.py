@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
-from toolchain.passes.expand import ExpandNodes
+from toolchain.passes.expand import ExpandNodes, NodeWriter
 from toolchain.passes.graph import attribute, default_opset, set_initializer
 
 _FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64}
@@ -47,13 +47,8 @@ class ExpandBatchNormTraining(ExpandNodes):
         base = node.name or node.output[0]
         outs = list(node.output) + [""] * (3 - len(node.output))
         axes = [0, *range(2, rank)]
-        new: list[onnx.NodeProto] = []
-
-        def add(op, inputs, out=None, **attrs):
-            out = out or fresh(f"{base}_{op.lower()}")
-            new.append(helper.make_node(op, inputs, [out], name=f"{base}/{op}_{len(new)}",
-                                        **attrs))
-            return out
+        add = NodeWriter(node, fresh)
+        new = add.nodes
 
         def const(tag, value, kind=dtype):
             name = fresh(f"{base}_{tag}")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
-from toolchain.passes.expand import ExpandNodes
+from toolchain.passes.expand import ExpandNodes, NodeWriter
 from toolchain.passes.graph import attribute, set_initializer
 
 _FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
@@ -38,13 +38,8 @@ class ExpandFloatMod(ExpandNodes):
     def _expand(model, node, dtype, fresh) -> list[onnx.NodeProto]:
         x, y = node.input[0], node.input[1]
         base = node.name or node.output[0]
-        new: list[onnx.NodeProto] = []
-
-        def add(op, inputs, out=None, **attrs):
-            out = out or fresh(f"{base}_{op.lower()}")
-            new.append(helper.make_node(op, inputs, [out], name=f"{base}/{op}_{len(new)}",
-                                        **attrs))
-            return out
+        add = NodeWriter(node, fresh)
+        new = add.nodes
 
         zeros = {}
         for sign, value in (("pos", 0.0), ("neg", -0.0)):
