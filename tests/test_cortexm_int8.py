@@ -79,18 +79,7 @@ def test_depthwise_uses_smlad_on_tap_pairs_and_matches_onnxruntime(tmp_path):
     for seed in (0, 1):
         results = verify_folder(out, seed=seed)
         assert all(c.ok and c.output_range > 0 for c in results), results
-    subprocess.run(["arm-none-eabi-ar", "x", str(out / "libmodel.a"), "kernels.o"],
-                   cwd=tmp_path, check=True)
-    text = subprocess.run(["arm-none-eabi-objdump", "-d", "-marmv7e-m", "--no-show-raw-insn",
-                           "kernels.o"], cwd=tmp_path, capture_output=True, text=True,
-                          check=True).stdout
-    funcs, name = {}, None
-    for line in text.splitlines():
-        if line.endswith(">:"):
-            name = line.split("<")[1][:-2]
-            funcs[name] = []
-        elif name and line.count("\t") >= 2:
-            funcs[name].append(line.split("\t")[1].strip())
+    funcs = _kernel_ops(out, tmp_path)
     dw = [ops for f, ops in funcs.items() if f.startswith("__tvm_ffi_qgemm_dwconv")]
     assert len(dw) == 2, sorted(funcs)
     for ops in dw:
