@@ -95,3 +95,18 @@ def needs_target(target: str):
     hint = " ".join(facts.get("debian_packages", ()))
     return pytest.mark.skipif(bool(missing), reason=f"missing {', '.join(missing)} "
                               f"(apt-get install {hint})")
+
+
+def relax_constants(mod) -> list[np.ndarray]:
+    """The values of every constant in a Relax module's main function."""
+    from tvm import relax
+    from tvm.ir.expr import GenericConst
+
+    found = []
+
+    def visit(expr):
+        if isinstance(expr, GenericConst):
+            found.append(expr.value.numpy())
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return found

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_graphs import save
+from onnx_graphs import relax_constants, save
 from toolchain.cli import main
 
 
@@ -57,20 +57,6 @@ def _compiled(model: onnx.ModelProto, pipeline: str = "cpu"):
     return run_pipeline(mod, pipeline, PipelineContext(target=target)).mod, target
 
 
-def _constants(mod) -> list[np.ndarray]:
-    from tvm import relax
-    from tvm.ir.expr import GenericConst
-
-    found = []
-
-    def visit(expr):
-        if isinstance(expr, GenericConst):
-            found.append(expr.value.numpy())
-
-    relax.analysis.post_order_visit(mod["main"], visit)
-    return found
-
-
 def _ort(model: onnx.ModelProto, ids: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
@@ -89,7 +75,7 @@ def test_table_stays_int8_and_output_is_exact(scale, zero_point, dtype, pipeline
     vocab, dim = 1000, 64
     model = quantized_embedding(vocab, dim, scale=scale, zero_point=zero_point, dtype=dtype)
     mod, target = _compiled(model, pipeline)
-    consts = _constants(mod)
+    consts = relax_constants(mod)
     assert [c.shape for c in consts if c.size >= vocab * dim] == [(vocab, dim)]
     assert [c.dtype for c in consts if c.size >= vocab * dim] == [np.dtype(dtype)]
     assert sum(c.size for c in consts if c.dtype.kind == "f") <= vocab  # the scales

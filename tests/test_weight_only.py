@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_graphs import needs_target, save
+from onnx_graphs import needs_target, relax_constants, save
 from toolchain.cli import main
 
 
@@ -71,20 +71,6 @@ def _lowered(model: onnx.ModelProto, target=None):
     return mod
 
 
-def _constants(mod) -> list[np.ndarray]:
-    from tvm import relax
-    from tvm.ir.expr import GenericConst
-
-    found = []
-
-    def visit(expr):
-        if isinstance(expr, GenericConst):
-            found.append(expr.value.numpy())
-
-    relax.analysis.post_order_visit(mod["main"], visit)
-    return found
-
-
 @pytest.mark.parametrize("bits,group,blocked", [(8, 128, False), (8, 32, True), (4, 32, True),
                                                 (4, 64, True)])
 def test_weights_stay_quantized(bits, group, blocked):
@@ -95,7 +81,7 @@ def test_weights_stay_quantized(bits, group, blocked):
     kernels = [gv.name_hint for gv in mod.functions if gv.name_hint.startswith("wgemv")]
     assert len(kernels) == 1 and kernels[0].startswith(f"wgemv_int{bits}"), kernels
     assert "edgec.wgemv" in mod[kernels[0]].attrs
-    consts = _constants(mod)
+    consts = relax_constants(mod)
     floats = [c for c in consts if c.dtype.kind == "f"]
     ints = [c for c in consts if c.dtype == np.int8]
     assert sum(c.size for c in floats) == (k // group) * n + n  # scales, bias
