@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_graphs import needs_target, save
+from onnx_graphs import save
 from toolchain.cli import main
 from toolchain.commands.build import verify_folder
 
@@ -29,8 +29,8 @@ def _conv_relu() -> onnx.ModelProto:
     return model
 
 
-def _compile(model, out, *flags) -> dict:
-    assert main(["compile", str(model), "-t", "host", *flags, "-o", str(out)]) == 0
+def _compile(model, out, *flags, target: str = "host") -> dict:
+    assert main(["compile", str(model), "-t", target, *flags, "-o", str(out)]) == 0
     assert all(c.ok and c.output_range > 0 for c in verify_folder(out, seed=1))
     return json.loads((out / "report.json").read_text())["tuning"]
 
@@ -75,15 +75,6 @@ def test_bad_trials(tmp_path, capsys, flags, says):
     assert main(["compile", str(model), "-t", "host", *flags, "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and len(err.splitlines()) == 1
-
-
-@needs_target("arm-a72")
-def test_tune_refused_off_host(tmp_path, capsys):
-    model = save(_conv_relu(), tmp_path / "conv.onnx")
-    assert main(["compile", str(model), "-t", "arm-a72", "--tune", "4",
-                 "-o", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "--tune is for target host only" in err and len(err.splitlines()) == 1
 
 
 def test_missing_xgboost(tmp_path, capsys, monkeypatch):

@@ -282,9 +282,12 @@ def _tune_config(options: CpuOptions, dev: CpuDevice, name: str):
     if options.tune is None and options.tune_db is None:
         return None, None
     flag = "--tune" if options.tune is not None else "--tune-db"
-    if not dev.is_native:
-        raise ConfigError(f"{flag} is for target host only: tuning times candidates on this "
-                          f"machine, and nothing can be timed on a {name} device here")
+    if not dev.is_native and not dev.qemu:
+        raise ConfigError(f"{flag} on {name} scores candidates by instruction counts under "
+                          f"qemu-user, and {name} names no emulator")
+    if not dev.is_native and options.threads > 1:
+        raise ConfigError(f"{flag} on {name} counts instructions under qemu, exact for one "
+                          f"thread only; compile with --threads 1")
     if options.schedule == "none":
         raise ConfigError(f"{flag} needs --schedule auto (tuned kernels replace edgec's "
                           "schedules only where they measured faster)")
@@ -293,7 +296,14 @@ def _tune_config(options: CpuOptions, dev: CpuDevice, name: str):
 
     if options.tune is not None:
         check_xgboost()
-    config = TuneConfig(options.tune or 0, options.tune_db or DEFAULT_DB)
+        if not dev.is_native:  # qemu and the counting plugin: one-line errors, before tuning
+            from toolchain.targets.cpu.profile import count_plugin
+            from toolchain.targets.cpu.tune_count import emulator
+
+            emulator(dev)
+            count_plugin()
+    config = TuneConfig(options.tune or 0, options.tune_db or DEFAULT_DB,
+                        None if dev.is_native else dev, options.compiler)
     return config, TuneLog(db=open_database(config, dev.tvm_target(), options.threads))
 
 

@@ -48,23 +48,40 @@ _ROUNDS = 5  # alternating hand / tuned measurements per decision
 @dataclass(frozen=True)
 class TuneConfig:
     """``trials``: candidates measured per kernel that has no records (0: apply records only);
-    ``db``: the database folder (one subfolder per target)."""
+    ``db``: the database folder (one subfolder per target); ``device``: an emulated device
+    (targets/cpu/device.py CpuDevice) whose candidates are scored by instruction counts under
+    qemu (targets/cpu/tune_count.py), None for the host (timed here); ``compiler``: the C
+    compiler choice for that device's counting harness."""
 
     trials: int
     db: Path
+    device: object = None
+    compiler: str = "auto"
+
+    @property
+    def unit(self) -> str:
+        return "us" if self.device is None else "instructions"
 
 
 @dataclass
 class KernelTuning:
-    """What happened to one kernel: its schedule and both medians (microseconds)."""
+    """What happened to one kernel: its schedule and both figures, in ``unit``: medians in
+    microseconds (host), or exact instructions of one call under qemu (emulated targets)."""
 
     kernel: str
     workload: str
     schedule: str  # "tuned" or "hand"
-    hand_us: float | None
-    tuned_us: float | None
+    hand: float | None
+    tuned: float | None
     trials: int  # candidates measured in this compile (0: records reused)
     records: int  # tuning records of the workload in the database
+    unit: str = "us"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        unit = d.pop("unit")
+        d[f"hand_{unit}"], d[f"tuned_{unit}"] = d.pop("hand"), d.pop("tuned")
+        return d
 
 
 @dataclass
@@ -73,15 +90,17 @@ class TuneLog:
 
     database: str = ""
     seconds: float = 0.0
+    measured: str = "time on this machine (median, microseconds)"
     db: object = None  # the opened JSONDatabase (open_database), not reported
     kernels: list[KernelTuning] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"database": self.database, "seconds": round(self.seconds, 2),
+                "measured": self.measured,
                 "trials_run": sum(k.trials for k in self.kernels),
                 "tuned_kernels": sorted({k.kernel for k in self.kernels
                                          if k.schedule == "tuned"}),
-                "kernels": [asdict(k) for k in self.kernels]}
+                "kernels": [k.to_json() for k in self.kernels]}
 
 
 def check_xgboost() -> None:
@@ -194,7 +213,9 @@ def _ms():
     return ms
 
 
-def _builder_runner():
+def _builder_runner(counter=None):
+    """In-process builder and runner: timed here, or (``counter``, tune_count.py) each batch
+    built into objects for the device and counted in one qemu run."""
     ms = _ms()
     from tvm.ir.utils import derived_object
 
@@ -207,7 +228,8 @@ def _builder_runner():
             for bi in build_inputs:
                 try:
                     key = f"mem:{len(built)}"
-                    built[key] = _build(bi.mod, bi.target)
+                    built[key] = (counter.build(bi.mod, bi.target) if counter is not None
+                                  else _build(bi.mod, bi.target))
                     results.append(ms.builder.BuilderResult(key, None))
                 except Exception as exc:  # noqa: BLE001  (a candidate that does not build)
                     results.append(ms.builder.BuilderResult(None, str(exc)[:500]))
@@ -216,6 +238,8 @@ def _builder_runner():
     @derived_object
     class InProcessRunner(ms.runner.PyRunner):
         def run(self, runner_inputs):
+            if counter is not None:
+                return _count_batch(counter, runner_inputs, built)
             futures = []
             for ri in runner_inputs:
                 rt_mod = built.pop(str(ri.artifact_path), None)
@@ -227,6 +251,26 @@ def _builder_runner():
             return futures
 
     return InProcessBuilder(), InProcessRunner()
+
+
+def _count_batch(counter, runner_inputs, built) -> list:
+    """One qemu run for the batch; each candidate's "seconds" is its count * 1e-9."""
+    from toolchain.targets.cpu.tune_count import SECONDS_PER_INSN
+
+    ms = _ms()
+    cands = [built.pop(str(ri.artifact_path), None) for ri in runner_inputs]
+    ready = [(i, counter.with_args(c, ri.args_info))
+             for i, (c, ri) in enumerate(zip(cands, runner_inputs)) if c is not None]
+    try:
+        counts = dict(zip([i for i, _ in ready], counter.count([c for _, c in ready])))
+    except Exception as exc:  # noqa: BLE001  (the harness did not build or link)
+        counts = {i: str(exc)[:500] for i, _ in ready}
+    futures = []
+    for i in range(len(runner_inputs)):
+        got = counts.get(i, "not built")
+        futures.append(ms.runner.LocalRunnerFuture(error_message=got) if isinstance(got, str)
+                       else ms.runner.LocalRunnerFuture(res=[got * SECONDS_PER_INSN]))
+    return futures
 
 
 def _space(threads: int):
@@ -257,7 +301,7 @@ def _space(threads: int):
 
 
 def _tune(workloads: dict[str, tvm.IRModule], target, threads: int, trials: int, db,
-          folder: Path) -> None:
+          folder: Path, counter=None) -> None:
     """Tune every workload for ``trials`` candidates into ``db``."""
     ms = _ms()
     population = max(64, min(512, 8 * trials))
@@ -268,7 +312,7 @@ def _tune(workloads: dict[str, tvm.IRModule], target, threads: int, trials: int,
                                 genetic_num_iters=2),
                             task_name=name, num_threads=1, rand_state=0)
              for name, mod in workloads.items()]
-    builder, runner = _builder_runner()
+    builder, runner = _builder_runner(counter)
     ms.tune_tasks(tasks=tasks, task_weights=[1.0] * len(tasks), work_dir=str(folder),
                   max_trials_global=trials * len(tasks), max_trials_per_task=trials,
                   num_trials_per_iter=min(trials, 32), builder=builder, runner=runner,
@@ -278,9 +322,14 @@ def _tune(workloads: dict[str, tvm.IRModule], target, threads: int, trials: int,
                                      ms.measure_callback.UpdateCostModel()])
 
 
-def _compare(hand_mod, tuned_mod, target, func) -> tuple[float, float]:
-    """Median seconds of the hand and the tuned schedule, measured alternately."""
+def _compare(hand_mod, tuned_mod, target, func, counter=None) -> tuple[float, float]:
+    """Median seconds of the hand and the tuned schedule, measured alternately; with a
+    ``counter``, the exact instructions of one call of each (one qemu run)."""
     ms = _ms()
+    if counter is not None:
+        hand, tuned = counter.compare([hand_mod, tuned_mod], target,
+                                      ms.arg_info.ArgInfo.from_prim_func(func))
+        return float(hand), float(tuned)
     args = _args(ms.arg_info.ArgInfo.from_prim_func(func))
     hand, tuned = _build(hand_mod, target), _build(tuned_mod, target)
     times: tuple[list[float], list[float]] = ([], [])
@@ -335,6 +384,23 @@ def TuneKernels(target, threads: int, vector, config: TuneConfig, tune_log: Tune
         folder = target_folder(config.db, tgt)
         folder.mkdir(parents=True, exist_ok=True)
         tune_log.database = str(folder)
+        unit = config.unit
+        made: list = []
+
+        def counter():  # the instruction counter of an emulated device, made on first use
+            if config.device is None:
+                return None
+            if not made:
+                from toolchain.targets.cpu.tune_count import InstructionCounter
+
+                made.append(InstructionCounter(config.device, config.compiler))
+            return made[0]
+
+        if config.device is not None:
+            dev = config.device
+            tune_log.measured = (f"instructions of one kernel call, exact, under {dev.qemu}"
+                                 f"{' -cpu ' + dev.qemu_cpu if dev.qemu_cpu else ''} "
+                                 "(not time: see targets/cpu/tune_count.py)")
         originals = {gv: f for gv, f in mod.functions.items()
                      if isinstance(f, tirx.PrimFunc) and tunable(f)}
         out = hand_pass(mod)
@@ -351,7 +417,7 @@ def TuneKernels(target, threads: int, vector, config: TuneConfig, tune_log: Tune
             check_xgboost()
             log.info("tuning %d kernel(s), %d trials each", len(todo), config.trials)
             before = {h: 0 for h in todo}
-            _tune(todo, tgt, threads, config.trials, db, folder)
+            _tune(todo, tgt, threads, config.trials, db, folder, counter())
             trials_of = {h: len(db.get_top_k(db.commit_workload(wl), 10**6)) - before[h]
                          for h, wl in todo.items()}
         seen: dict[str, KernelTuning] = {}
@@ -363,16 +429,18 @@ def TuneKernels(target, threads: int, vector, config: TuneConfig, tune_log: Tune
             sch = _best_schedule(records, wl, name)
             entry = KernelTuning(name, _hash(wl), "hand", None, None,
                                  0 if _hash(wl) in seen else trials_of.get(_hash(wl), 0),
-                                 len(records))
+                                 len(records), unit)
             seen[_hash(wl)] = entry
             if sch is not None:
                 if key not in decisions:
-                    hand_s, tuned_s = _compare(workload(hand_func), sch.mod, tgt, func)
-                    decisions[key] = {"kernel": name, "hand_us": round(hand_s * 1e6, 3),
-                                      "tuned_us": round(tuned_s * 1e6, 3),
+                    hand_s, tuned_s = _compare(workload(hand_func), sch.mod, tgt, func,
+                                               counter())
+                    scale = 1e6 if unit == "us" else 1  # instructions stay whole numbers
+                    decisions[key] = {"kernel": name, f"hand_{unit}": round(hand_s * scale, 3),
+                                      f"tuned_{unit}": round(tuned_s * scale, 3),
                                       "use": "tuned" if tuned_s < hand_s else "hand"}
                 d = decisions[key]
-                entry.hand_us, entry.tuned_us = d["hand_us"], d["tuned_us"]
+                entry.hand, entry.tuned = d[f"hand_{unit}"], d[f"tuned_{unit}"]
                 entry.schedule = d["use"]
                 if d["use"] == "tuned":
                     new = sch.mod["main"].without_attr("global_symbol")
@@ -380,8 +448,8 @@ def TuneKernels(target, threads: int, vector, config: TuneConfig, tune_log: Tune
                         new = new.with_attrs(func.attrs)
                     out.update_func(gv, new)
             tune_log.kernels.append(entry)
-            log.info("kernel %s: %s schedule (hand %s us, tuned %s us, %d trials now)", name,
-                     entry.schedule, entry.hand_us, entry.tuned_us, entry.trials)
+            log.info("kernel %s: %s schedule (hand %s %s, tuned %s %s, %d trials now)", name,
+                     entry.schedule, entry.hand, unit, entry.tuned, unit, entry.trials)
         decisions_path.write_text(json.dumps(decisions, indent=1, sort_keys=True))
         tune_log.seconds = time.perf_counter() - t0
         return out
