@@ -1,13 +1,18 @@
-"""MetaSchedule tuning on the host: edgec's hand schedules vs ``--tune TRIALS`` vs onnxruntime.
+"""MetaSchedule tuning: edgec's hand schedules vs ``--tune TRIALS`` vs onnxruntime.
 
 For each model: compile with edgec's hand schedules, then with ``--tune TRIALS`` into a fresh
-records folder (a kernel keeps its tuned schedule only where that measured faster than the
-hand one), then time the two binaries and onnxruntime (same thread count), alternating, and
-print medians and the ratios tuned/hand and each against onnxruntime. Also: tuning time, how
-many kernels were tuned, and how many took the tuned schedule.
+records folder (a kernel keeps its tuned schedule only where that measured better than the
+hand one). Host (``--target host``): time the two binaries and onnxruntime (same thread count),
+alternating, and print medians and the ratios tuned/hand and each against onnxruntime. ARM
+(``--target arm-a72`` etc.): tuning scored candidates by exact instruction counts under qemu
+(targets/cpu/tune_count.py); both binaries are verified against onnxruntime and the exact
+instructions of one inference of each are counted (examples/armcount, as
+bench_arm_count.py does), printing tuned/hand. Instructions are not time on a board (cache
+misses, bandwidth and dual issue are not in them). Also: tuning time, how many kernels were
+tuned, and how many took the tuned schedule.
 
     python examples/bench_tune.py [--models cnn,squeezenet] [--trials 16] [--runs 20]
-                                  [--threads 1] [--db DIR]
+                                  [--threads 1] [--db DIR] [--target host|arm-a72|...]
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from bench_arm import OrtTimer, binary_median_ms, prepare  # noqa: E402
 from toolchain.cli import main as edgec  # noqa: E402
 
 
-def build(path: Path, out: Path, shape_args: list[str], threads: int, *flags: str) -> dict:
-    rc = edgec(["compile", str(path), "-t", "host", "-o", str(out), "--threads", str(threads),
+def build(path: Path, out: Path, shape_args: list[str], threads: int, *flags: str,
+          target: str = "host") -> dict:
+    rc = edgec(["compile", str(path), "-t", target, "-o", str(out), "--threads", str(threads),
                 *shape_args, *flags])
     if rc != 0:
         raise SystemExit(f"compile failed for {path} {' '.join(flags)}")
@@ -41,8 +47,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--db", type=Path, default=None,
                     help="records folder (default: a fresh temporary one, so tuning runs)")
+    ap.add_argument("--target", default="host",
+                    help="host (timed) or an emulated CPU target such as arm-a72 (counted)")
     args = ap.parse_args()
     print("command: python examples/bench_tune.py " + " ".join(sys.argv[1:]))
+    if args.target != "host":
+        return main_counted(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -73,6 +83,42 @@ def main() -> None:
               f"{m['tuned'] / m['hand']:11.2f}{m['hand'] / m['ort']:9.2f}"
               f"{m['tuned'] / m['ort']:10.2f}{len(kernels):>14}{took:>11}"
               f"{tuning['seconds']:8.0f}")
+
+
+def main_counted(args) -> None:
+    """--target ARM: instructions per inference of the hand and the tuned binary."""
+    from bench_arm_count import edgec_count, model_input
+
+    from toolchain.commands.build import verify_folder
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        db = args.db or folder / "db"
+        for name in args.models.split(","):
+            path, shape_args = prepare(name, folder)
+            _, x_bin, _ = model_input(path, folder)
+            hand_out, tuned_out = folder / f"{name}-hand", folder / f"{name}-tuned"
+            build(path, hand_out, shape_args, 1, target=args.target)
+            tuning = build(path, tuned_out, shape_args, 1, "--tune", str(args.trials),
+                           "--tune-db", str(db), target=args.target)["tuning"]
+            checks = [verify_folder(out, seed=1) for out in (hand_out, tuned_out)]
+            errors = [max(c.max_abs_error for c in cs) for cs in checks]
+            ok = all(c.ok for cs in checks for c in cs)
+            hand = edgec_count(hand_out, x_bin, False)["per_inference"]
+            tuned = edgec_count(tuned_out, x_bin, False)["per_inference"]
+            rows.append((name, hand, tuned, ok, errors, tuning))
+            print(f"{name}: done", file=sys.stderr)
+    print(f"{args.target}, 1 thread, {args.trials} trials per kernel; exact guest instructions "
+          "of one inference under qemu (not time)")
+    print(f"{'model':<12}{'hand':>13}{'tuned':>13}{'tuned/hand':>11}{'kernels tuned':>14}"
+          f"{'took tuned':>11}{'tune s':>8}  verify (max abs err hand/tuned)")
+    for name, hand, tuned, ok, errors, tuning in rows:
+        kernels = {k["workload"] for k in tuning["kernels"]}
+        took = len({k["workload"] for k in tuning["kernels"] if k["schedule"] == "tuned"})
+        print(f"{name:<12}{hand:13,d}{tuned:13,d}{tuned / hand:11.3f}{len(kernels):>14}"
+              f"{took:>11}{tuning['seconds']:8.0f}  {'ok' if ok else 'FAILED'} "
+              f"({errors[0]:.1e}/{errors[1]:.1e})")
 
 
 if __name__ == "__main__":

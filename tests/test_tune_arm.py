@@ -69,6 +69,13 @@ def test_tune_arm_by_counts_then_reuse(tmp_path):
     best = min(min(r[1][1]) for r in records)
     assert round(best * 1e9) == tuned
 
+    # the harness counts what the real binary executes: edgec run --profile of the folder
+    # (the kernel called from model.c) agrees to a few instructions of call setup
+    assert main(["run", str(tmp_path / "a"), "--profile"]) == 0
+    profile = json.loads((tmp_path / "a" / "profile.json").read_text())
+    used = tuned if kernel["schedule"] == "tuned" else hand
+    assert abs(profile["kernels"][kernel["kernel"]]["value"] - used) <= 16
+
     again = _compile(model, tmp_path / "b", *flags, target="arm-a72")
     assert again["trials_run"] == 0 and again["kernels"][0]["records"] == 6
     assert again["kernels"][0]["schedule"] == kernel["schedule"]
