@@ -46,9 +46,10 @@ class CpuOptions(CommonOptions):
            "N-1 pthreads", metavar="N", check=_threads)
     keep_build: bool = option(False, "keep the intermediate objects and sources in OUT/build/")
     tune: int | None = option(
-        None, "MetaSchedule-tune each conv/matmul kernel for TRIALS candidates, measured on "
-              "this machine (host only); a kernel keeps the tuned schedule only where it ran "
-              "faster than edgec's own, records are reused by later compiles",
+        None, "MetaSchedule-tune each conv/matmul kernel for TRIALS candidates, timed on "
+              "this machine (host) or scored by exact instruction counts under qemu (ARM, "
+              "RISC-V); a kernel keeps the tuned schedule only where it measured better than "
+              "edgec's own, records are reused by later compiles",
         metavar="TRIALS", check=_trials)
     tune_db: Path | None = option(
         None, "tuning records folder (default ~/.cache/edgec/tune with --tune); given "

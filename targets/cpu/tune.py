@@ -14,7 +14,12 @@ kernels keep their hand schedule, and the tensorized int8 GEMM kernels (``edgec.
 ``edgec.wgemv``) are left out of tuning: their dot-product instructions come from edgec's own
 tensorized schedule.
 
-Candidates are built and timed in this process (``InProcessBuilder``/``InProcessRunner``):
+On an emulated target (ARM, RISC-V: ``TuneConfig.device``), nothing can be timed: candidates
+and the hand-vs-tuned decision are scored by the exact instructions of one kernel call under
+qemu-user instead (targets/cpu/tune_count.py, which says where that proxy fails), and the
+figures are labelled instructions (``hand_instructions``, ``tuned_instructions``).
+
+Host candidates are built and timed in this process (``InProcessBuilder``/``InProcessRunner``):
 MetaSchedule's LocalBuilder starts a fresh worker per batch that imports
 ``tvm.s_tir.tensor_intrin`` (all CUDA intrinsics), which took 73-120 s per batch here; the
 same import in ``TuneContext`` is skipped (``_skip_gpu_intrinsics``).
