@@ -17,9 +17,12 @@ import subprocess
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnx_graphs import needs_target
 from toolchain.cli import main
+from toolchain.targets import backend_for
 
 K, O, P = 16, 8, 256  # input channels, output channels, pixels (a 1 x P image)
 Z_X, Z_Y = 120, 128
@@ -199,10 +202,13 @@ def _bn_case(channels: int):
             return s_x, z_x, s_y, z_y, (g_q, s_g), (b_q, s_b), mean, var
 
 
-def test_batch_norm_between_qdq_matches_onnxruntime_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("target, c", [
+    ("host", 64), pytest.param("cortex-m4", 16, marks=needs_target("cortex-m4")),
+    pytest.param("cortex-m55", 16, marks=needs_target("cortex-m55"))])
+def test_batch_norm_between_qdq_matches_onnxruntime_bit_for_bit(tmp_path, target, c):
     """DequantizeLinear -> BatchNormalization -> QuantizeLinear (a light_* model's layer):
-    edgec's int8 kernel gives onnxruntime's code for every input code and channel."""
-    c = 64
+    edgec's int8 kernel gives onnxruntime's code for every input code and channel, on the
+    host, the M4 (single-precision FPU, scalar) and the M55 (Helium vectors)."""
     s_x, z_x, s_y, z_y, gamma, beta, mean, var = _bn_case(c)
     init = [numpy_helper.from_array(np.array(s_x, np.float32), "s_x"),
             numpy_helper.from_array(np.array(z_x, np.uint8), "z_x"),
@@ -232,12 +238,11 @@ def test_batch_norm_between_qdq_matches_onnxruntime_bit_for_bit(tmp_path):
     want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
         None, {"x": x})[0]
     out = tmp_path / "out"
-    assert main(["compile", str(model), "-t", "host", "-o", str(out)]) == 0
-    kernels = json.loads((out / "report.json").read_text())["kernels"].values()
-    assert any("qaffine" in op for k in kernels for op in k["ops"])
-    (tmp_path / "x.bin").write_bytes(x.tobytes())
-    subprocess.run([out / "model", tmp_path / "x.bin", tmp_path / "y.bin"], check=True)
-    got = np.fromfile(tmp_path / "y.bin", np.float32).reshape(want.shape)
+    assert main(["compile", str(model), "-t", target, "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert any("qaffine" in op for k in report["kernels"].values() for op in k["ops"])
+    family = json.loads((out / "edgec.json").read_text())["family"]
+    got = backend_for(family).run(out, [x])[0].reshape(want.shape)
     off = np.count_nonzero(np.rint((got - want) / s_y))
     assert off == 0, f"{off} of {want.size} codes differ"
 

@@ -84,34 +84,37 @@ def qsum_te(a, b, table_a, table_b, s_y: float, z_y: int, clamp: tuple[int, int]
 def qaffine_te(x, table, scale, shift, axis: int, s_y: float, z_y: int, out_dtype: str):
     """TE: ``round_half_even(f32(f32(table[x] * scale[c]) + shift[c]) / s_y) + z_y``, clamped,
     c the index along ``axis``: a per-channel ``x * scale + shift`` between a dequantize and a
-    quantize (an inference BatchNormalization) with onnxruntime's float32 roundings. The
-    product is made in float64 (exact for two float32 operands) and rounded to float32 on
-    its bits, the sum in float64 (exact here) then cast: written as a float32 multiply-add,
-    LLVM contracts it into one FMA (one rounding fewer), and a float32 round trip through
-    float64 is simplified away."""
+    quantize (an inference BatchNormalization) with onnxruntime's float32 roundings.
+
+    TVM builds LLVM with FP contraction on, so a float32 multiply-add becomes one FMA (one
+    rounding fewer). The product is therefore rounded to float32 on its own, then rebuilt
+    from its bits as ``(M * 2**(E - 127)) * 2**-23`` (M the signed significand, E the biased
+    exponent, subnormals with E = 1): both multiplies are exact (for |product| < 2**105), so
+    an FMA of the last one with the add rounds once, as the separate add does. float32 and
+    integer operations only, no float64: on a single-precision FPU (Cortex-M4) LLVM calls
+    libgcc's float64 helpers (__muldf3, ...) with the hard-float convention, and they take
+    core registers."""
     from tvm import te, tirx
 
     lo, hi = (-128, 127) if out_dtype == "int8" else (0, 255)
-    drop = tirx.const(29, "int64")  # float64 mantissa bits below float32's
 
-    def to_float32_grid(v):
-        """float64 ``v`` rounded half to even to float32 precision, with integer operations
-        on its bits (a float cast pair would be simplified away)."""
-        bits = tirx.reinterpret("int64", v)
-        low = bits & tirx.const((1 << 29) - 1, "int64")
-        half = tirx.const(1 << 28, "int64")
-        odd = tirx.shift_right(bits, drop) & tirx.const(1, "int64")
-        up = tirx.Select(tirx.any(low > half, tirx.all(low == half, odd == 1)),
-                         tirx.const(1 << 29, "int64"), tirx.const(0, "int64"))
-        return tirx.reinterpret("float64", bits - low + up)
+    def exact(p):
+        """float32 ``p`` as a product of exact factors, opaque to FP contraction."""
+        bits = tirx.reinterpret("int32", p)
+        e = tirx.shift_right(bits, 23) & 0xFF
+        m = bits & 0x7FFFFF
+        m = tirx.Select(e == 0, m, m | 0x800000)
+        m = tirx.Select(bits < 0, -m, m)
+        pow2 = tirx.reinterpret("float32", tirx.shift_left(tirx.max(e, 1), 23))  # 2**(E - 127)
+        # in this order: LLVM turns int -> float then * 2**-23 into MVE's fixed-point vcvt,
+        # which gave wrong values on the M55 (qemu 7.2)
+        return m.astype("float32") * pow2 * tirx.const(2.0 ** -23, "float32")
 
     def value(*i):
         v = x(*i).astype("int32")
-        f = table[v + 128 if x.dtype == "int8" else v].astype("float64")
         c = i[axis]
-        p = to_float32_grid(f * scale[c].astype("float64"))  # exact product, then rounded
-        y = (p + shift[c].astype("float64")).astype("float32")
-        y = y / tirx.const(float(np.float32(s_y)), "float32")
+        p = table[v + 128 if x.dtype == "int8" else v] * scale[c]  # rounded to float32 once
+        y = (exact(p) + shift[c]) / tirx.const(float(np.float32(s_y)), "float32")
         y = tirx.max(tirx.min(y, float(hi - z_y)), float(lo - z_y))
         return (tirx.round(y).astype("int32") + z_y).astype(out_dtype)
 
