@@ -94,3 +94,23 @@ def test_tune_arm_refusals(tmp_path, capsys):
     no_qemu = dataclasses.replace(_a72(), qemu="")
     with pytest.raises(ConfigError, match="names no emulator"):
         _tune_config(CpuOptions(tune=4), no_qemu, "arm-a72")
+
+
+def test_crashing_candidate_costs_only_its_own_count():
+    import tvm
+    import tvm.s_tir.meta_schedule as ms
+    from tvm import te
+
+    from toolchain.targets.cpu.tune_count import InstructionCounter
+
+    a = te.placeholder((64,), name="A")
+    wild = te.compute((64,), lambda i: a[i * 30_000_000], name="C")  # reads far out of bounds
+    bad = tvm.IRModule({"main": te.create_prim_func([a, wild])})
+    dev = _a72()
+    counter = InstructionCounter(dev)
+    mods = [_matmul(16), bad, _matmul(16)]
+    cands = [counter.build(m, dev.tvm_target(),
+                           ms.arg_info.ArgInfo.from_prim_func(m["main"])) for m in mods]
+    first, crashed, last = counter.count(cands)
+    assert isinstance(first, int) and first == last
+    assert isinstance(crashed, str) and "failed" in crashed

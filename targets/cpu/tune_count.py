@@ -263,6 +263,7 @@ class InstructionCounter:
         if rep.is_file():
             windows = [int(line.split()[3]) for line in rep.read_text().splitlines()
                        if line.startswith("call ")]
+            rep.unlink()
         done = [line.split() for line in stdout.splitlines() if line.startswith("done ")]
         if failed or len(windows) != EMPTY_WINDOWS + len(done):
             if only is not None:
