@@ -14,7 +14,8 @@ Models: a zoo name (`edgec zoo`: the fp32 export of `edgec compress NAME`), NAME
 (`edgec compress NAME --quantize int8`), a light_* model of the onnx package by its short name
 (squeezenet, resnet50, ...: seeded random weights at its own input shape, upgraded to opset 13
 for onnxruntime's per-channel QDQ), NAME_qdq (onnxruntime.quantization.quantize_static of that
-model: QDQ, per-channel int8 weights, uint8 activations, calibrated on 4 seeded random inputs),
+model without its trailing Softmax, as examples/bench_int8.py's ort_qdq(logits=True) writes it:
+QDQ, per-channel int8 weights, uint8 activations, calibrated on 4 seeded random inputs),
 or a path to an .onnx file (shown by its stem).
 Inputs are seeded standard normal. onnxruntime counts take minutes (squeezenet 20-90 s per CPU)
 and are cached in ~/.cache/edgec/armcount/ort_counts.json, keyed by the model file's and the
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import shlex
 import subprocess
@@ -113,26 +113,6 @@ def light_fp32(name: str, out: Path) -> None:
     save_model(m, out)
 
 
-def qdq_of(fp32: Path, out: Path) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-    from toolchain.onnx_io import input_specs, random_inputs
-    specs = input_specs(onnx.load(str(fp32)))
-    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process, twice
-
-    class Calibration(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter([{s.name: a for s, a in zip(specs, random_inputs(specs, seed))}
-                               for seed in range(1, 5)])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    quantize_static(str(fp32), str(out), Calibration(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
-
-
 def prepare(name: str, folder: Path) -> Path:
     """The ONNX file for a model name (see the module docstring)."""
     if name.endswith(".onnx"):
@@ -147,7 +127,11 @@ def prepare(name: str, folder: Path) -> Path:
     if name.endswith("_qdq"):
         if not (LIGHT / f"light_{base}.onnx").exists():
             raise die(f"{name}: no light_{base}.onnx in {LIGHT}")
-        qdq_of(prepare(base, folder), path)
+        # quantized from the logits (bench_int8.ort_qdq, as validate_light_models.py): a
+        # trailing Softmax's [0, 1] grid gives 1000 near-uniform outputs one code, which no
+        # error figure can check
+        from bench_int8 import ort_qdq
+        ort_qdq(base, folder, logits=True)[1].rename(path)
     elif (LIGHT / f"light_{name}.onnx").exists():
         light_fp32(name, path)
     else:
