@@ -117,6 +117,41 @@ def test_small_cnn_verifies_on_the_m7_and_m55(compiled_small_cnn, target, board)
     assert json.loads((out / "report.json").read_text())["mcu"]["board"] == board
 
 
+def test_float64_compute_is_right_on_the_single_precision_fpu(tmp_path):
+    """On the M4 (fpv4-sp-d16) a float64 op is a libgcc call that LLVM makes with the
+    hard-float convention; the kernels call edgec's shims instead (targets/cortexm/
+    soft_double.py), and the outputs are onnxruntime's (before: all 8 wrong)."""
+    init = [numpy_helper.from_array(np.linspace(-2, 3, 8), "k"),
+            numpy_helper.from_array(np.array(0.1), "lo")]
+    nodes = [helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE),
+             helper.make_node("Mul", ["d", "k"], ["m"]),
+             helper.make_node("Div", ["m", "k"], ["q"]),
+             helper.make_node("Sub", ["m", "q"], ["s"]),
+             helper.make_node("Max", ["s", "lo"], ["a"]),
+             helper.make_node("Cast", ["a"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(
+        nodes, "f64", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], init)
+    model, out = tmp_path / "f64.onnx", tmp_path / "out"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+         model)
+    assert main(["compile", str(model), "-t", "cortex-m4", "-o", str(out)]) == 0
+    for seed in (0, 1):
+        (result,) = verify_folder(out, seed=seed)
+        assert result.max_abs_error == 0 and result.output_range > 0, result
+    subprocess.run(["arm-none-eabi-ar", "x", str(out / "libmodel.a"), "kernels.o"],
+                   cwd=tmp_path, check=True)
+    undefined = set(_symbols_undefined(tmp_path / "kernels.o"))
+    assert {"edgec_vfp__muldf3", "edgec_vfp__gtdf2"} <= undefined, undefined
+    assert not undefined & {"__muldf3", "__adddf3", "__subdf3", "__gtdf2"}, undefined
+
+
+def _symbols_undefined(obj) -> list[str]:
+    out = subprocess.run(["arm-none-eabi-nm", "-u", str(obj)], capture_output=True, text=True,
+                         check=True).stdout
+    return [ln.split()[-1] for ln in out.splitlines() if ln.strip()]
+
+
 def test_m55_kernels_use_helium(compiled_small_cnn, tmp_path):
     """The float kernels are vectorized into MVE (q registers) on the M55, not on the M4."""
     def q_ops(target):

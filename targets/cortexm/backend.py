@@ -109,7 +109,7 @@ class CortexMBackend(Backend):
         from toolchain.onnx_io import input_specs, output_specs
         from toolchain.passes import cleanup_passes, transform
         from toolchain.targets.cpu import driver
-        from toolchain.targets.cortexm import board, fit, int8_dot
+        from toolchain.targets.cortexm import board, fit, int8_dot, soft_double
         from toolchain.targets.cortexm.cc import find_compiler
         from toolchain.targets.cortexm.workspace import compacted_workspace_bytes
 
@@ -156,7 +156,10 @@ class CortexMBackend(Backend):
                               io_bytes)
             codegen.compile_kernels(kmod, target, build / "kernels.o")
             cc.drop_unwind_tables(build / "kernels.o")
-            _refuse_soft_conversions(dev, cc.undefined_symbols(build / "kernels.o"))
+            undefined = cc.undefined_symbols(build / "kernels.o")
+            _refuse_soft_conversions(dev, undefined)
+            renames, shim_c = ({}, "") if dev.double_fpu else soft_double.shims(undefined)
+            cc.redefine_symbols(build / "kernels.o", renames)
             timings["codegen"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -173,9 +176,13 @@ class CortexMBackend(Backend):
             }
             for name, text in sources.items():
                 (build / name).write_text(text)
-            for src in ("weights.S", "model.c", "main.c", "board.c"):
+            lib_srcs = ["weights.S", "model.c"]
+            if shim_c:
+                (build / "soft_double.c").write_text(shim_c)
+                lib_srcs.append("soft_double.c")
+            for src in (*lib_srcs, "main.c", "board.c"):
                 cc.compile(build / src, build / (Path(src).stem + ".o"), build)
-            lib_objs = [build / "kernels.o", build / "weights.o", build / "model.o"]
+            lib_objs = [build / "kernels.o", *[build / (Path(s).stem + ".o") for s in lib_srcs]]
             cc.archive(lib_objs, build / "libmodel.a", build)
             try:
                 cc.link([build / "main.o", build / "board.o", build / "libmodel.a"],

@@ -62,6 +62,13 @@ class BareMetalCompiler:
                   "--strip-symbol=__aeabi_unwind_cpp_pr0", str(obj)],
                  what="dropping the kernels' unwind tables")
 
+    def redefine_symbols(self, obj: Path, renames: dict[str, str]) -> None:
+        """Rename symbols of an object in place (``objcopy --redefine-sym old=new``)."""
+        if renames:
+            run_tool([self.prefix + "objcopy",
+                      *[f"--redefine-sym={a}={b}" for a, b in renames.items()], str(obj)],
+                     what="renaming the kernels' float64 helper calls")
+
     def undefined_symbols(self, obj: Path) -> set[str]:
         proc = run_tool([self.prefix + "nm", "-u", str(obj)], what="listing symbols")
         return {line.split()[-1] for line in proc.stdout.decode().splitlines() if line.strip()}
