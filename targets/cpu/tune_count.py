@@ -16,6 +16,10 @@ linked statically with the device's cross compiler and run once under qemu-user 
 batch; the plugin reports one window per call. A candidate that crashes the batch is retried
 alone, so one bad schedule costs only its own result.
 
+The count of a kernel agrees with ``edgec run OUT --profile`` of the folder built with that
+schedule to within a few instructions (call setup): measured 1 on arm-a72, 2 on armv7-a7, 6 on
+riscv64 for a 16x8x3x3 conv (tests/test_tune_arm.py checks it on arm-a72).
+
 MetaSchedule is given ``count * 1e-9`` as the candidate's "seconds" (its cost model only ranks
 and normalizes), and the hand-vs-tuned decision compares the same counts.
 
