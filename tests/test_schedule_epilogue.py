@@ -1,6 +1,6 @@
 """The fp32 rules for short reductions (targets/cpu/schedule.py): a conv tile's epilogue (bias,
-ReLU) stored straight from its accumulators; structure on the host, results against
-onnxruntime on the host and arm-a72."""
+ReLU) stored straight from its accumulators, and the global mean summed along contiguous rows;
+structure on the host, results against onnxruntime on the host and arm-a72."""
 
 from __future__ import annotations
 
@@ -58,6 +58,15 @@ def test_conv_epilogue_needs_no_full_size_intermediate(tmp_path):
                 if b.scope() != "local" and [int(d) for d in b.shape] == out_shape]
         assert not full, (name, full)
         assert "T.max" in func.script(), name  # the ReLU sits in the kernel
+
+
+def test_global_mean_sums_contiguous_rows(tmp_path):
+    kernels = _kernels(save(_stem_squeeze_pool(), tmp_path / "m.onnx"), "host")
+    (mean,) = [f for n, f in kernels.items() if "conv2d" not in n]
+    partial = [b for b in _allocations(mean) if b.name.endswith("rf_local")]
+    # one partial sum per input column (13 of the 13x13 map), added a whole row at a time
+    assert len(partial) == 1 and int(partial[0].shape[-1]) == 13, partial
+    assert "T.vectorized(T.int64(13))" in mean.script()
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=needs_target(t))

@@ -227,6 +227,47 @@ def _tile_pool(sch, block, threads: int = 1) -> bool:
     return True
 
 
+def _tile_row_sum(sch, block, lanes: int) -> bool:
+    """A sum over the innermost, contiguous axes of its input (global average pooling, a
+    ``mean`` over H and W): the innermost reduction axis is factored out (``rfactor``) into a
+    local vector of partial sums that adds whole contiguous input rows, then summed once per
+    output, with the epilogue (the division) per output. Vectorized over output channels
+    instead, every lane loaded one element ``H * W`` floats away from the next: squeezenet's
+    1000-channel 13x13 mean took 24 us in isolation, 15-18 this way (AVX-512 host); arm-a72
+    squeezenet 130.81M -> 130.56M instructions. Sums in another order, so results differ by
+    float rounding."""
+    loops = sch.get_loops(block)
+    types = _iter_types(sch, block)
+    spatial = len(types) - sum(t == COMM_REDUCE for t in types)
+    if (len(loops) != len(types) or types[-1] != COMM_REDUCE
+            or any(t != DATA_PAR for t in types[:spatial])):
+        return False
+    stmt = sch.get(block)
+    body = stmt.body
+    if (not isinstance(body, tvm.tirx.BufferStore) or len(stmt.reads) != 1
+            or type(body.value).__name__ != "Add"):
+        return False
+    data = [v for v in (body.value.a, body.value.b)
+            if type(v).__name__ in ("BufferLoad", "TensorLoad")
+            and not _buffer_of(v).same_as(body.buffer)]
+    if len(data) != 1 or not data[0].indices[-1].same_as(stmt.iter_vars[-1].var):
+        return False
+    extent = int(sch.get(loops[-1]).extent)
+    if not 4 <= extent <= 4 * lanes:
+        return False
+    consumers = sch.get_consumers(block)
+    rf = sch.rfactor(loops[-1], spatial)
+    anchor = sch.get_loops(rf)[spatial - 1]
+    sch.reverse_compute_at(block, anchor, preserve_unit_loops=True)
+    sch.set_scope(rf, 0, "local")
+    _epilogue_at(sch, consumers, anchor)
+    sch.unroll(sch.get_loops(block)[spatial])
+    rf_loops = sch.get_loops(rf)
+    sch.vectorize(rf_loops[-1])
+    sch.decompose_reduction(rf, rf_loops[spatial])
+    return True
+
+
 def gemv_tile(outputs: int, lanes: int) -> tuple[int, int]:
     """(tile T, vector v) of a batch-1 GEMV with ``outputs`` outputs: ``T / v`` accumulator
     vectors of ``v`` lanes (whole registers, else half ones on AVX-512: 1000 outputs take 8),
@@ -580,8 +621,8 @@ def schedule_func(func, target, threads: int = 1, vector: VectorUnit | None = No
                         continue
                 except Exception as exc:  # noqa: BLE001
                     log.debug("conv rule skipped block %s: %s", name, str(exc).splitlines()[0])
-                if _tile_pool(trial, block, threads) or _tile_packed_gemv(trial, block, lanes,
-                                                                         threads):
+                if (_tile_pool(trial, block, threads) or _tile_row_sum(trial, block, lanes)
+                        or _tile_packed_gemv(trial, block, lanes, threads)):
                     sch = trial
                     continue
                 if not _tile_reduction(trial, block, lanes, threads):
