@@ -34,7 +34,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from toolchain.targets.cpu import qdepthwise, qgemm, qrows
+from toolchain.targets.cpu import qdepthwise, qgemm, qmatmul, qrows
 from toolchain.targets.cpu.integer_match import (INT8, QRANGE, const_value, dtype_of, op_name,
                                                  output_scale, static_shape)
 from toolchain.targets.cpu.integer_registry import (DEPTHWISE, POINTWISE, TO_INT,
@@ -336,20 +336,28 @@ class _Lowerer(relax.PyExprMutator, PassthroughRules):
 
     def _activation_matmul(self, call):
         """matmul(dequantize(a), dequantize(b)) of two activations (attention's Q.K^T and P.V)
-        -> an int32 matmul of the zero-point-free int16 values, scaled once to float32."""
+        -> the int8 GEMM with b packed at run time (qmatmul.py); where that kernel does not
+        take the shapes, an int32 matmul of the zero-point-free int16 values. Both are scaled
+        once to float32."""
         if op_name(call) != "relax.matmul" or dtype_of(call) != "float32":
             return None
         acts = [self._activation(x) for x in call.args]
         if any(a is None for a in acts) or any(static_shape(a[0]) is None for a in acts):
             return None
+        scale = np.float32(acts[0][1] * acts[1][1])
+        (qa, _, za), (qb, _, zb) = acts
+        out = qmatmul.lower(self.builder_, self._root(qa), za, self._root(qb), zb, scale,
+                            _dot_instr(self.vector, False))
+        if out is not None:
+            self.rewritten += 1
+            return out
         ints = []
         for q, _, z in acts:
             wide = relax.op.astype(self._root(q), "int16")
             ints.append(self.builder_.emit(relax.op.subtract(wide, relax.const(z, "int16"))))
         acc = self.builder_.emit(relax.op.matmul(ints[0], ints[1], out_dtype="int32"))
         self.rewritten += 1
-        return relax.op.multiply(relax.op.astype(acc, "float32"),
-                                 relax.const(np.float32(acts[0][1] * acts[1][1]), "float32"))
+        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale, "float32"))
 
     def _plain(self, call):
         """A float conv/matmul on int8 operands -> the kernel with a float32 epilogue."""
