@@ -359,6 +359,7 @@ def _schedule_qgemm(func, target, threads: int):
     # A tiled instruction is for CPUs without SIMD (Cortex-M4/M7): a scalar epilogue.
     _tile_common(sch, im2col, acc4, out, p_o, o_o, to, [sumb], instr.tile is None,
                  chunk_vector)
+    _parallel_tiles(sch, n, p_o, o_o, threads)
     sch.decompose_reduction(acc4, ko)
     if ko_i is not None:
         sch.unroll(ko_i)
@@ -378,8 +379,6 @@ def _schedule_qgemm(func, target, threads: int):
             log.debug("lane sum not tensorized: %s", str(exc).splitlines()[0])
     sch.unroll(o_i)
     sch.unroll(p_i)
-    if threads > 1:
-        sch.parallel(sch.fuse(n, p_o))
     return sch.mod["main"]
 
 
@@ -453,14 +452,30 @@ def _schedule_packed(func, instr: DotInstr, tp: int, threads: int, chunk_vector:
     # registers of a step and spill: 100 instead of 84 instructions per 64 sdot).
     sch.reorder(n, x_o, o_o, k_o, o_io, x_i, o_ii, k_i)
     _tile_common(sch, im2col, acc, out, x_o, o_o, to, chunk_vector=chunk_vector)
+    _parallel_tiles(sch, n, x_o, o_o, threads)
     sch.decompose_reduction(acc, k_o)
     _register(instr)
     sch.tensorize(o_ii, instr.name)
     sch.unroll(o_io)
     sch.unroll(x_i)
-    if threads > 1:
-        sch.parallel(sch.fuse(n, x_o))
     return sch.mod["main"]
+
+
+def _parallel_tiles(sch, n, rows, cols, threads: int) -> None:
+    """With ``threads > 1``, one loop of register tiles made parallel: the (image, pixel tile)
+    loops fused, each task whole tiles (their im2col, accumulators and epilogue); or, where
+    there are fewer pixel tiles than threads and more channel tiles (a batch-1 matmul), the
+    channel tiles of each pixel tile. Called before ``decompose_reduction`` and
+    ``tensorize``: a parallel loop needs every block under it complete or a reduction with
+    its init, and an update block without its init (decomposed) or a tensorized one is
+    neither ("5) The reduction block vars are not used to index the output buffers")."""
+    if threads <= 1:
+        return
+    tiles = int(sch.get(n).extent) * int(sch.get(rows).extent)
+    if tiles < threads and int(sch.get(cols).extent) > tiles:
+        sch.parallel(cols)
+    else:
+        sch.parallel(sch.fuse(n, rows))
 
 
 def _vectorize_inner(sch, block, width: int) -> None:
