@@ -244,28 +244,13 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
         # int8 <-> uint8 holding int8 + 128: flip the sign bit, exactly.
         return (v.astype("int16") + (128 if adt == "uint8" else -128)).astype(adt)
 
-    lanes, group, step = instr.lanes, instr.group, instr.step
+    lanes, group = instr.lanes, instr.group
     a = te.compute((n, p_pad, k_pad), load, name="im2col")
     if instr.packed:
-        k = te.reduce_axis((0, k_pad), name="k")
-        acc = te.compute(
-            (n, p_pad, o_pad),
-            lambda nn, p, o: te.sum(
-                a[nn, p, k].astype("int32")
-                * w[o // lanes, k // group, o % lanes, k % group].astype("int32"), axis=k),
-            name="qgemm_acc")
+        acc = accumulate(a, lambda nn, o, k: w[o // lanes, k // group, o % lanes, k % group],
+                         (n, p_pad, o_pad), k_pad, instr)
     else:
-        ko = te.reduce_axis((0, k_pad // step), name="ko")
-        t = te.reduce_axis((0, group), name="t")
-        acc4 = te.compute(
-            (n, p_pad, o_pad, lanes),
-            lambda nn, p, o, j: te.sum(
-                a[nn, p, ko * step + instr.index(j, t)].astype("int32")
-                * w[o, ko * step + instr.index(j, t)].astype("int32"), axis=[ko, t]),
-            name="qgemm_acc")
-        jj = te.reduce_axis((0, lanes), name="j")
-        acc = te.compute((n, p_pad, o_pad), lambda nn, p, o: te.sum(acc4[nn, p, o, jj], axis=jj),
-                         name="qgemm_sum")
+        acc = accumulate(a, lambda nn, o, k: w[o, k], (n, p_pad, o_pad), k_pad, instr)
 
     def read_acc(nn, y, xx, o):
         return acc[nn, y * ow + xx, o]
@@ -278,6 +263,34 @@ def gemm_te(x, w, bias, scale, *, geom: ConvGeometry, in_zero: int, instr: DotIn
         return tirx.max(v, tirx.const(0.0, "float32")) if float_relu else v
 
     return te.compute((n, oh, ow, out_channels), value, name="qgemm_out")
+
+
+def accumulate(a, weight_at, shape, k_pad: int, instr: DotInstr):
+    """TE: the int32 sums ``[N, P_pad, O_pad]`` (``shape``) of ``a [N, P_pad, K_pad]`` (im2col)
+    times the weights, ``weight_at(n, o, k)`` their element in the instruction's layout. Packed
+    instructions: one ``qgemm_acc`` over ``k``; the others: ``qgemm_acc`` per lane over
+    ``(ko, t)`` and ``qgemm_sum`` over the lanes (the blocks ``schedule_qgemm`` looks up)."""
+    from tvm import te
+
+    lanes, group, step = instr.lanes, instr.group, instr.step
+    if instr.packed:
+        k = te.reduce_axis((0, k_pad), name="k")
+        return te.compute(
+            shape,
+            lambda nn, p, o: te.sum(
+                a[nn, p, k].astype("int32") * weight_at(nn, o, k).astype("int32"), axis=k),
+            name="qgemm_acc")
+    ko = te.reduce_axis((0, k_pad // step), name="ko")
+    t = te.reduce_axis((0, group), name="t")
+    acc4 = te.compute(
+        (*shape, lanes),
+        lambda nn, p, o, j: te.sum(
+            a[nn, p, ko * step + instr.index(j, t)].astype("int32")
+            * weight_at(nn, o, ko * step + instr.index(j, t)).astype("int32"), axis=[ko, t]),
+        name="qgemm_acc")
+    jj = te.reduce_axis((0, lanes), name="j")
+    return te.compute(shape, lambda nn, p, o: te.sum(acc4[nn, p, o, jj], axis=jj),
+                      name="qgemm_sum")
 
 
 def requantize(acc, bias, scale, out_dtype: str, out_zero: int, clamp, to_int=None):

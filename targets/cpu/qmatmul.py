@@ -134,28 +134,15 @@ def matmul_te(a, bp, sums_m, sums_n, *, instr: qgemm.DotInstr, tp: int, n_out: i
             v = (v.astype("int16") - shift).astype(adt)
         return tirx.if_then_else(tirx.all(p < m, kk < k), v, tirx.const(0, adt))
 
-    lanes, group, step = instr.lanes, instr.group, instr.step
+    lanes, group = instr.lanes, instr.group
     im2col = te.compute((bt, p_pad, k_pad), load, name="im2col")
     if instr.packed:
-        r = te.reduce_axis((0, k_pad), name="k")
-        acc = te.compute(
-            (bt, p_pad, o_pad),
-            lambda nn, p, o: te.sum(
-                im2col[nn, p, r].astype("int32")
-                * bp[nn, o // lanes, r // group, o % lanes, r % group].astype("int32"), axis=r),
-            name="qgemm_acc")
+        def weight_at(nn, o, kk):
+            return bp[nn, o // lanes, kk // group, o % lanes, kk % group]
     else:
-        ko = te.reduce_axis((0, k_pad // step), name="ko")
-        t = te.reduce_axis((0, group), name="t")
-        acc4 = te.compute(
-            (bt, p_pad, o_pad, lanes),
-            lambda nn, p, o, j: te.sum(
-                im2col[nn, p, ko * step + instr.index(j, t)].astype("int32")
-                * bp[nn, o, ko * step + instr.index(j, t)].astype("int32"), axis=[ko, t]),
-            name="qgemm_acc")
-        jj = te.reduce_axis((0, lanes), name="j")
-        acc = te.compute((bt, p_pad, o_pad), lambda nn, p, o: te.sum(acc4[nn, p, o, jj], axis=jj),
-                         name="qgemm_sum")
+        def weight_at(nn, o, kk):
+            return bp[nn, o, kk]
+    acc = qgemm.accumulate(im2col, weight_at, (bt, p_pad, o_pad), k_pad, instr)
     f_scale = tirx.const(np.float32(scale), "float32")
     f_m, f_n, const = factors
     row_sum = rows_view([int(d) for d in a.shape[:-1]] + [1], bt, m)
