@@ -39,6 +39,16 @@ def build(path: Path, out: Path, shape_args: list[str], threads: int, *flags: st
     return json.loads((out / "report.json").read_text())
 
 
+def prepared_models(args):
+    """Each model of ``--models``, prepared in one temporary folder (removed after the last):
+    ``(name, path, shape_args, folder, records folder)``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        db = args.db or folder / "db"
+        for name in args.models.split(","):
+            yield (name, *prepare(name, folder), folder, db)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="cnn,squeezenet")
@@ -54,24 +64,20 @@ def main() -> None:
     if args.target != "host":
         return main_counted(args)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        db = args.db or folder / "db"
-        for name in args.models.split(","):
-            path, shape_args = prepare(name, folder)
-            build(path, folder / f"{name}-hand", shape_args, args.threads)
-            report = build(path, folder / f"{name}-tuned", shape_args, args.threads,
-                           "--tune", str(args.trials), "--tune-db", str(db))
-            tuning = report["tuning"]
-            timer = OrtTimer(path, args.threads)
-            t = {"ort": [], "hand": [], "tuned": []}
-            for _ in range(3):  # alternating, so machine noise hits all three alike
-                t["ort"].append(statistics.median(timer.times_ms(args.runs)))
-                t["hand"].append(binary_median_ms(folder / f"{name}-hand" / "model", args.runs))
-                t["tuned"].append(binary_median_ms(folder / f"{name}-tuned" / "model", args.runs))
-            med = {k: statistics.median(v) for k, v in t.items()}
-            rows.append((name, med, tuning))
-            print(f"{name}: done", file=sys.stderr)
+    for name, path, shape_args, folder, db in prepared_models(args):
+        build(path, folder / f"{name}-hand", shape_args, args.threads)
+        report = build(path, folder / f"{name}-tuned", shape_args, args.threads,
+                       "--tune", str(args.trials), "--tune-db", str(db))
+        tuning = report["tuning"]
+        timer = OrtTimer(path, args.threads)
+        t = {"ort": [], "hand": [], "tuned": []}
+        for _ in range(3):  # alternating, so machine noise hits all three alike
+            t["ort"].append(statistics.median(timer.times_ms(args.runs)))
+            t["hand"].append(binary_median_ms(folder / f"{name}-hand" / "model", args.runs))
+            t["tuned"].append(binary_median_ms(folder / f"{name}-tuned" / "model", args.runs))
+        med = {k: statistics.median(v) for k, v in t.items()}
+        rows.append((name, med, tuning))
+        print(f"{name}: done", file=sys.stderr)
     print(f"host, {args.threads} thread(s), {args.trials} trials per kernel; medians of "
           f"3 x {args.runs} runs (ms)")
     print(f"{'model':<12}{'ORT':>9}{'hand':>9}{'tuned':>9}{'tuned/hand':>11}{'hand/ORT':>9}"
@@ -92,23 +98,19 @@ def main_counted(args) -> None:
     from toolchain.commands.build import verify_folder
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        db = args.db or folder / "db"
-        for name in args.models.split(","):
-            path, shape_args = prepare(name, folder)
-            _, x_bin, _ = model_input(path, folder)
-            hand_out, tuned_out = folder / f"{name}-hand", folder / f"{name}-tuned"
-            build(path, hand_out, shape_args, 1, target=args.target)
-            tuning = build(path, tuned_out, shape_args, 1, "--tune", str(args.trials),
-                           "--tune-db", str(db), target=args.target)["tuning"]
-            checks = [verify_folder(out, seed=1) for out in (hand_out, tuned_out)]
-            errors = [max(c.max_abs_error for c in cs) for cs in checks]
-            ok = all(c.ok for cs in checks for c in cs)
-            hand = edgec_count(hand_out, x_bin, False)["per_inference"]
-            tuned = edgec_count(tuned_out, x_bin, False)["per_inference"]
-            rows.append((name, hand, tuned, ok, errors, tuning))
-            print(f"{name}: done", file=sys.stderr)
+    for name, path, shape_args, folder, db in prepared_models(args):
+        _, x_bin, _ = model_input(path, folder)
+        hand_out, tuned_out = folder / f"{name}-hand", folder / f"{name}-tuned"
+        build(path, hand_out, shape_args, 1, target=args.target)
+        tuning = build(path, tuned_out, shape_args, 1, "--tune", str(args.trials),
+                       "--tune-db", str(db), target=args.target)["tuning"]
+        checks = [verify_folder(out, seed=1) for out in (hand_out, tuned_out)]
+        errors = [max(c.max_abs_error for c in cs) for cs in checks]
+        ok = all(c.ok for cs in checks for c in cs)
+        hand = edgec_count(hand_out, x_bin, False)["per_inference"]
+        tuned = edgec_count(tuned_out, x_bin, False)["per_inference"]
+        rows.append((name, hand, tuned, ok, errors, tuning))
+        print(f"{name}: done", file=sys.stderr)
     print(f"{args.target}, 1 thread, {args.trials} trials per kernel; exact guest instructions "
           "of one inference under qemu (not time)")
     print(f"{'model':<12}{'hand':>13}{'tuned':>13}{'tuned/hand':>11}{'kernels tuned':>14}"
