@@ -73,6 +73,54 @@ def make_two_io() -> onnx.ModelProto:
     return model
 
 
+def make_conv_matmul_qdq(*, seed: int, size: int, conv_out: int, matmul_out: int,
+                         matmul_scale: tuple[float, float], quant, relu: bool,
+                         name: str) -> onnx.ModelProto:
+    """QDQ: input [1, 3, size, size] -> 3x3 conv (stride 2, padded) to ``conv_out`` channels,
+    float out (+ ReLU with ``relu``) -> Flatten -> QDQ -> MatMul to ``matmul_out`` (per-column
+    scales drawn in ``matmul_scale``) -> QDQ. ``quant``: ``(tensor, scale, zero, dtype)`` of
+    the activations ``x``, ``h`` and ``y``."""
+    rng = np.random.default_rng(seed)
+    flat = conv_out * ((size - 1) // 2 + 1) ** 2
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 128, (conv_out, 3, 3, 3), dtype=np.int8),
+                                "wc"),
+        numpy_helper.from_array(rng.uniform(0.005, 0.02, conv_out).astype(np.float32), "wc_s"),
+        numpy_helper.from_array(np.zeros(conv_out, np.int8), "wc_z"),
+        numpy_helper.from_array(rng.standard_normal(conv_out).astype(np.float32), "bc"),
+        numpy_helper.from_array(rng.integers(-127, 128, (flat, matmul_out), dtype=np.int8),
+                                "wm"),
+        numpy_helper.from_array(rng.uniform(*matmul_scale, matmul_out).astype(np.float32),
+                                "wm_s"),
+        numpy_helper.from_array(np.zeros(matmul_out, np.int8), "wm_z"),
+    ]
+    for tensor, scale, zero, dt in quant:
+        inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{tensor}_s"),
+                  numpy_helper.from_array(np.array(zero, dt), f"{tensor}_z")]
+    n = helper.make_node
+    nodes = [
+        n("QuantizeLinear", ["input", "x_s", "x_z"], ["xq"]),
+        n("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"]),
+        n("DequantizeLinear", ["wc", "wc_s", "wc_z"], ["wcd"], axis=0),
+        n("Conv", ["xd", "wcd", "bc"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        *([n("Relu", ["c"], ["r"])] if relu else []),
+        n("Flatten", ["r" if relu else "c"], ["f"]),
+        n("QuantizeLinear", ["f", "h_s", "h_z"], ["hq"]),
+        n("DequantizeLinear", ["hq", "h_s", "h_z"], ["hd"]),
+        n("DequantizeLinear", ["wm", "wm_s", "wm_z"], ["wmd"], axis=1),
+        n("MatMul", ["hd", "wmd"], ["m"]),
+        n("QuantizeLinear", ["m", "y_s", "y_z"], ["yq"]),
+        n("DequantizeLinear", ["yq", "y_s", "y_z"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, matmul_out])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save_model(model, str(path))
     return path

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_graphs import needs_target, save
+from onnx_graphs import make_conv_matmul_qdq, needs_target, save
 from toolchain.cli import main
 from toolchain.commands.build import verify_folder
 
@@ -117,39 +117,10 @@ def test_few_channel_conv_reads_whole_kernel_rows(tmp_path):
 
 def _qdq_graph() -> onnx.ModelProto:
     """int8 activations with non-zero zero points, strided padded conv, MatMul weight (K, N)."""
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(rng.integers(-127, 128, (6, 3, 3, 3), dtype=np.int8), "wc"),
-        numpy_helper.from_array(rng.uniform(0.005, 0.02, 6).astype(np.float32), "wc_s"),
-        numpy_helper.from_array(np.zeros(6, np.int8), "wc_z"),
-        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "bc"),
-        numpy_helper.from_array(rng.integers(-127, 128, (96, 5), dtype=np.int8), "wm"),
-        numpy_helper.from_array(rng.uniform(0.005, 0.02, 5).astype(np.float32), "wm_s"),
-        numpy_helper.from_array(np.zeros(5, np.int8), "wm_z"),
-    ]
-    for name, scale, zero in (("x", 0.02, 7), ("h", 0.05, -20), ("y", 0.1, 3)):
-        inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{name}_s"),
-                  numpy_helper.from_array(np.array(zero, np.int8), f"{name}_z")]
-    n = helper.make_node
-    nodes = [
-        n("QuantizeLinear", ["input", "x_s", "x_z"], ["xq"]),
-        n("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"]),
-        n("DequantizeLinear", ["wc", "wc_s", "wc_z"], ["wcd"], axis=0),
-        n("Conv", ["xd", "wcd", "bc"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
-        n("Flatten", ["c"], ["f"]),
-        n("QuantizeLinear", ["f", "h_s", "h_z"], ["hq"]),
-        n("DequantizeLinear", ["hq", "h_s", "h_z"], ["hd"]),
-        n("DequantizeLinear", ["wm", "wm_s", "wm_z"], ["wmd"], axis=1),
-        n("MatMul", ["hd", "wmd"], ["m"]),
-        n("QuantizeLinear", ["m", "y_s", "y_z"], ["yq"]),
-        n("DequantizeLinear", ["yq", "y_s", "y_z"], ["out"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "qdq_int8", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return make_conv_matmul_qdq(
+        seed=0, size=8, conv_out=6, matmul_out=5, matmul_scale=(0.005, 0.02),
+        quant=(("x", 0.02, 7, np.int8), ("h", 0.05, -20, np.int8), ("y", 0.1, 3, np.int8)),
+        relu=False, name="qdq_int8")
 
 
 def _compile_and_verify(model: Path, target: str, out: Path, *flags: str) -> None:

@@ -14,9 +14,8 @@ import subprocess
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from onnx_graphs import needs_target, save
+from onnx_graphs import make_conv_matmul_qdq, needs_target, save
 from toolchain.cli import main
 from toolchain.commands.build import verify_folder
 from toolchain.targets.cpu import qgemm
@@ -70,42 +69,10 @@ def _conv_matmul_qdq() -> onnx.ModelProto:
     """uint8 input 12 x 12 (zero point 131) -> 3x3 conv 3 -> 16 channels (stride 2, padded)
     + ReLU, float out -> Flatten -> int8 (zero point -20) -> MatMul 576 x 80 -> uint8 output:
     several pixel tiles of the conv and channel tiles of the matmul on every target."""
-    rng = np.random.default_rng(5)
-    inits = [
-        numpy_helper.from_array(rng.integers(-127, 128, (16, 3, 3, 3), dtype=np.int8), "wc"),
-        numpy_helper.from_array(rng.uniform(0.005, 0.02, 16).astype(np.float32), "wc_s"),
-        numpy_helper.from_array(np.zeros(16, np.int8), "wc_z"),
-        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "bc"),
-        numpy_helper.from_array(rng.integers(-127, 128, (576, 80), dtype=np.int8), "wm"),
-        numpy_helper.from_array(rng.uniform(0.002, 0.01, 80).astype(np.float32), "wm_s"),
-        numpy_helper.from_array(np.zeros(80, np.int8), "wm_z"),
-    ]
-    for name, scale, zero, dt in (("x", 0.02, 131, np.uint8), ("h", 0.05, -20, np.int8),
-                                  ("y", 0.2, 128, np.uint8)):
-        inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{name}_s"),
-                  numpy_helper.from_array(np.array(zero, dt), f"{name}_z")]
-    n = helper.make_node
-    nodes = [
-        n("QuantizeLinear", ["input", "x_s", "x_z"], ["xq"]),
-        n("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"]),
-        n("DequantizeLinear", ["wc", "wc_s", "wc_z"], ["wcd"], axis=0),
-        n("Conv", ["xd", "wcd", "bc"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
-        n("Relu", ["c"], ["r"]),
-        n("Flatten", ["r"], ["f"]),
-        n("QuantizeLinear", ["f", "h_s", "h_z"], ["hq"]),
-        n("DequantizeLinear", ["hq", "h_s", "h_z"], ["hd"]),
-        n("DequantizeLinear", ["wm", "wm_s", "wm_z"], ["wmd"], axis=1),
-        n("MatMul", ["hd", "wmd"], ["m"]),
-        n("QuantizeLinear", ["m", "y_s", "y_z"], ["yq"]),
-        n("DequantizeLinear", ["yq", "y_s", "y_z"], ["out"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "qdq_threads",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 12, 12])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 80])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return make_conv_matmul_qdq(
+        seed=5, size=12, conv_out=16, matmul_out=80, matmul_scale=(0.002, 0.01),
+        quant=(("x", 0.02, 131, np.uint8), ("h", 0.05, -20, np.int8), ("y", 0.2, 128, np.uint8)),
+        relu=True, name="qdq_threads")
 
 
 # The instructions of each target's int8 GEMM step (host: only with AVX-512 VNNI).
