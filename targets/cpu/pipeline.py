@@ -75,17 +75,27 @@ def simplify_int8_activations(ctx: PipelineContext) -> list:
             *simplify_integer(ctx)]
 
 
-def legalize(ctx: PipelineContext) -> list:
+def legalize(ctx: PipelineContext, winograd: bool = True) -> list:
     """Each Relax op becomes a TIR kernel (call_tir); constants fold through them. With the
     CPU schedule, convs with constant weights first read them packed in the schedule's
-    register-tile layout (targets/cpu/pack_weights.py)."""
+    register-tile layout (targets/cpu/pack_weights.py); on AArch64, 3x3 stride-1 convs with
+    enough channels first become Winograd F(2x2,3x3) kernels (targets/cpu/winograd.py)."""
     from tvm import relax
 
     from toolchain.targets.cpu.pack_weights import PackConvWeights
 
     pack = [] if ctx.schedule == "none" else [PackConvWeights(ctx.target, ctx.vector)]
+    if ctx.schedule != "none" and winograd:
+        from toolchain.targets.cpu.winograd import WinogradConv
+
+        pack.insert(0, WinogradConv(ctx.target, ctx.vector, ctx.threads))
     return [*pack, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(), relax.transform.DeadCodeElimination(["main"])]
+
+
+def legalize_direct(ctx: PipelineContext) -> list:
+    """``legalize`` with every conv direct (no Winograd)."""
+    return legalize(ctx, winograd=False)
 
 
 def fuse_ops(ctx: PipelineContext) -> list:
@@ -136,6 +146,8 @@ register_pipeline("cpu", ("simplify", simplify), ("kv_cache", kv_cache), *_TAIL)
 register_pipeline("cpu-int", ("simplify", simplify_integer), ("kv_cache", kv_cache), *_TAIL)
 register_pipeline("cpu-int8-act", ("simplify", simplify_int8_activations),
                   ("kv_cache", kv_cache), *_TAIL)
+register_pipeline("cpu-nowinograd", ("simplify", simplify), ("kv_cache", kv_cache),
+                  ("legalize", legalize_direct), *_TAIL[1:])
 register_pipeline("cpu-nofuse", ("simplify", simplify), ("kv_cache", kv_cache),
                   ("legalize", legalize), ("schedule", cpu_schedule))
 

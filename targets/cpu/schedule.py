@@ -654,6 +654,8 @@ class ScheduleForCPU:
         out = mod
         for gv, func in list(mod.functions.items()):
             if isinstance(func, tirx.PrimFunc):
+                if func.attrs is not None and "edgec.scheduled" in func.attrs:
+                    continue  # scheduled where it was made (targets/cpu/winograd.py)
                 if func.attrs is not None and "edgec.qgemm" in func.attrs:
                     new = schedule_qgemm(func, self.target, self.threads)
                 else:
