@@ -8,6 +8,8 @@ import numpy as np
 from tvm import relax
 from tvm.ir.expr import GenericConst
 
+from toolchain.targets.cpu.relax_rewrite import static_shape  # noqa: F401  (re-exported)
+
 INT8 = ("int8", "uint8")
 QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves the kernel alone
@@ -19,13 +21,6 @@ def const_value(expr) -> np.ndarray | None:
 
 def dtype_of(expr) -> str:
     return str(getattr(expr.ty, "dtype", ""))
-
-
-def static_shape(expr) -> list[int] | None:
-    shape = getattr(expr.ty, "shape", None)
-    if shape is None or not all(hasattr(d, "value") for d in shape):
-        return None
-    return [int(d.value) for d in shape]
 
 
 def output_scale(s_x: float, w_scale: np.ndarray, s_y: float) -> np.ndarray:

@@ -90,11 +90,7 @@ def _relax_pass():
     from tvm import relax
     from tvm.ir.expr import GenericConst
 
-    def static_shape(expr):
-        shape = getattr(expr.ty, "shape", None)
-        if shape is None or not all(hasattr(d, "value") for d in shape):
-            return None
-        return [int(d.value) for d in shape]
+    from toolchain.targets.cpu.relax_rewrite import static_shape
 
     @relax.expr_functor.mutator
     class _Packer(relax.PyExprMutator):

@@ -17,6 +17,14 @@ def const_value(expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, GenericConst) else None
 
 
+def static_shape(expr) -> list[int] | None:
+    """The static shape of a Relax expression, or None when any dimension is symbolic."""
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or not all(hasattr(d, "value") for d in shape):
+        return None
+    return [int(d.value) for d in shape]
+
+
 def op_name(expr) -> str:
     """The op a Relax call calls ("relax.take"), else ""."""
     from tvm import relax

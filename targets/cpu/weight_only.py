@@ -27,7 +27,7 @@ import logging
 import numpy as np
 
 from toolchain.targets.cpu.relax_rewrite import (bound_value, const_value, op_name,
-                                                 rewrite_functions)
+                                                 rewrite_functions, static_shape)
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ def _relax_pass():
     from toolchain.targets.cpu import wgemv, wgemv_dot
 
     const, op = const_value, op_name
-
-    def static_shape(expr):
-        shape = getattr(expr.ty, "shape", None)
-        if shape is None or not all(hasattr(d, "value") for d in shape):
-            return None
-        return [int(d.value) for d in shape]
 
     @relax.expr_functor.mutator
     class _Rewriter(relax.PyExprMutator):

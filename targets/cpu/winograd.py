@@ -208,13 +208,7 @@ def _relax_pass():
     import tvm
     from tvm import relax
 
-    from toolchain.targets.cpu.relax_rewrite import bound_value, const_value
-
-    def static_shape(expr):
-        shape = getattr(expr.ty, "shape", None)
-        if shape is None or not all(hasattr(d, "value") for d in shape):
-            return None
-        return [int(d.value) for d in shape]
+    from toolchain.targets.cpu.relax_rewrite import bound_value, const_value, static_shape
 
     @relax.expr_functor.mutator
     class _Rewriter(relax.PyExprMutator):
