@@ -105,4 +105,7 @@ def test_compiles_and_verifies(tiny_onnx, tmp_path, name, target):
     tensors = len(model.state_dict())
     # fp32 weights, batchnorm folded into the layers before it: about the parameters' bytes
     # (each tensor aligned to 64 bytes)
-    assert params * 4 * 0.8 <= report["memory"]["weight_bytes"] <= params * 4 + 64 * tensors
+    # On AArch64, Winograd F(2x2,3x3) convs (targets/cpu/winograd.py) store 4x4 transformed
+    # weights, 16/9 of the 3x3 kernel's bytes: at most that factor over the parameters.
+    grow = 16 / 9 if target.startswith("arm-") else 1.0
+    assert params * 4 * 0.8 <= report["memory"]["weight_bytes"] <= params * 4 * grow + 64 * tensors
